@@ -1,0 +1,108 @@
+//! The CNI error object (SPEC.md "Error") and the spec's well-known codes.
+//!
+//! Modules return their own typed errors; this is the edge where they become
+//! `{"cniVersion", "code", "msg", "details"}` on stdout.
+
+use serde::Serialize;
+
+/// Error codes defined by the CNI specification, plus this plugin's own (>= 100).
+pub mod code {
+    /// Incompatible CNI version.
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// Unsupported field in network configuration.
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    /// Container unknown or does not exist.
+    pub const UNKNOWN_CONTAINER: u32 = 3;
+    /// Invalid necessary environment variables.
+    pub const INVALID_ENV: u32 = 4;
+    /// I/O failure.
+    pub const IO: u32 = 5;
+    /// Failed to decode content.
+    pub const DECODE: u32 = 6;
+    /// Invalid network config.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later.
+    pub const TRY_AGAIN: u32 = 11;
+    /// STATUS: the plugin is not available (cannot serve ADD).
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// STATUS: limited connectivity.
+    pub const LIMITED_CONNECTIVITY: u32 = 51;
+    /// Plugin-specific: the address pool is exhausted.
+    pub const IPAM_EXHAUSTED: u32 = 100;
+    /// Plugin-specific: a requested address is taken or outside the ranges.
+    pub const IPAM_UNAVAILABLE: u32 = 101;
+    /// Plugin-specific: a (protocol, hostIP, hostPort) is owned by another container.
+    pub const PORT_CONFLICT: u32 = 102;
+    /// Plugin-specific: the kernel refused a netlink or BPF operation.
+    pub const KERNEL: u32 = 103;
+    /// Plugin-specific: CHECK found a difference with what ADD set up.
+    pub const CHECK_MISMATCH: u32 = 104;
+    /// Plugin-specific: a delegated IPAM plugin failed.
+    pub const DELEGATE: u32 = 105;
+}
+
+/// A CNI error as the runtime receives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CniError {
+    /// One of [`code`].
+    pub code: u32,
+    /// Short human-readable message.
+    pub msg: String,
+    /// Longer explanation; may be empty.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with a code and message and no details.
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    /// Adds details (usually the source error chain).
+    pub fn with_details(mut self, details: impl Into<String>) -> Self {
+        self.details = details.into();
+        self
+    }
+
+    /// The JSON document written to stdout.
+    pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "cniVersion": cni_version,
+            "code": self.code,
+            "msg": self.msg,
+        });
+        if !self.details.is_empty() {
+            v["details"] = self.details.clone().into();
+        }
+        v
+    }
+}
+
+impl std::fmt::Display for CniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (code {})", self.msg, self.code)?;
+        if !self.details.is_empty() {
+            write!(f, ": {}", self.details)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CniError {}
+
+/// Renders an error and its `source()` chain as one line, for `details`.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        s.push_str(": ");
+        s.push_str(&e.to_string());
+        cur = e.source();
+    }
+    s
+}

@@ -1,0 +1,10 @@
+//! The CNI contract: environment, configuration, results, errors, versions.
+
+pub mod env;
+pub mod error;
+pub mod types;
+pub mod version;
+
+pub use env::{CniArgs, CniEnv, Command};
+pub use error::{code, CniError};
+pub use types::{CniResult, Dns, Interface, IpConfig, Route};

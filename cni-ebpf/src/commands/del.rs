@@ -1,0 +1,132 @@
+//! DEL: best-effort, complete, idempotent. Works with no state record, no
+//! netns, no prevResult, no runtimeConfig, and any number of repeats; keeps
+//! going past errors and reports them all at the end.
+
+use std::net::IpAddr;
+
+use super::{addrs, nl_err};
+use crate::{
+    cni::{code, CniEnv, CniError},
+    config::{Mode, NetConf},
+    datapath::Datapath,
+    info,
+    ipam::Ipam,
+    netlink::Netlink,
+    netns::Netns,
+    state::{host_veth_name, Record, Store},
+    warn,
+};
+
+/// Runs DEL.
+pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let store = Store::open(&conf.state_dir, &conf.name, false)?;
+    teardown(&store, conf, &env.container_id, &env.ifname, env.netns.as_deref().map(|p| p.display().to_string()), &env.path)
+}
+
+/// Undoes everything an ADD of (container, ifname) did, as far as it got.
+/// Shared by DEL and GC.
+pub fn teardown(store: &Store, conf: &NetConf, container_id: &str, ifname: &str, netns: Option<String>, cni_path: &str) -> Result<(), CniError> {
+    let mut errors: Vec<String> = Vec::new();
+    let record: Option<Record> = match store.load(container_id, ifname) {
+        Ok(r) => r,
+        Err(e) => {
+            errors.push(e.to_string());
+            None
+        }
+    };
+    let mode = match record.as_ref().map(|r| r.mode.as_str()) {
+        Some("chained") => Mode::Chained,
+        Some("routed") => Mode::Routed,
+        Some(_) => Mode::Bridge,
+        None => conf.mode,
+    };
+    let host = record
+        .as_ref()
+        .map(|r| r.host_veth.clone())
+        .unwrap_or_else(|| host_veth_name(container_id, ifname));
+    let owner = cni_ebpf_common::owner_id(container_id.as_bytes(), ifname.as_bytes());
+
+    // Programs and map entries, if the data path exists at all (DEL never loads it).
+    let dp = Datapath::layout(&conf.pin_path);
+    if dp.is_loaded() || dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
+        // Only the chained mode attaches to a veth it does not own; for ours the
+        // link pins go below with the device anyway, but unpin explicitly.
+        if mode == Mode::Chained || record.is_none() || record.as_ref().and_then(|r| r.attach_mode).is_some() {
+            dp.detach_endpoint(&host);
+        }
+        let res = match &record {
+            Some(r) => dp.remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner).map(|_| ()),
+            // No record: find what this owner holds by scanning (rare path).
+            None => dp.remove_owner(owner).map(|_| ()),
+        };
+        if let Err(e) = res {
+            errors.push(super::bpf_err("remove endpoint entries", e).to_string());
+        }
+    }
+
+    // Interfaces we created.
+    if mode != Mode::Chained {
+        let h = host.clone();
+        if let Err(e) = Netlink::with(|nl| async move {
+            if let Some(l) = nl.link_by_name(&h).await? {
+                if l.kind == "veth" {
+                    nl.del_link(l.index).await?;
+                }
+            }
+            Ok(())
+        }) {
+            errors.push(nl_err("delete host veth", e).to_string());
+        }
+        // If the host side was already gone but the pod still has our veth
+        // (a half-finished ADD moved on), remove it inside the pod. A missing
+        // netns is normal for DEL.
+        let ns_path = netns.or_else(|| record.as_ref().map(|r| r.netns.clone())).filter(|p| !p.is_empty());
+        if let Some(p) = ns_path {
+            if let Ok(ns) = Netns::open(std::path::Path::new(&p)) {
+                if !ns.is_current() {
+                    let ifn = ifname.to_string();
+                    let r = ns.run(|| {
+                        Netlink::with(|nl| async move {
+                            if let Some(l) = nl.link_by_name(&ifn).await? {
+                                if l.kind == "veth" {
+                                    nl.del_link(l.index).await?;
+                                }
+                            }
+                            Ok(())
+                        })
+                    });
+                    if let Ok(Err(e)) = r {
+                        errors.push(nl_err("delete container veth", e).to_string());
+                    }
+                }
+            }
+        }
+        // Addresses.
+        match Ipam::from_conf(conf) {
+            Ok(Some(ipam)) => {
+                if let Err(e) = ipam.del(conf, container_id, ifname, cni_path) {
+                    errors.push(format!("IPAM release: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("IPAM config: {e}")),
+        }
+    }
+
+    if errors.is_empty() {
+        store.remove(container_id, ifname)?;
+        info!("DEL done: {container_id}/{ifname} ({host})");
+        Ok(())
+    } else {
+        // The record stays so that a retried DEL knows what is left.
+        for e in &errors {
+            warn!("DEL {container_id}/{ifname}: {e}");
+        }
+        Err(CniError::new(code::IO, format!("DEL left {} problem(s): {}", errors.len(), errors[0])).with_details(errors.join("; ")))
+    }
+}
+
+/// Addresses of a record.
+pub fn record_ips(r: &Record) -> Vec<IpAddr> {
+    addrs(&r.ips)
+}

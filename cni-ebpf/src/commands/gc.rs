@@ -1,0 +1,66 @@
+//! GC (spec 1.1): remove every attachment of this network that is not in
+//! `cni.dev/valid-attachments`. Runs under the network's exclusive lock, so
+//! it never races an ADD or DEL.
+
+use std::collections::HashSet;
+
+use super::del::teardown;
+use crate::{
+    cni::{code, CniEnv, CniError},
+    config::NetConf,
+    datapath::Datapath,
+    info,
+    ipam::{host_local, Ipam},
+    state::Store,
+    warn,
+};
+
+/// Runs GC.
+pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
+        CniError::new(code::INVALID_CONFIG, "GC needs cni.dev/valid-attachments in the config")
+    })?;
+    let keep: HashSet<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+    let store = Store::open(&conf.state_dir, &conf.name, true)?;
+    let mut errors = Vec::new();
+    let mut live_owners = HashSet::new();
+    let mut live_veths = HashSet::new();
+    for rec in store.all()? {
+        if keep.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
+            live_owners.insert(cni_ebpf_common::owner_id(rec.container_id.as_bytes(), rec.ifname.as_bytes()));
+            live_veths.insert(rec.host_veth.clone());
+            continue;
+        }
+        info!("GC: removing stale attachment {}/{}", rec.container_id, rec.ifname);
+        if let Err(e) = teardown(&store, conf, &rec.container_id, &rec.ifname, Some(rec.netns.clone()), &env.path) {
+            errors.push(e.to_string());
+        }
+    }
+    // Reservations of the built-in IPAM without any valid attachment.
+    if let Ok(Some(Ipam::HostLocal(c))) = Ipam::from_conf(conf) {
+        if let Ok(all) = host_local::all_reservations(&c.data_dir, &conf.name) {
+            for (_, id, ifname) in all {
+                if !keep.contains(&(id.clone(), ifname.clone())) {
+                    if let Err(e) = host_local::release(&c, &conf.name, &id, &ifname) {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+    // Link pins of interfaces that no longer exist.
+    let dp = Datapath::layout(&conf.pin_path);
+    for ifname in dp.pinned_link_ifnames() {
+        if !live_veths.contains(&ifname) && !std::path::Path::new("/sys/class/net").join(&ifname).exists() {
+            dp.detach_endpoint(&ifname);
+        }
+    }
+    for e in &errors {
+        warn!("GC: {e}");
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(code::IO, format!("GC left {} problem(s): {}", errors.len(), errors[0])))
+    }
+}

@@ -1,0 +1,383 @@
+//! The network configuration read from stdin: the reference `bridge` plugin's
+//! keys with their meanings, this plugin's own keys, `runtimeConfig`
+//! capabilities and `prevResult`. Unknown keys are ignored, as the spec asks.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::cni::{code, env::valid_id, version, CniError, CniResult, Dns};
+
+/// Largest config accepted on stdin. Real configs are a few KiB.
+pub const MAX_STDIN: usize = 1 << 20;
+
+/// How the pod is wired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Host veths enslaved to a Linux bridge, as the reference `bridge`.
+    Bridge,
+    /// No bridge: the pod's address is routed to its host veth (/32, /128),
+    /// the pod's default route points at a link-local gateway on that veth.
+    Routed,
+    /// After another plugin that made the interfaces (e.g. `bridge`): attach
+    /// programs to the host veth found in `prevResult`, as `portmap` would.
+    Chained,
+}
+
+/// One `portMappings` entry (the `portmap` capability).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// Port on the node.
+    pub host_port: u32,
+    /// Port in the pod.
+    pub container_port: u32,
+    /// `tcp`, `udp` or `sctp`.
+    #[serde(default = "default_proto")]
+    pub protocol: String,
+    /// Node address the mapping is limited to; empty means every node address.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: String,
+}
+
+fn default_proto() -> String {
+    "tcp".into()
+}
+
+/// A `cni.dev/valid-attachments` entry (GC).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Attachment {
+    /// Container ID.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Interface name in the container.
+    pub ifname: String,
+}
+
+/// Capability arguments from the runtime.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// `portMappings`.
+    pub port_mappings: Vec<PortMapping>,
+    /// `ips`: requested addresses (CIDR or plain IP).
+    pub ips: Vec<IpAddr>,
+    /// `mac`: requested MAC of the container interface.
+    pub mac: Option<String>,
+}
+
+/// A parsed network configuration.
+#[derive(Debug, Clone)]
+pub struct NetConf {
+    /// `cniVersion`.
+    pub cni_version: String,
+    /// `name`.
+    pub name: String,
+    /// `type`.
+    pub plugin_type: String,
+    /// Wiring mode (`mode`: `bridge` | `routed` | `chained`; default `bridge`,
+    /// or `chained` when a `prevResult` is present).
+    pub mode: Mode,
+    /// `bridge`: bridge name (default `cni0`).
+    pub bridge: String,
+    /// `isGateway`: give the bridge the gateway address.
+    pub is_gateway: bool,
+    /// `isDefaultGateway`: also route the pod's default route via it (implies isGateway).
+    pub is_default_gateway: bool,
+    /// `forceAddress`: replace a different address already on the bridge.
+    pub force_address: bool,
+    /// `mtu` of the veth pair (and bridge); None = kernel default.
+    pub mtu: Option<u32>,
+    /// `hairpinMode` on the bridge port.
+    pub hairpin_mode: bool,
+    /// `promiscMode` on the bridge.
+    pub promisc_mode: bool,
+    /// `ipMasq`: masquerade traffic leaving the pod subnets.
+    pub ip_masq: bool,
+    /// `ipam` object as given (passed to delegated plugins verbatim).
+    pub ipam: Option<Value>,
+    /// `ipam.type`.
+    pub ipam_type: Option<String>,
+    /// `dns`.
+    pub dns: Dns,
+    /// `runtimeConfig`.
+    pub runtime: RuntimeConfig,
+    /// `prevResult`, upgraded to the internal shape.
+    pub prev_result: Option<CniResult>,
+    /// `pinPath`: bpffs directory for programs, maps and links.
+    pub pin_path: PathBuf,
+    /// `stateDir`: per-attachment records.
+    pub state_dir: PathBuf,
+    /// `logFile`: where logs go (never stdout). Empty string disables.
+    pub log_file: Option<PathBuf>,
+    /// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) for GC.
+    pub valid_attachments: Option<Vec<Attachment>>,
+    /// The raw bytes from stdin (for delegated IPAM plugins).
+    pub raw: Vec<u8>,
+}
+
+/// Default bpffs directory.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/cni-ebpf";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-ebpf";
+/// Default log file.
+pub const DEFAULT_LOG_FILE: &str = "/var/log/cni-ebpf.log";
+
+fn invalid(msg: String) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+fn get_bool(obj: &serde_json::Map<String, Value>, key: &str) -> Result<bool, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(invalid(format!("invalid {key}: {v} is not a boolean"))),
+    }
+}
+
+fn get_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(v) => Err(invalid(format!("invalid {key}: {v} is not a string"))),
+    }
+}
+
+fn get_path(obj: &serde_json::Map<String, Value>, key: &str, default: &str) -> Result<PathBuf, CniError> {
+    let p = get_str(obj, key)?.unwrap_or_else(|| default.to_string());
+    if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+        return Err(invalid(format!("invalid {key} {p:?}: must be an absolute path without '..'")));
+    }
+    Ok(PathBuf::from(p))
+}
+
+/// Parses a requested IP given as `10.0.0.5` or `10.0.0.5/24`.
+fn parse_requested_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
+}
+
+impl NetConf {
+    /// Parses the config; `command` decides which parts are required.
+    pub fn parse(raw: &[u8], command: &str) -> Result<Self, CniError> {
+        if raw.len() > MAX_STDIN {
+            return Err(CniError::new(
+                code::DECODE,
+                format!("network config on stdin is {} bytes, more than the {MAX_STDIN} allowed", raw.len()),
+            ));
+        }
+        let text = std::str::from_utf8(raw).map_err(|e| {
+            CniError::new(code::DECODE, "network config is not valid UTF-8").with_details(e.to_string())
+        })?;
+        if text.contains('\0') {
+            return Err(CniError::new(code::DECODE, "network config contains a NUL byte"));
+        }
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| CniError::new(code::DECODE, "failed to decode network config").with_details(e.to_string()))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
+
+        let cni_version = get_str(obj, "cniVersion")?.unwrap_or_else(|| "0.1.0".to_string());
+        version::check(&cni_version, command)?;
+        let name = get_str(obj, "name")?.ok_or_else(|| invalid("missing network name (\"name\")".into()))?;
+        if !valid_id(&name) || name.len() > 255 {
+            return Err(invalid(format!(
+                "invalid network name {name:?}: must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
+            )));
+        }
+        let plugin_type = get_str(obj, "type")?.unwrap_or_default();
+
+        let prev_result = match obj.get("prevResult") {
+            None | Some(Value::Null) => None,
+            Some(pr) => Some(CniResult::from_value(pr)?),
+        };
+        let mode = match get_str(obj, "mode")?.as_deref() {
+            None if prev_result.is_some() => Mode::Chained,
+            None | Some("bridge") => Mode::Bridge,
+            Some("routed") => Mode::Routed,
+            Some("chained") => Mode::Chained,
+            Some(m) => return Err(invalid(format!("invalid mode {m:?}: want bridge, routed or chained"))),
+        };
+        let bridge = get_str(obj, "bridge")?.unwrap_or_else(|| "cni0".to_string());
+        crate::cni::env::validate_ifname(&bridge).map_err(|e| invalid(format!("invalid bridge: {}", e.msg)))?;
+        let mtu = match obj.get("mtu") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v.as_u64() {
+                Some(m) if (68..=65535).contains(&m) => Some(m as u32),
+                _ => return Err(invalid(format!("invalid mtu {v}: want 68..65535"))),
+            },
+        };
+        let (ipam, ipam_type) = match obj.get("ipam") {
+            None | Some(Value::Null) => (None, None),
+            Some(Value::Object(m)) if m.is_empty() => (None, None),
+            Some(i @ Value::Object(m)) => {
+                let t = match m.get("type") {
+                    Some(Value::String(t)) if !t.is_empty() => t.clone(),
+                    _ => return Err(invalid("ipam.type is missing or not a string".into())),
+                };
+                (Some(i.clone()), Some(t))
+            }
+            Some(v) => return Err(invalid(format!("invalid ipam: {v} is not an object"))),
+        };
+        let dns = match obj.get("dns") {
+            None | Some(Value::Null) => Dns::default(),
+            Some(d) => Dns::deserialize(d).map_err(|e| invalid(format!("invalid dns: {e}")))?,
+        };
+        let runtime = parse_runtime(obj.get("runtimeConfig"))?;
+        let log_file = match get_str(obj, "logFile")? {
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(PathBuf::from(s)),
+            None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
+        };
+        let valid_attachments = match obj.get("cni.dev/valid-attachments").or_else(|| obj.get("cni.dev/attachments")) {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(
+                Vec::<Attachment>::deserialize(v)
+                    .map_err(|e| invalid(format!("invalid cni.dev/valid-attachments: {e}")))?,
+            ),
+        };
+        let is_default_gateway = get_bool(obj, "isDefaultGateway")?;
+        Ok(Self {
+            cni_version,
+            name,
+            plugin_type,
+            mode,
+            bridge,
+            is_gateway: get_bool(obj, "isGateway")? || is_default_gateway,
+            is_default_gateway,
+            force_address: get_bool(obj, "forceAddress")?,
+            mtu,
+            hairpin_mode: get_bool(obj, "hairpinMode")?,
+            promisc_mode: get_bool(obj, "promiscMode")?,
+            ip_masq: get_bool(obj, "ipMasq")?,
+            ipam,
+            ipam_type,
+            dns,
+            runtime,
+            prev_result,
+            pin_path: get_path(obj, "pinPath", DEFAULT_PIN_PATH)?,
+            state_dir: get_path(obj, "stateDir", DEFAULT_STATE_DIR)?,
+            log_file,
+            valid_attachments,
+            raw: raw.to_vec(),
+        })
+    }
+}
+
+fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
+    let mut rc = RuntimeConfig::default();
+    let Some(Value::Object(obj)) = v else {
+        return Ok(rc);
+    };
+    if let Some(pm) = obj.get("portMappings").filter(|x| !x.is_null()) {
+        rc.port_mappings = Vec::<PortMapping>::deserialize(pm)
+            .map_err(|e| invalid(format!("invalid runtimeConfig.portMappings: {e}")))?;
+        for (i, m) in rc.port_mappings.iter_mut().enumerate() {
+            for (key, port) in [("hostPort", m.host_port), ("containerPort", m.container_port)] {
+                if !(1..=65535).contains(&port) {
+                    return Err(invalid(format!(
+                        "invalid runtimeConfig.portMappings[{i}].{key} {port}: want 1..65535"
+                    )));
+                }
+            }
+            m.protocol = m.protocol.to_ascii_lowercase();
+            if !matches!(m.protocol.as_str(), "tcp" | "udp" | "sctp") {
+                return Err(invalid(format!(
+                    "invalid runtimeConfig.portMappings[{i}].protocol {:?}: want tcp, udp or sctp",
+                    m.protocol
+                )));
+            }
+            if !m.host_ip.is_empty() && m.host_ip.parse::<IpAddr>().is_err() {
+                return Err(invalid(format!(
+                    "invalid runtimeConfig.portMappings[{i}].hostIP {:?}: not an IP address",
+                    m.host_ip
+                )));
+            }
+        }
+    }
+    if let Some(Value::Array(ips)) = obj.get("ips") {
+        for ip in ips {
+            let s = ip.as_str().unwrap_or_default();
+            rc.ips.push(
+                parse_requested_ip(s)
+                    .ok_or_else(|| invalid(format!("invalid runtimeConfig.ips entry {ip}: not an IP address")))?,
+            );
+        }
+    }
+    if let Some(Value::String(m)) = obj.get("mac") {
+        rc.mac = Some(m.clone());
+    }
+    Ok(rc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<NetConf, CniError> {
+        NetConf::parse(s.as_bytes(), "ADD")
+    }
+
+    #[test]
+    fn bridge_keys_and_defaults() {
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"net1","type":"cni-ebpf","isDefaultGateway":true,
+            "mtu":1400,"hairpinMode":true,"ipMasq":true,"somethingUnknown":{"x":1},
+            "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}}"#)
+        .unwrap();
+        assert_eq!(c.mode, Mode::Bridge);
+        assert_eq!(c.bridge, "cni0");
+        assert!(c.is_gateway && c.is_default_gateway && c.hairpin_mode && c.ip_masq);
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+    }
+
+    #[test]
+    fn prev_result_means_chained() {
+        let c = parse(r#"{"cniVersion":"0.4.0","name":"n","type":"cni-ebpf",
+            "prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.0.0.2/24"}]}}"#)
+        .unwrap();
+        assert_eq!(c.mode, Mode::Chained);
+        assert_eq!(c.prev_result.unwrap().ips.len(), 1);
+    }
+
+    #[test]
+    fn runtime_config() {
+        let c = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"cni-ebpf","runtimeConfig":{
+            "portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"TCP"},{"hostPort":53,"containerPort":53,"protocol":"udp","hostIP":"10.0.0.1"}],
+            "ips":["10.1.0.9/24","fd00::9"],"mac":"02:00:00:00:00:09"}}"#)
+        .unwrap();
+        assert_eq!(c.runtime.port_mappings.len(), 2);
+        assert_eq!(c.runtime.port_mappings[0].protocol, "tcp");
+        assert_eq!(c.runtime.ips.len(), 2);
+    }
+
+    #[test]
+    fn bad_inputs_have_the_right_codes() {
+        let cases: &[(&str, u32, &str)] = &[
+            ("{not json", 6, "decode"),
+            ("[1,2]", 6, "not a JSON object"),
+            (r#"{"cniVersion":"0.2.0","name":"n"}"#, 1, "incompatible"),
+            (r#"{"cniVersion":"1.0.0"}"#, 7, "name"),
+            (r#"{"cniVersion":"1.0.0","name":"../etc"}"#, 7, "network name"),
+            (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, 7, "mtu"),
+            (r#"{"cniVersion":"1.0.0","name":"n","mode":"foo"}"#, 7, "mode"),
+            (r#"{"cniVersion":"1.0.0","name":"n","stateDir":"rel/dir"}"#, 7, "stateDir"),
+            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"x"}}"#, 7, "ipam.type"),
+            (r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}"#, 7, "hostPort"),
+            (r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}}"#, 7, "hostPort"),
+            (r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}"#, 7, "protocol"),
+        ];
+        for (input, code, needle) in cases {
+            let e = parse(input).unwrap_err();
+            assert_eq!(e.code, *code, "{input}: {e}");
+            assert!(e.to_string().contains(needle), "{input}: {e}");
+        }
+        assert_eq!(NetConf::parse(&[0xff, 0xfe], "ADD").unwrap_err().code, 6);
+        assert_eq!(NetConf::parse(&vec![b' '; MAX_STDIN + 1], "ADD").unwrap_err().code, 6);
+        let deep = format!("{}{}", "[".repeat(10000), "]".repeat(10000));
+        assert_eq!(NetConf::parse(deep.as_bytes(), "ADD").unwrap_err().code, 6);
+    }
+}

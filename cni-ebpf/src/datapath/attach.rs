@@ -1,0 +1,148 @@
+//! Attaching the host-veth programs so the attachment outlives this process.
+//!
+//! TCX (Linux 6.6+) links are pinned under `links/`; the pin is what keeps
+//! them attached after the CNI process exits, and removing the pin detaches.
+//! Where TCX is unavailable (or disabled), a clsact qdisc with a cls_bpf
+//! filter is used instead; such a filter lives as long as the device.
+
+use aya::programs::{
+    tc::{qdisc_add_clsact, NlOptions, TcAttachOptions, TcError, TcHandle},
+    links::{FdLink, LinkOrder, PinnedLink},
+    SchedClassifier, TcAttachType,
+};
+use cni_ebpf_common::prog;
+use serde::{Deserialize, Serialize};
+
+use super::pins::{BpfError, Datapath};
+
+/// How programs are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// TCX where the kernel has it, else netlink.
+    #[default]
+    Auto,
+    /// TCX links only.
+    Tcx,
+    /// clsact qdisc + cls_bpf filter.
+    Netlink,
+}
+
+const DIRECTIONS: [(&str, TcAttachType, &str); 2] = [
+    (prog::FROM_CONTAINER, TcAttachType::Ingress, "ingress"),
+    (prog::TO_CONTAINER, TcAttachType::Egress, "egress"),
+];
+
+impl Datapath {
+    fn link_pin(&self, ifname: &str, dir: &str) -> std::path::PathBuf {
+        self.links_dir().join(format!("{ifname}_{dir}"))
+    }
+
+    /// Attaches `from_container`/`to_container` to the host veth `ifname`.
+    /// Returns the mode actually used. Re-attaching replaces an earlier
+    /// attachment of ours instead of stacking a second one.
+    pub fn attach_endpoint(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
+        let use_tcx = match mode {
+            AttachMode::Tcx => true,
+            AttachMode::Netlink => false,
+            // TCX arrived in 6.6 (commit e420bed02507, "bpf: Add fd-based tcx multi-prog infra").
+            AttachMode::Auto => aya::util::KernelVersion::current()
+                .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
+                .unwrap_or(false),
+        };
+        if use_tcx {
+            self.detach_endpoint(ifname);
+        } else {
+            match qdisc_add_clsact(ifname) {
+                Ok(()) | Err(TcError::AlreadyAttached) => {}
+                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => {
+                    return Err(BpfError::Link {
+                        name: ifname.into(),
+                        what: "add clsact qdisc",
+                        source: Box::new(e),
+                    })
+                }
+            }
+        }
+        for (name, kind, dir) in DIRECTIONS {
+            let path = self.prog_path(name);
+            let mut p = SchedClassifier::from_pin(&path).map_err(|source| BpfError::Program {
+                name: path.display().to_string(),
+                what: "open pinned program",
+                source,
+            })?;
+            let opts = if use_tcx {
+                TcAttachOptions::TcxOrder(LinkOrder::default())
+            } else {
+                // A fixed priority and handle: a retried ADD replaces our filter
+                // instead of adding another one.
+                TcAttachOptions::Netlink(NlOptions {
+                    priority: 1,
+                    handle: TcHandle::new(0, 0xcb),
+                    ..Default::default()
+                })
+            };
+            let id = p.attach_with_options(ifname, kind, opts).map_err(|source| BpfError::Program {
+                name: format!("{name} on {ifname} {dir}"),
+                what: "attach",
+                source,
+            })?;
+            let link = p.take_link(id).map_err(|source| BpfError::Program {
+                name: name.into(),
+                what: "take link",
+                source,
+            })?;
+            if use_tcx {
+                let pin = self.link_pin(ifname, dir);
+                let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
+                    name: pin.display().to_string(),
+                    what: "tcx link to fd link",
+                    source: Box::new(e),
+                })?;
+                fd.pin(&pin).map_err(|e| BpfError::Link {
+                    name: pin.display().to_string(),
+                    what: "pin link",
+                    source: Box::new(e),
+                })?;
+            } else {
+                // Dropping the link would remove the filter; it must stay.
+                std::mem::forget(link);
+            }
+        }
+        Ok(if use_tcx { AttachMode::Tcx } else { AttachMode::Netlink })
+    }
+
+    /// Removes our TCX link pins for `ifname` (detaching the programs if the
+    /// device still exists). Missing pins are fine. Netlink filters go away
+    /// with the device.
+    pub fn detach_endpoint(&self, ifname: &str) {
+        for (_, _, dir) in DIRECTIONS {
+            let pin = self.link_pin(ifname, dir);
+            if let Ok(link) = PinnedLink::from_pin(&pin) {
+                let _ = link.unpin();
+            } else {
+                let _ = std::fs::remove_file(&pin);
+            }
+        }
+    }
+
+    /// True when both TCX link pins of `ifname` exist (CHECK).
+    pub fn has_link_pins(&self, ifname: &str) -> bool {
+        DIRECTIONS.iter().all(|(_, _, dir)| self.link_pin(ifname, dir).exists())
+    }
+
+    /// Names of host interfaces that have link pins (GC).
+    pub fn pinned_link_ifnames(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(rd) = std::fs::read_dir(self.links_dir()) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if let Some(i) = n.strip_suffix("_ingress") {
+                    out.push(i.to_string());
+                }
+            }
+        }
+        out
+    }
+}

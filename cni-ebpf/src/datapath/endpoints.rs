@@ -1,0 +1,163 @@
+//! The map entries an attachment owns: its addresses in `endpoints` and its
+//! counters in `ep_stats`.
+
+use std::net::IpAddr;
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use cni_ebpf_common::{map, Counter, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE};
+
+use super::pins::{BpfError, Datapath};
+
+/// One row of the endpoints map, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointEntry {
+    /// Pod address.
+    pub ip: IpAddr,
+    /// Value.
+    pub info: EndpointInfo,
+}
+
+/// Map key of an address.
+pub fn ip_key(ip: IpAddr) -> IpKey {
+    match ip {
+        IpAddr::V4(v4) => IpKey::v4(v4.octets()),
+        IpAddr::V6(v6) => IpKey::v6(v6.octets()),
+    }
+}
+
+fn key_ip(k: &IpKey) -> IpAddr {
+    if k.family == cni_ebpf_common::FAMILY_V4 {
+        IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
+    } else {
+        IpAddr::from(k.addr)
+    }
+}
+
+impl Datapath {
+    fn open_map(&self, name: &'static str) -> Result<Map, BpfError> {
+        let path = self.map_path(name);
+        let data = MapData::from_pin(&path).map_err(|source| BpfError::Map {
+            name,
+            what: format!("open pin {}", path.display()),
+            source,
+        })?;
+        Map::from_map_data(data).map_err(|source| BpfError::Map {
+            name,
+            what: "map type".into(),
+            source,
+        })
+    }
+
+    fn endpoints(&self) -> Result<HashMap<MapData, IpKey, EndpointInfo>, BpfError> {
+        HashMap::try_from(self.open_map(map::ENDPOINTS)?).map_err(|source| BpfError::Map {
+            name: map::ENDPOINTS,
+            what: "key/value layout".into(),
+            source,
+        })
+    }
+
+    fn ep_stats(&self) -> Result<PerCpuHashMap<MapData, u32, EndpointStats>, BpfError> {
+        PerCpuHashMap::try_from(self.open_map(map::EP_STATS)?).map_err(|source| BpfError::Map {
+            name: map::EP_STATS,
+            what: "key/value layout".into(),
+            source,
+        })
+    }
+
+    /// Publishes an endpoint: its counters first, then its addresses (the
+    /// moment an address is in the map, its packets pass anti-spoofing).
+    pub fn add_endpoint(&self, ips: &[IpAddr], ifindex: u32, mac: [u8; 6], owner: u64) -> Result<(), BpfError> {
+        let mut st = self.ep_stats()?;
+        let zero = PerCpuValues::try_from(vec![EndpointStats::default(); aya::util::nr_cpus().map_err(|(_, e)| BpfError::Io { what: "count cpus", path: String::new(), source: e })?])
+            .map_err(|e| BpfError::Io { what: "per-cpu values", path: String::new(), source: e })?;
+        st.insert(ifindex, zero, 0).map_err(|source| BpfError::Map {
+            name: map::EP_STATS,
+            what: format!("insert {ifindex}"),
+            source,
+        })?;
+        let mut eps = self.endpoints()?;
+        let info = EndpointInfo {
+            ifindex,
+            flags: EP_FLAG_ACTIVE,
+            owner,
+            mac,
+            pad: [0; 2],
+        };
+        for ip in ips {
+            eps.insert(ip_key(*ip), info, 0).map_err(|source| BpfError::Map {
+                name: map::ENDPOINTS,
+                what: format!("insert {ip}"),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Removes `ips` from `endpoints` where `owner` still owns them (an address
+    /// already handed to another container is left alone), and the counters
+    /// of `ifindex`. Missing entries are fine.
+    pub fn remove_endpoint(&self, ips: &[IpAddr], ifindex: Option<u32>, owner: u64) -> Result<(), BpfError> {
+        let mut eps = self.endpoints()?;
+        for ip in ips {
+            let k = ip_key(*ip);
+            if let Ok(v) = eps.get(&k, 0) {
+                if v.owner == owner {
+                    let _ = eps.remove(&k);
+                }
+            }
+        }
+        if let Some(ifindex) = ifindex {
+            let _ = self.ep_stats()?.remove(&ifindex);
+        }
+        Ok(())
+    }
+
+    /// Every endpoint entry (inspect, GC, DEL without state).
+    pub fn endpoint_entries(&self) -> Result<Vec<EndpointEntry>, BpfError> {
+        let eps = self.endpoints()?;
+        Ok(eps
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, info)| EndpointEntry { ip: key_ip(&k), info })
+            .collect())
+    }
+
+    /// Removes every `endpoints` entry of `owner` (DEL when its state is lost).
+    pub fn remove_owner(&self, owner: u64) -> Result<Vec<IpAddr>, BpfError> {
+        let gone: Vec<EndpointEntry> = self.endpoint_entries()?.into_iter().filter(|e| e.info.owner == owner).collect();
+        let mut eps = self.endpoints()?;
+        for e in &gone {
+            let _ = eps.remove(&ip_key(e.ip));
+            let _ = self.ep_stats()?.remove(&e.info.ifindex);
+        }
+        Ok(gone.into_iter().map(|e| e.ip).collect())
+    }
+
+    /// Summed per-endpoint counters of a host veth.
+    pub fn endpoint_stats(&self, ifindex: u32) -> Option<EndpointStats> {
+        let v = self.ep_stats().ok()?.get(&ifindex, 0).ok()?;
+        let mut s = EndpointStats::default();
+        for c in v.iter() {
+            s.from_packets += c.from_packets;
+            s.from_bytes += c.from_bytes;
+            s.to_packets += c.to_packets;
+            s.to_bytes += c.to_bytes;
+            s.drop_spoofed += c.drop_spoofed;
+        }
+        Some(s)
+    }
+
+    /// Node-wide counters by name.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        let m: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(self.open_map(map::STATS)?).map_err(|source| BpfError::Map {
+                name: map::STATS,
+                what: "layout".into(),
+                source,
+            })?;
+        Ok(Counter::ALL
+            .iter()
+            .map(|(c, name)| (*name, m.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+            .collect())
+    }
+}

@@ -1,0 +1,214 @@
+//! bpffs, the pin layout, and loading the object once per node.
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+};
+
+use aya::{programs::SchedClassifier, EbpfLoader};
+use cni_ebpf_common::{map, prog, Fnv1a, PIN_ABI_VERSION};
+use rustix::fs::{flock, FlockOperation};
+
+/// The eBPF object built by build.rs from `cni-ebpf-bpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf-bpf.o"));
+
+/// bpffs magic (`BPF_FS_MAGIC` in linux/magic.h).
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// Errors of the eBPF side.
+#[derive(Debug, thiserror::Error)]
+pub enum BpfError {
+    /// bpffs could not be found or mounted at the pin path.
+    #[error("bpffs at {path}")]
+    Bpffs {
+        /// Pin root.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Filesystem work under the pin root or state dir failed.
+    #[error("{what} {path}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Loading the object failed (verifier, kernel support).
+    #[error("loading the eBPF object")]
+    Load(#[source] Box<aya::EbpfError>),
+    /// A program operation failed.
+    #[error("program {name}: {what}")]
+    Program {
+        /// Program or pin.
+        name: String,
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A map operation failed.
+    #[error("map {name}: {what}")]
+    Map {
+        /// Map.
+        name: &'static str,
+        /// What was being done.
+        what: String,
+        /// Cause.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A link operation failed.
+    #[error("link {name}: {what}")]
+    Link {
+        /// Pin path.
+        name: String,
+        /// What was being done.
+        what: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BpfError + 'a {
+    move |source| BpfError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Short hex hash of the embedded object: programs of different builds live
+/// side by side.
+pub fn object_hash() -> String {
+    let mut h = Fnv1a::new();
+    h.write(OBJECT);
+    format!("{:016x}", h.finish())
+}
+
+/// Handle on the node's pinned data path.
+#[derive(Debug, Clone)]
+pub struct Datapath {
+    /// `<pin root>/v<ABI>`.
+    pub(crate) dir: PathBuf,
+    /// `<dir>/progs/<object hash>`.
+    pub(crate) progs: PathBuf,
+}
+
+impl Datapath {
+    /// The layout under `pin_root`, without touching anything.
+    pub fn layout(pin_root: &Path) -> Self {
+        let dir = pin_root.join(format!("v{PIN_ABI_VERSION}"));
+        let progs = dir.join("progs").join(object_hash());
+        Self { dir, progs }
+    }
+
+    /// Path of a pinned map.
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    /// Path of a pinned program of this build.
+    pub fn prog_path(&self, name: &str) -> PathBuf {
+        self.progs.join(name)
+    }
+
+    /// Directory of pinned links.
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    /// True when this build's programs and every map are pinned.
+    pub fn is_loaded(&self) -> bool {
+        prog::ALL.iter().all(|p| self.prog_path(p).exists()) && map::ALL.iter().all(|m| self.map_path(m).exists())
+    }
+
+    /// Opens the pinned data path, loading and pinning the object first if
+    /// this build's programs are not pinned yet. Concurrent callers serialise
+    /// on a lock file in `state_dir` (bpffs holds no regular files); only the
+    /// first pays for the verifier.
+    pub fn open_or_load(pin_root: &Path, state_dir: &Path) -> Result<Self, BpfError> {
+        let dp = Self::layout(pin_root);
+        if dp.is_loaded() {
+            return Ok(dp);
+        }
+        ensure_bpffs(pin_root)?;
+        std::fs::create_dir_all(state_dir).map_err(io("create state dir", state_dir))?;
+        let lock_path = state_dir.join("bpf.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open lock", &lock_path))?;
+        flock(&lock, FlockOperation::LockExclusive).map_err(|e| io("lock", &lock_path)(e.into()))?;
+        if dp.is_loaded() {
+            return Ok(dp);
+        }
+        dp.load()?;
+        Ok(dp)
+    }
+
+    fn load(&self) -> Result<(), BpfError> {
+        let maps_dir = self.dir.join("maps");
+        for d in [&maps_dir, &self.progs, &self.links_dir()] {
+            std::fs::create_dir_all(d).map_err(io("create pin dir", d))?;
+        }
+        let paths: Vec<(&str, PathBuf)> = map::ALL.iter().map(|m| (*m, self.map_path(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
+        for name in prog::ALL {
+            let p: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| BpfError::Program {
+                    name: name.into(),
+                    what: "missing from object",
+                    source: aya::programs::ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| BpfError::Program {
+                    name: name.into(),
+                    what: "not a classifier",
+                    source,
+                })?;
+            p.load().map_err(|source| BpfError::Program {
+                name: name.into(),
+                what: "load",
+                source,
+            })?;
+            let path = self.prog_path(name);
+            // A half-finished earlier load may have left a pin behind.
+            let _ = std::fs::remove_file(&path);
+            p.pin(&path).map_err(|e| BpfError::Link {
+                name: path.display().to_string(),
+                what: "pin program",
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes sure `path` is on a bpffs, mounting one there if it is not.
+pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
+    let err = |source: std::io::Error| BpfError::Bpffs {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let st = rustix::fs::statfs(path).map_err(|e| err(e.into()))?;
+    #[expect(clippy::unnecessary_cast, reason = "f_type is i64 on some targets and u64 on others")]
+    if st.f_type as u64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    rustix::mount::mount("bpf", path, "bpf", rustix::mount::MountFlags::empty(), c"mode=0700").map_err(|e| err(e.into()))
+}

@@ -1,0 +1,83 @@
+//! Address management: the built-in `host-local` (same config, on-disk format
+//! and locking as the reference plugin) or any other IPAM plugin on
+//! `CNI_PATH`, run as the reference plugins' `ipam.Exec*` do.
+
+pub mod delegate;
+pub mod host_local;
+
+use std::net::IpAddr;
+
+use crate::{
+    cni::{code, CniError, CniResult},
+    config::NetConf,
+};
+
+/// The IPAM a network uses.
+pub enum Ipam {
+    /// Built-in host-local.
+    HostLocal(host_local::HostLocalConfig),
+    /// Another plugin binary, by type name.
+    Delegate(String),
+}
+
+impl Ipam {
+    /// From the config's `ipam` object; `None` when there is no IPAM (chained).
+    pub fn from_conf(conf: &NetConf) -> Result<Option<Self>, CniError> {
+        match (conf.ipam_type.as_deref(), conf.ipam.as_ref()) {
+            (Some("host-local"), Some(v)) => Ok(Some(Self::HostLocal(host_local::HostLocalConfig::parse(v)?))),
+            (Some(t), Some(_)) => Ok(Some(Self::Delegate(t.to_string()))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Allocates addresses for (container, ifname).
+    pub fn add(&self, conf: &NetConf, container_id: &str, ifname: &str, requested: &[IpAddr], cni_path: &str) -> Result<CniResult, CniError> {
+        match self {
+            Self::HostLocal(c) => {
+                let ips = host_local::allocate(c, &conf.name, container_id, ifname, requested)?;
+                Ok(CniResult {
+                    ips,
+                    routes: c.routes.clone(),
+                    dns: c.dns.clone(),
+                    ..Default::default()
+                })
+            }
+            Self::Delegate(t) => {
+                let v = delegate::exec(t, "ADD", &conf.raw, cni_path)?
+                    .ok_or_else(|| CniError::new(code::DELEGATE, format!("IPAM plugin {t:?} returned no result")))?;
+                let r = CniResult::from_value(&v)?;
+                if r.ips.is_empty() {
+                    return Err(CniError::new(code::DELEGATE, format!("IPAM plugin {t:?} returned no addresses")));
+                }
+                Ok(r)
+            }
+        }
+    }
+
+    /// Releases everything (container, ifname) holds. Idempotent.
+    pub fn del(&self, conf: &NetConf, container_id: &str, ifname: &str, cni_path: &str) -> Result<(), CniError> {
+        match self {
+            Self::HostLocal(c) => host_local::release(c, &conf.name, container_id, ifname),
+            Self::Delegate(t) => delegate::exec(t, "DEL", &conf.raw, cni_path).map(|_| ()),
+        }
+    }
+
+    /// Verifies that (container, ifname) still holds `ips`.
+    pub fn check(&self, conf: &NetConf, container_id: &str, ifname: &str, ips: &[IpAddr], cni_path: &str) -> Result<(), CniError> {
+        match self {
+            Self::HostLocal(c) => {
+                let held = host_local::reserved_by(c, &conf.name, container_id, ifname)?;
+                for ip in ips {
+                    if !held.contains(ip) {
+                        return Err(CniError::new(
+                            code::CHECK_MISMATCH,
+                            format!("IPAM: {ip} is no longer reserved for {container_id}/{ifname}"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Self::Delegate(t) => delegate::exec(t, "CHECK", &conf.raw, cni_path).map(|_| ()),
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Every rtnetlink call the plugin makes, in one place.
+//!
+//! A [`Netlink`] is bound to the network namespace of the thread that made it
+//! (see [`crate::netns`]). Each call is one request; nothing here lists all
+//! links or routes of the node, so the cost of an ADD does not grow with the
+//! number of pods.
+
+use std::{
+    future::Future,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsRawFd, BorrowedFd},
+};
+
+use futures_util::TryStreamExt;
+use ipnet::IpNet;
+use rtnetlink::{
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
+        neighbour::NeighbourState,
+        route::RouteScope,
+    },
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+/// A netlink failure, with what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum NlError {
+    /// The kernel refused a request.
+    #[error("netlink: {op}")]
+    Request {
+        /// What was asked.
+        op: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// The socket or runtime could not be set up.
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// A link that must exist does not.
+    #[error("link {0:?} not found")]
+    NoLink(String),
+}
+
+impl NlError {
+    /// The errno of a kernel refusal, if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NlError::Request {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => m.code.map(|c| -c.get()),
+            _ => None,
+        }
+    }
+}
+
+fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
+    let op = op.into();
+    move |source| NlError::Request { op, source }
+}
+
+/// What we need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// MAC address (empty if none).
+    pub mac: Vec<u8>,
+    /// MTU.
+    pub mtu: u32,
+    /// `veth`, `bridge`, ... (empty if none).
+    pub kind: String,
+    /// Index of the master (bridge) if enslaved.
+    pub master: Option<u32>,
+    /// Index of the peer (for veth: in the peer's namespace).
+    pub link: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+}
+
+impl Link {
+    fn from_msg(m: LinkMessage) -> Self {
+        let mut l = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: Vec::new(),
+            mtu: 0,
+            kind: String::new(),
+            master: None,
+            link: None,
+            up: m.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up),
+        };
+        for a in m.attributes {
+            match a {
+                LinkAttribute::IfName(n) => l.name = n,
+                LinkAttribute::Address(a) => l.mac = a,
+                LinkAttribute::Mtu(v) => l.mtu = v,
+                LinkAttribute::Controller(v) => l.master = Some(v),
+                LinkAttribute::Link(v) => l.link = Some(v),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            l.kind = k.to_string();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        l
+    }
+}
+
+/// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut n = 0;
+    for (i, part) in s.split(':').enumerate() {
+        if i >= 6 || part.len() != 2 {
+            return None;
+        }
+        out[i] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6).then_some(out)
+}
+
+/// A netlink connection in the calling thread's namespace.
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Runs `f` with a fresh connection on a current-thread runtime; the
+    /// socket belongs to the namespace of the calling thread.
+    pub fn with<T, F, Fut>(f: F) -> Result<T, NlError>
+    where
+        F: FnOnce(Netlink) -> Fut,
+        Fut: Future<Output = Result<T, NlError>>,
+    {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        rt.block_on(async move {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(conn);
+            f(Netlink { handle }).await
+        })
+    }
+
+    /// Looks a link up by name; `None` if there is none.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NlError> {
+        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(Link::from_msg)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(req(format!("get link {name}"))(e)),
+        }
+    }
+
+    /// Looks a link up by index; `None` if there is none.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NlError> {
+        let mut s = self.handle.link().get().match_index(index).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(Link::from_msg)),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(req(format!("get link {index}"))(e)),
+        }
+    }
+
+    /// Creates a veth pair `host` <-> `peer`, with the peer created directly in
+    /// the namespace `peer_ns` (no move after creation, so the pod never sees a
+    /// half-configured interface and the node never sees the peer).
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_ns: BorrowedFd<'_>,
+        mtu: Option<u32>,
+        peer_mac: Option<[u8; 6]>,
+    ) -> Result<(), NlError> {
+        let mut pb = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).setns_by_fd(peer_ns.as_raw_fd());
+        if let Some(m) = mtu {
+            pb = pb.mtu(m);
+        }
+        if let Some(mac) = peer_mac {
+            pb = pb.address(mac.to_vec());
+        }
+        let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(pb.build())));
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(req(format!("create veth {host} <-> {peer}")))
+    }
+
+    /// Creates a bridge if missing and returns it (the reference `bridge`
+    /// plugin's ensureBridge).
+    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>, promisc: bool) -> Result<Link, NlError> {
+        if let Some(l) = self.link_by_name(name).await? {
+            if l.kind != "bridge" {
+                return Err(NlError::Request {
+                    op: format!("use {name} as bridge: it is a {:?} link", l.kind),
+                    source: rtnetlink::Error::RequestFailed,
+                });
+            }
+            if !l.up {
+                self.set_up(l.index).await?;
+            }
+            return Ok(l);
+        }
+        let mut b = LinkBridge::new(name);
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        if promisc {
+            b = b.promiscuous(true);
+        }
+        match self.handle.link().add(b.up().build()).execute().await {
+            Ok(()) => {}
+            // A concurrent ADD created it first.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => {}
+            Err(e) => return Err(req(format!("create bridge {name}"))(e)),
+        }
+        let l = self.link_by_name(name).await?.ok_or_else(|| NlError::NoLink(name.into()))?;
+        if !l.up {
+            self.set_up(l.index).await?;
+        }
+        Ok(l)
+    }
+
+    /// Sets a link up.
+    pub async fn set_up(&self, index: u32) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("set link {index} up")))
+    }
+
+    /// Enslaves `index` to `master`.
+    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), NlError> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).controller(master).build())
+            .execute()
+            .await
+            .map_err(req(format!("set master of {index} to {master}")))
+    }
+
+    /// Sets hairpin mode on a bridge port.
+    pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NlError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .set_port_kind(InfoPortKind::Bridge)
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)]))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(req(format!("set hairpin on port {index}")))
+    }
+
+    /// Deletes a link; a missing link is not an error.
+    pub async fn del_link(&self, index: u32) -> Result<(), NlError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(()),
+            Err(e) => Err(req(format!("delete link {index}"))(e)),
+        }
+    }
+
+    /// Adds an address; an address already present is fine.
+    pub async fn add_addr(&self, index: u32, net: IpNet) -> Result<(), NlError> {
+        match self.handle.address().add(index, net.addr(), net.prefix_len()).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(req(format!("add address {net} to link {index}"))(e)),
+        }
+    }
+
+    /// Addresses of a link.
+    pub async fn addrs(&self, index: u32) -> Result<Vec<IpNet>, NlError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(m) = s.try_next().await.map_err(req(format!("list addresses of {index}")))? {
+            let prefix = m.header.prefix_len;
+            for a in m.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    if let Ok(n) = IpNet::new(ip, prefix) {
+                        out.push(n);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes every address of `index` that is in `nets`' family and differs
+    /// from them (bridge `forceAddress`).
+    pub async fn del_addr(&self, index: u32, net: IpNet) -> Result<(), NlError> {
+        let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(net.addr()).execute();
+        while let Some(m) = s.try_next().await.map_err(req(format!("find address {net}")))? {
+            self.handle.address().del(m).execute().await.map_err(req(format!("delete address {net}")))?;
+        }
+        Ok(())
+    }
+
+    /// Adds a route `dst` via `gw` (or on-link when `gw` is None) out of `oif`.
+    /// An identical route already present is fine.
+    pub async fn add_route(&self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> Result<(), NlError> {
+        let msg = match (dst, gw) {
+            (IpNet::V4(d), gw) => {
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len()).output_interface(oif);
+                match gw {
+                    Some(IpAddr::V4(g)) => b = b.gateway(g),
+                    _ => b = b.scope(RouteScope::Link),
+                }
+                b.build()
+            }
+            (IpNet::V6(d), gw) => {
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len()).output_interface(oif);
+                if let Some(IpAddr::V6(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+        };
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(req(format!("add route {dst} via {gw:?} dev {oif}"))(e)),
+        }
+    }
+
+    /// Adds (or replaces) a permanent neighbour entry.
+    pub async fn add_neigh(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), NlError> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("add neighbour {ip} on {index}")))
+    }
+}
+
+/// Writes a sysctl under /proc/sys (for the calling thread's namespace).
+pub fn sysctl(path: &str, value: &str) -> std::io::Result<()> {
+    let p = format!("/proc/sys/{path}");
+    match std::fs::read_to_string(&p) {
+        Ok(cur) if cur.trim() == value => Ok(()),
+        _ => std::fs::write(&p, value),
+    }
+}

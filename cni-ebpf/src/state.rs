@@ -1,0 +1,163 @@
+//! Per-attachment records on disk, one JSON file per (network, container ID,
+//! ifname), written before the kernel changes they describe so that DEL and
+//! GC can undo a half-finished ADD.
+
+use std::{
+    fs::File,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use rustix::fs::{flock, FlockOperation};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    cni::{code, CniError},
+    config::PortMapping,
+    datapath::AttachMode,
+};
+
+/// What one ADD set up (or is setting up).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    /// Network name.
+    pub network: String,
+    /// Container ID.
+    pub container_id: String,
+    /// Interface name in the container.
+    pub ifname: String,
+    /// Netns path given at ADD.
+    pub netns: String,
+    /// `bridge`, `routed` or `chained`.
+    pub mode: String,
+    /// Host-side veth name.
+    pub host_veth: String,
+    /// Host-side veth ifindex, once known.
+    #[serde(default)]
+    pub host_ifindex: Option<u32>,
+    /// Container interface MAC, once known.
+    #[serde(default)]
+    pub mac: String,
+    /// Addresses, once allocated.
+    #[serde(default)]
+    pub ips: Vec<IpNet>,
+    /// `portMappings` requested at ADD (for the NAT data plane).
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+    /// How programs were attached, once they are.
+    #[serde(default)]
+    pub attach_mode: Option<AttachMode>,
+    /// False until ADD has finished.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(code::IO, format!("{what} {}", path.display())).with_details(e.to_string())
+}
+
+/// The state directory of one network.
+pub struct Store {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Store {
+    /// Opens `<state_dir>/<network>` and takes its lock: shared for ADD, DEL
+    /// and CHECK (different containers proceed in parallel), exclusive for GC
+    /// (which must not race an ADD, as the spec asks).
+    pub fn open(state_dir: &Path, network: &str, exclusive: bool) -> Result<Self, CniError> {
+        let dir = state_dir.join(network);
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create state dir", &dir, e))?;
+        let lock_path = dir.join(".lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err("open", &lock_path, e))?;
+        let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
+        flock(&lock, op).map_err(|e| io_err("lock", &lock_path, e.into()))?;
+        Ok(Self { dir, _lock: lock })
+    }
+
+    fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
+        self.dir.join(format!("{container_id}_{ifname}.json"))
+    }
+
+    /// Reads a record; `None` when there is none.
+    pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<Record>, CniError> {
+        let p = self.path(container_id, ifname);
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| CniError::new(code::DECODE, format!("corrupt state record {}", p.display())).with_details(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p, e)),
+        }
+    }
+
+    /// Writes a record atomically (temp file + rename, fsync'd).
+    pub fn save(&self, r: &Record) -> Result<(), CniError> {
+        let p = self.path(&r.container_id, &r.ifname);
+        let tmp = p.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(r).expect("record serializes");
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &p)
+        };
+        write().map_err(|e| io_err("write", &p, e))
+    }
+
+    /// Removes a record; a missing one is fine.
+    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
+        let p = self.path(container_id, ifname);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove", &p, e)),
+        }
+    }
+
+    /// Every record of the network (GC).
+    pub fn all(&self) -> Result<Vec<Record>, CniError> {
+        let mut out = Vec::new();
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, e))?;
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            if let Ok(b) = std::fs::read(&p) {
+                if let Ok(r) = serde_json::from_slice::<Record>(&b) {
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Host-side veth name for (container ID, ifname): `veth` + 11 hex digits of
+/// the owner hash, so a retried ADD or a DEL without state finds it.
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    let h = cni_ebpf_common::owner_id(container_id.as_bytes(), ifname.as_bytes());
+    format!("veth{:011x}", h & 0x0fff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_are_stable_and_short() {
+        let a = host_veth_name("abc", "eth0");
+        assert_eq!(a, host_veth_name("abc", "eth0"));
+        assert_ne!(a, host_veth_name("abc", "eth1"));
+        assert_eq!(a.len(), 15);
+    }
+}
