@@ -16,7 +16,12 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let bpf_dir = root.join("cni-ebpf-bpf");
-    for p in ["cni-ebpf-bpf/src", "cni-ebpf-bpf/Cargo.toml", "cni-ebpf-bpf/Cargo.lock", "cni-ebpf-common/src"] {
+    for p in [
+        "cni-ebpf-bpf/src",
+        "cni-ebpf-bpf/Cargo.toml",
+        "cni-ebpf-bpf/Cargo.lock",
+        "cni-ebpf-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=CNI_EBPF_BPF_FEATURES");
@@ -29,14 +34,21 @@ fn main() {
 
     let target_dir = root.join("target").join("bpf");
     let mut path = env::var_os("PATH").unwrap_or_default();
-    if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into())) {
+    if let Some(home) = env::var_os("CARGO_HOME")
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo").into()))
+    {
         let bin = PathBuf::from(home).join("bin");
-        path = env::join_paths(std::iter::once(bin).chain(env::split_paths(&path))).expect("PATH").into();
+        path = env::join_paths(std::iter::once(bin).chain(env::split_paths(&path))).expect("PATH");
     }
     let mut cmd = Command::new(BPF_CARGO);
     for (k, _) in env::vars_os() {
         let k = k.to_string_lossy().into_owned();
-        if k.starts_with("CARGO") || k.starts_with("RUSTC") || k.starts_with("RUSTUP") || k == "RUSTFLAGS" || k == "RUSTDOCFLAGS" {
+        if k.starts_with("CARGO")
+            || k.starts_with("RUSTC")
+            || k.starts_with("RUSTUP")
+            || k == "RUSTFLAGS"
+            || k == "RUSTDOCFLAGS"
+        {
             cmd.env_remove(&k);
         }
     }
@@ -46,7 +58,14 @@ fn main() {
         // Debian's rustc is stable; the BPF target needs unstable flags.
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-        .args(["build", "--release", "--locked", "--target", "bpfel-unknown-none", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "bpfel-unknown-none",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     if let Ok(features) = env::var("CNI_EBPF_BPF_FEATURES") {
         if !features.is_empty() {

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use crate::{config::DEFAULT_PIN_PATH, datapath::Datapath, netlink::format_mac};
 
 #[derive(Parser)]
-#[command(name = "cni-ebpf", version, about = "eBPF CNI plugin; run with CNI_COMMAND set by a container runtime, or use these subcommands")]
+#[command(
+    name = "cni-ebpf",
+    version,
+    about = "eBPF CNI plugin; run with CNI_COMMAND set by a container runtime, or use these subcommands"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -39,7 +43,11 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
     let entries = match dp.endpoint_entries() {
         Ok(e) => e,
         Err(e) => {
-            eprintln!("cannot read the data path under {}: {}", pin_path.display(), crate::cni::error::chain(&e));
+            eprintln!(
+                "cannot read the data path under {}: {}",
+                pin_path.display(),
+                crate::cni::error::chain(&e)
+            );
             return 1;
         }
     };
@@ -57,11 +65,17 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
                 })
             })
             .collect();
-        let c: serde_json::Map<String, serde_json::Value> = counters.iter().map(|(k, v)| (k.to_string(), (*v).into())).collect();
+        let c: serde_json::Map<String, serde_json::Value> = counters
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).into()))
+            .collect();
         println!("{}", serde_json::json!({"endpoints": eps, "counters": c}));
         return 0;
     }
-    println!("{:<40} {:>7} {:<17} {:<16} {:>10} {:>10} {:>8}", "ENDPOINT", "IFINDEX", "MAC", "OWNER", "FROM_PKTS", "TO_PKTS", "SPOOFED");
+    println!(
+        "{:<40} {:>7} {:<17} {:<16} {:>10} {:>10} {:>8}",
+        "ENDPOINT", "IFINDEX", "MAC", "OWNER", "FROM_PKTS", "TO_PKTS", "SPOOFED"
+    );
     for e in &entries {
         let st = dp.endpoint_stats(e.info.ifindex).unwrap_or_default();
         println!(

@@ -73,8 +73,6 @@ pub struct NetConf {
     pub cni_version: String,
     /// `name`.
     pub name: String,
-    /// `type`.
-    pub plugin_type: String,
     /// Wiring mode (`mode`: `bridge` | `routed` | `chained`; default `bridge`,
     /// or `chained` when a `prevResult` is present).
     pub mode: Mode,
@@ -143,10 +141,16 @@ fn get_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<Str
     }
 }
 
-fn get_path(obj: &serde_json::Map<String, Value>, key: &str, default: &str) -> Result<PathBuf, CniError> {
+fn get_path(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    default: &str,
+) -> Result<PathBuf, CniError> {
     let p = get_str(obj, key)?.unwrap_or_else(|| default.to_string());
     if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
-        return Err(invalid(format!("invalid {key} {p:?}: must be an absolute path without '..'")));
+        return Err(invalid(format!(
+            "invalid {key} {p:?}: must be an absolute path without '..'"
+        )));
     }
     Ok(PathBuf::from(p))
 }
@@ -164,30 +168,39 @@ impl NetConf {
         if raw.len() > MAX_STDIN {
             return Err(CniError::new(
                 code::DECODE,
-                format!("network config on stdin is {} bytes, more than the {MAX_STDIN} allowed", raw.len()),
+                format!(
+                    "network config on stdin is {} bytes, more than the {MAX_STDIN} allowed",
+                    raw.len()
+                ),
             ));
         }
         let text = std::str::from_utf8(raw).map_err(|e| {
-            CniError::new(code::DECODE, "network config is not valid UTF-8").with_details(e.to_string())
+            CniError::new(code::DECODE, "network config is not valid UTF-8")
+                .with_details(e.to_string())
         })?;
         if text.contains('\0') {
-            return Err(CniError::new(code::DECODE, "network config contains a NUL byte"));
+            return Err(CniError::new(
+                code::DECODE,
+                "network config contains a NUL byte",
+            ));
         }
-        let v: Value = serde_json::from_str(text)
-            .map_err(|e| CniError::new(code::DECODE, "failed to decode network config").with_details(e.to_string()))?;
+        let v: Value = serde_json::from_str(text).map_err(|e| {
+            CniError::new(code::DECODE, "failed to decode network config")
+                .with_details(e.to_string())
+        })?;
         let obj = v
             .as_object()
             .ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
 
         let cni_version = get_str(obj, "cniVersion")?.unwrap_or_else(|| "0.1.0".to_string());
         version::check(&cni_version, command)?;
-        let name = get_str(obj, "name")?.ok_or_else(|| invalid("missing network name (\"name\")".into()))?;
+        let name = get_str(obj, "name")?
+            .ok_or_else(|| invalid("missing network name (\"name\")".into()))?;
         if !valid_id(&name) || name.len() > 255 {
             return Err(invalid(format!(
                 "invalid network name {name:?}: must match ^[a-zA-Z0-9][a-zA-Z0-9_.\\-]*$"
             )));
         }
-        let plugin_type = get_str(obj, "type")?.unwrap_or_default();
 
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
@@ -198,10 +211,15 @@ impl NetConf {
             None | Some("bridge") => Mode::Bridge,
             Some("routed") => Mode::Routed,
             Some("chained") => Mode::Chained,
-            Some(m) => return Err(invalid(format!("invalid mode {m:?}: want bridge, routed or chained"))),
+            Some(m) => {
+                return Err(invalid(format!(
+                    "invalid mode {m:?}: want bridge, routed or chained"
+                )))
+            }
         };
         let bridge = get_str(obj, "bridge")?.unwrap_or_else(|| "cni0".to_string());
-        crate::cni::env::validate_ifname(&bridge).map_err(|e| invalid(format!("invalid bridge: {}", e.msg)))?;
+        crate::cni::env::validate_ifname(&bridge)
+            .map_err(|e| invalid(format!("invalid bridge: {}", e.msg)))?;
         let mtu = match obj.get("mtu") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
@@ -231,7 +249,10 @@ impl NetConf {
             Some(s) => Some(PathBuf::from(s)),
             None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
         };
-        let valid_attachments = match obj.get("cni.dev/valid-attachments").or_else(|| obj.get("cni.dev/attachments")) {
+        let valid_attachments = match obj
+            .get("cni.dev/valid-attachments")
+            .or_else(|| obj.get("cni.dev/attachments"))
+        {
             None | Some(Value::Null) => None,
             Some(v) => Some(
                 Vec::<Attachment>::deserialize(v)
@@ -242,7 +263,6 @@ impl NetConf {
         Ok(Self {
             cni_version,
             name,
-            plugin_type,
             mode,
             bridge,
             is_gateway: get_bool(obj, "isGateway")? || is_default_gateway,
@@ -275,7 +295,10 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
         rc.port_mappings = Vec::<PortMapping>::deserialize(pm)
             .map_err(|e| invalid(format!("invalid runtimeConfig.portMappings: {e}")))?;
         for (i, m) in rc.port_mappings.iter_mut().enumerate() {
-            for (key, port) in [("hostPort", m.host_port), ("containerPort", m.container_port)] {
+            for (key, port) in [
+                ("hostPort", m.host_port),
+                ("containerPort", m.container_port),
+            ] {
                 if !(1..=65535).contains(&port) {
                     return Err(invalid(format!(
                         "invalid runtimeConfig.portMappings[{i}].{key} {port}: want 1..65535"
@@ -300,10 +323,11 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
     if let Some(Value::Array(ips)) = obj.get("ips") {
         for ip in ips {
             let s = ip.as_str().unwrap_or_default();
-            rc.ips.push(
-                parse_requested_ip(s)
-                    .ok_or_else(|| invalid(format!("invalid runtimeConfig.ips entry {ip}: not an IP address")))?,
-            );
+            rc.ips.push(parse_requested_ip(s).ok_or_else(|| {
+                invalid(format!(
+                    "invalid runtimeConfig.ips entry {ip}: not an IP address"
+                ))
+            })?);
         }
     }
     if let Some(Value::String(m)) = obj.get("mac") {
@@ -322,9 +346,11 @@ mod tests {
 
     #[test]
     fn bridge_keys_and_defaults() {
-        let c = parse(r#"{"cniVersion":"1.0.0","name":"net1","type":"cni-ebpf","isDefaultGateway":true,
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"net1","type":"cni-ebpf","isDefaultGateway":true,
             "mtu":1400,"hairpinMode":true,"ipMasq":true,"somethingUnknown":{"x":1},
-            "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}}"#)
+            "ipam":{"type":"host-local","subnet":"10.1.0.0/24"}}"#,
+        )
         .unwrap();
         assert_eq!(c.mode, Mode::Bridge);
         assert_eq!(c.bridge, "cni0");
@@ -336,8 +362,10 @@ mod tests {
 
     #[test]
     fn prev_result_means_chained() {
-        let c = parse(r#"{"cniVersion":"0.4.0","name":"n","type":"cni-ebpf",
-            "prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.0.0.2/24"}]}}"#)
+        let c = parse(
+            r#"{"cniVersion":"0.4.0","name":"n","type":"cni-ebpf",
+            "prevResult":{"cniVersion":"0.4.0","ips":[{"version":"4","address":"10.0.0.2/24"}]}}"#,
+        )
         .unwrap();
         assert_eq!(c.mode, Mode::Chained);
         assert_eq!(c.prev_result.unwrap().ips.len(), 1);
@@ -361,14 +389,42 @@ mod tests {
             ("[1,2]", 6, "not a JSON object"),
             (r#"{"cniVersion":"0.2.0","name":"n"}"#, 1, "incompatible"),
             (r#"{"cniVersion":"1.0.0"}"#, 7, "name"),
-            (r#"{"cniVersion":"1.0.0","name":"../etc"}"#, 7, "network name"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"../etc"}"#,
+                7,
+                "network name",
+            ),
             (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, 7, "mtu"),
-            (r#"{"cniVersion":"1.0.0","name":"n","mode":"foo"}"#, 7, "mode"),
-            (r#"{"cniVersion":"1.0.0","name":"n","stateDir":"rel/dir"}"#, 7, "stateDir"),
-            (r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"x"}}"#, 7, "ipam.type"),
-            (r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}"#, 7, "hostPort"),
-            (r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}}"#, 7, "hostPort"),
-            (r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}"#, 7, "protocol"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","mode":"foo"}"#,
+                7,
+                "mode",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","stateDir":"rel/dir"}"#,
+                7,
+                "stateDir",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","ipam":{"subnet":"x"}}"#,
+                7,
+                "ipam.type",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":80}]}}"#,
+                7,
+                "hostPort",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":70000,"containerPort":80}]}}"#,
+                7,
+                "hostPort",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"portMappings":[{"hostPort":80,"containerPort":80,"protocol":"icmp"}]}}"#,
+                7,
+                "protocol",
+            ),
         ];
         for (input, code, needle) in cases {
             let e = parse(input).unwrap_err();
@@ -376,7 +432,12 @@ mod tests {
             assert!(e.to_string().contains(needle), "{input}: {e}");
         }
         assert_eq!(NetConf::parse(&[0xff, 0xfe], "ADD").unwrap_err().code, 6);
-        assert_eq!(NetConf::parse(&vec![b' '; MAX_STDIN + 1], "ADD").unwrap_err().code, 6);
+        assert_eq!(
+            NetConf::parse(&vec![b' '; MAX_STDIN + 1], "ADD")
+                .unwrap_err()
+                .code,
+            6
+        );
         let deep = format!("{}{}", "[".repeat(10000), "]".repeat(10000));
         assert_eq!(NetConf::parse(deep.as_bytes(), "ADD").unwrap_err().code, 6);
     }

@@ -26,7 +26,12 @@ pub fn write(level: &str, msg: std::fmt::Arguments<'_>) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let prefix = PREFIX.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let line = format!("{}.{:03} {level} [{}] {prefix} {msg}\n", now.as_secs(), now.subsec_millis(), std::process::id());
+    let line = format!(
+        "{}.{:03} {level} [{}] {prefix} {msg}\n",
+        now.as_secs(),
+        now.subsec_millis(),
+        std::process::id()
+    );
     if let Some(f) = SINK.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
         let _ = f.write_all(line.as_bytes());
     }

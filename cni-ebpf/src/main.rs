@@ -37,12 +37,18 @@ fn main() {
 fn run_plugin() -> (serde_json::Value, bool) {
     let mut raw = Vec::new();
     // Read one byte past the limit so an oversize config is detected, not truncated.
-    let read = std::io::stdin().take(config::MAX_STDIN as u64 + 1).read_to_end(&mut raw);
+    let read = std::io::stdin()
+        .take(config::MAX_STDIN as u64 + 1)
+        .read_to_end(&mut raw);
     let env = CniEnv::from_lookup(|k| std::env::var(k).ok());
     // The version errors are reported in: the config's if it has a supported one.
     let err_version = serde_json::from_slice::<serde_json::Value>(&raw)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|x| x.as_str())
+                .map(str::to_string)
+        })
         .filter(|v| version::SUPPORTED.contains(&v.as_str()))
         .unwrap_or_else(|| version::LATEST.to_string());
     let fail = |e: CniError| {
@@ -50,7 +56,10 @@ fn run_plugin() -> (serde_json::Value, bool) {
         (e.to_json(&err_version), false)
     };
     if let Err(e) = read {
-        return fail(CniError::new(code::IO, "cannot read the network config from stdin").with_details(e.to_string()));
+        return fail(
+            CniError::new(code::IO, "cannot read the network config from stdin")
+                .with_details(e.to_string()),
+        );
     }
     let env = match env {
         Ok(e) => e,
@@ -59,7 +68,11 @@ fn run_plugin() -> (serde_json::Value, bool) {
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<serde_json::Value>(&raw)
             .ok()
-            .and_then(|v| v.get("cniVersion").and_then(|x| x.as_str()).map(str::to_string));
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|x| x.as_str())
+                    .map(str::to_string)
+            });
         return (commands::version::exec(requested.as_deref()), true);
     }
     let conf = match NetConf::parse(&raw, env.command.as_str()) {
@@ -68,7 +81,13 @@ fn run_plugin() -> (serde_json::Value, bool) {
     };
     log::init(
         conf.log_file.as_deref(),
-        format!("{} {} {}/{}", env.command.as_str(), conf.name, env.container_id, env.ifname),
+        format!(
+            "{} {} {}/{}",
+            env.command.as_str(),
+            conf.name,
+            env.container_id,
+            env.ifname
+        ),
     );
     let started = std::time::Instant::now();
     let res = match env.command {
@@ -79,7 +98,14 @@ fn run_plugin() -> (serde_json::Value, bool) {
         Command::Status => commands::status::exec(&conf).map(|_| None),
         Command::Version => unreachable!("handled above"),
     };
-    log::write("INFO", format_args!("{} finished in {:?}", env.command.as_str(), started.elapsed()));
+    log::write(
+        "INFO",
+        format_args!(
+            "{} finished in {:?}",
+            env.command.as_str(),
+            started.elapsed()
+        ),
+    );
     match res {
         Ok(Some(v)) => (v, true),
         // DEL, CHECK, GC and STATUS print nothing on success.

@@ -16,7 +16,10 @@ use ipnet::IpNet;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage},
+        link::{
+            InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth,
+            LinkAttribute, LinkInfo, LinkMessage,
+        },
         neighbour::NeighbourState,
         route::RouteScope,
     },
@@ -41,19 +44,6 @@ pub enum NlError {
     /// A link that must exist does not.
     #[error("link {0:?} not found")]
     NoLink(String),
-}
-
-impl NlError {
-    /// The errno of a kernel refusal, if that is what this is.
-    pub fn errno(&self) -> Option<i32> {
-        match self {
-            NlError::Request {
-                source: rtnetlink::Error::NetlinkError(m),
-                ..
-            } => m.code.map(|c| -c.get()),
-            _ => None,
-        }
-    }
 }
 
 fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
@@ -92,7 +82,10 @@ impl Link {
             kind: String::new(),
             master: None,
             link: None,
-            up: m.header.flags.contains(rtnetlink::packet_route::link::LinkFlags::Up),
+            up: m
+                .header
+                .flags
+                .contains(rtnetlink::packet_route::link::LinkFlags::Up),
         };
         for a in m.attributes {
             match a {
@@ -117,7 +110,10 @@ impl Link {
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -147,7 +143,9 @@ impl Netlink {
         F: FnOnce(Netlink) -> Fut,
         Fut: Future<Output = Result<T, NlError>>,
     {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
         rt.block_on(async move {
             let (conn, handle, _) = rtnetlink::new_connection()?;
             tokio::spawn(conn);
@@ -157,21 +155,20 @@ impl Netlink {
 
     /// Looks a link up by name; `None` if there is none.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>, NlError> {
-        let mut s = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut s = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match s.try_next().await {
             Ok(m) => Ok(m.map(Link::from_msg)),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(req(format!("get link {name}"))(e)),
-        }
-    }
-
-    /// Looks a link up by index; `None` if there is none.
-    pub async fn link_by_index(&self, index: u32) -> Result<Option<Link>, NlError> {
-        let mut s = self.handle.link().get().match_index(index).execute();
-        match s.try_next().await {
-            Ok(m) => Ok(m.map(Link::from_msg)),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(req(format!("get link {index}"))(e)),
         }
     }
 
@@ -186,7 +183,9 @@ impl Netlink {
         mtu: Option<u32>,
         peer_mac: Option<[u8; 6]>,
     ) -> Result<(), NlError> {
-        let mut pb = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_string()).setns_by_fd(peer_ns.as_raw_fd());
+        let mut pb = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_fd(peer_ns.as_raw_fd());
         if let Some(m) = mtu {
             pb = pb.mtu(m);
         }
@@ -209,7 +208,12 @@ impl Netlink {
 
     /// Creates a bridge if missing and returns it (the reference `bridge`
     /// plugin's ensureBridge).
-    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>, promisc: bool) -> Result<Link, NlError> {
+    pub async fn ensure_bridge(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        promisc: bool,
+    ) -> Result<Link, NlError> {
         if let Some(l) = self.link_by_name(name).await? {
             if l.kind != "bridge" {
                 return Err(NlError::Request {
@@ -232,10 +236,14 @@ impl Netlink {
         match self.handle.link().add(b.up().build()).execute().await {
             Ok(()) => {}
             // A concurrent ADD created it first.
-            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => {}
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => {}
             Err(e) => return Err(req(format!("create bridge {name}"))(e)),
         }
-        let l = self.link_by_name(name).await?.ok_or_else(|| NlError::NoLink(name.into()))?;
+        let l = self
+            .link_by_name(name)
+            .await?
+            .ok_or_else(|| NlError::NoLink(name.into()))?;
         if !l.up {
             self.set_up(l.index).await?;
         }
@@ -266,7 +274,9 @@ impl Netlink {
     pub async fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NlError> {
         let msg = LinkUnspec::new_with_index(index)
             .set_port_kind(InfoPortKind::Bridge)
-            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(on)]))
+            .set_port_data(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                on,
+            )]))
             .build();
         self.handle
             .link()
@@ -280,16 +290,30 @@ impl Netlink {
     pub async fn del_link(&self, index: u32) -> Result<(), NlError> {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::ENODEV) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::ENODEV) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(req(format!("delete link {index}"))(e)),
         }
     }
 
     /// Adds an address; an address already present is fine.
     pub async fn add_addr(&self, index: u32, net: IpNet) -> Result<(), NlError> {
-        match self.handle.address().add(index, net.addr(), net.prefix_len()).execute().await {
+        match self
+            .handle
+            .address()
+            .add(index, net.addr(), net.prefix_len())
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(req(format!("add address {net} to link {index}"))(e)),
         }
     }
@@ -297,8 +321,17 @@ impl Netlink {
     /// Addresses of a link.
     pub async fn addrs(&self, index: u32) -> Result<Vec<IpNet>, NlError> {
         let mut out = Vec::new();
-        let mut s = self.handle.address().get().set_link_index_filter(index).execute();
-        while let Some(m) = s.try_next().await.map_err(req(format!("list addresses of {index}")))? {
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(req(format!("list addresses of {index}")))?
+        {
             let prefix = m.header.prefix_len;
             for a in m.attributes {
                 if let AddressAttribute::Address(ip) = a {
@@ -314,9 +347,24 @@ impl Netlink {
     /// Deletes every address of `index` that is in `nets`' family and differs
     /// from them (bridge `forceAddress`).
     pub async fn del_addr(&self, index: u32, net: IpNet) -> Result<(), NlError> {
-        let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(net.addr()).execute();
-        while let Some(m) = s.try_next().await.map_err(req(format!("find address {net}")))? {
-            self.handle.address().del(m).execute().await.map_err(req(format!("delete address {net}")))?;
+        let mut s = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(net.addr())
+            .execute();
+        while let Some(m) = s
+            .try_next()
+            .await
+            .map_err(req(format!("find address {net}")))?
+        {
+            self.handle
+                .address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(req(format!("delete address {net}")))?;
         }
         Ok(())
     }
@@ -326,7 +374,9 @@ impl Netlink {
     pub async fn add_route(&self, dst: IpNet, gw: Option<IpAddr>, oif: u32) -> Result<(), NlError> {
         let msg = match (dst, gw) {
             (IpNet::V4(d), gw) => {
-                let mut b = RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(d.addr(), d.prefix_len()).output_interface(oif);
+                let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(d.addr(), d.prefix_len())
+                    .output_interface(oif);
                 match gw {
                     Some(IpAddr::V4(g)) => b = b.gateway(g),
                     _ => b = b.scope(RouteScope::Link),
@@ -334,7 +384,9 @@ impl Netlink {
                 b.build()
             }
             (IpNet::V6(d), gw) => {
-                let mut b = RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(d.addr(), d.prefix_len()).output_interface(oif);
+                let mut b = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .destination_prefix(d.addr(), d.prefix_len())
+                    .output_interface(oif);
                 if let Some(IpAddr::V6(g)) = gw {
                     b = b.gateway(g);
                 }
@@ -343,7 +395,11 @@ impl Netlink {
         };
         match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.code.map(|c| -c.get()) == Some(libc::EEXIST) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.map(|c| -c.get()) == Some(libc::EEXIST) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(req(format!("add route {dst} via {gw:?} dev {oif}"))(e)),
         }
     }

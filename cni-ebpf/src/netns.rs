@@ -83,7 +83,10 @@ impl Netns {
     /// True when this is the namespace the calling thread is in.
     pub fn is_current(&self) -> bool {
         use std::os::unix::fs::MetadataExt;
-        match (self.file.metadata(), std::fs::metadata("/proc/thread-self/ns/net")) {
+        match (
+            self.file.metadata(),
+            std::fs::metadata("/proc/thread-self/ns/net"),
+        ) {
             (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
             _ => false,
         }

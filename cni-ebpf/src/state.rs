@@ -46,6 +46,9 @@ pub struct Record {
     /// `portMappings` requested at ADD (for the NAT data plane).
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
+    /// `ipMasq` of the network at ADD (for the NAT data plane).
+    #[serde(default)]
+    pub ip_masq: bool,
     /// How programs were attached, once they are.
     #[serde(default)]
     pub attach_mode: Option<AttachMode>,
@@ -78,7 +81,11 @@ impl Store {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io_err("open", &lock_path, e))?;
-        let op = if exclusive { FlockOperation::LockExclusive } else { FlockOperation::LockShared };
+        let op = if exclusive {
+            FlockOperation::LockExclusive
+        } else {
+            FlockOperation::LockShared
+        };
         flock(&lock, op).map_err(|e| io_err("lock", &lock_path, e.into()))?;
         Ok(Self { dir, _lock: lock })
     }
@@ -91,9 +98,13 @@ impl Store {
     pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<Record>, CniError> {
         let p = self.path(container_id, ifname);
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| CniError::new(code::DECODE, format!("corrupt state record {}", p.display())).with_details(e.to_string())),
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
+                CniError::new(
+                    code::DECODE,
+                    format!("corrupt state record {}", p.display()),
+                )
+                .with_details(e.to_string())
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &p, e)),
         }

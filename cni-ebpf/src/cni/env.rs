@@ -86,19 +86,25 @@ impl CniArgs {
         let mut pairs = Vec::new();
         for item in s.split(';').filter(|x| !x.is_empty()) {
             let (k, v) = item.split_once('=').ok_or_else(|| {
-                CniError::new(code::INVALID_ENV, format!("CNI_ARGS: invalid pair {item:?}, want KEY=VALUE"))
+                CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_ARGS: invalid pair {item:?}, want KEY=VALUE"),
+                )
             })?;
             pairs.push((k.to_string(), v.to_string()));
         }
-        let ignore_unknown = pairs
-            .iter()
-            .any(|(k, v)| k == "IgnoreUnknown" && matches!(v.to_ascii_lowercase().as_str(), "1" | "true"));
+        let ignore_unknown = pairs.iter().any(|(k, v)| {
+            k == "IgnoreUnknown" && matches!(v.to_ascii_lowercase().as_str(), "1" | "true")
+        });
         for (k, v) in pairs {
             match k.as_str() {
                 "IP" => {
                     for ip in v.split(',').filter(|x| !x.is_empty()) {
                         out.ips.push(ip.parse().map_err(|_| {
-                            CniError::new(code::INVALID_ENV, format!("CNI_ARGS: IP={ip:?} is not an IP address"))
+                            CniError::new(
+                                code::INVALID_ENV,
+                                format!("CNI_ARGS: IP={ip:?} is not an IP address"),
+                            )
                         })?);
                     }
                 }
@@ -148,7 +154,12 @@ pub fn valid_id(s: &str) -> bool {
 
 /// Interface name rules of the reference library (`ValidateInterfaceName`).
 pub fn validate_ifname(s: &str) -> Result<(), CniError> {
-    let bad = |why: &str| Err(CniError::new(code::INVALID_ENV, format!("invalid CNI_IFNAME {s:?}: {why}")));
+    let bad = |why: &str| {
+        Err(CniError::new(
+            code::INVALID_ENV,
+            format!("invalid CNI_IFNAME {s:?}: {why}"),
+        ))
+    };
     if s.is_empty() {
         return bad("empty");
     }
@@ -158,7 +169,9 @@ pub fn validate_ifname(s: &str) -> Result<(), CniError> {
     if s == "." || s == ".." {
         return bad("current or parent directory name");
     }
-    if s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) {
+    if s.chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
         return bad("contains '/', ':', whitespace or a control character");
     }
     Ok(())
@@ -168,8 +181,12 @@ impl CniEnv {
     /// Reads and validates the environment through `get` (`std::env::var` in
     /// production, a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
-        let command_s = get("CNI_COMMAND")
-            .ok_or_else(|| CniError::new(code::INVALID_ENV, "required env variables [CNI_COMMAND] missing"))?;
+        let command_s = get("CNI_COMMAND").ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                "required env variables [CNI_COMMAND] missing",
+            )
+        })?;
         let command = Command::parse(&command_s)?;
         let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
         let mut missing = Vec::new();
@@ -186,9 +203,18 @@ impl CniEnv {
         };
         let container_id = req("CNI_CONTAINERID", needs_container);
         // DEL may come after the netns is gone: the spec lets CNI_NETNS be empty.
-        let netns = req("CNI_NETNS", matches!(command, Command::Add | Command::Check));
+        let netns = req(
+            "CNI_NETNS",
+            matches!(command, Command::Add | Command::Check),
+        );
         let ifname = req("CNI_IFNAME", needs_container);
-        let path = req("CNI_PATH", matches!(command, Command::Add | Command::Del | Command::Check | Command::Gc));
+        let path = req(
+            "CNI_PATH",
+            matches!(
+                command,
+                Command::Add | Command::Del | Command::Check | Command::Gc
+            ),
+        );
         if !missing.is_empty() {
             return Err(CniError::new(
                 code::INVALID_ENV,
@@ -202,7 +228,10 @@ impl CniEnv {
             ));
         }
         if container_id.len() > 512 {
-            return Err(CniError::new(code::INVALID_ENV, "invalid CNI_CONTAINERID: longer than 512 bytes"));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "invalid CNI_CONTAINERID: longer than 512 bytes",
+            ));
         }
         if needs_container || !ifname.is_empty() {
             validate_ifname(&ifname)?;
@@ -218,7 +247,10 @@ impl CniEnv {
         let netns = if netns.is_empty() {
             None
         } else if !netns.starts_with('/') {
-            return Err(CniError::new(code::INVALID_ENV, format!("invalid CNI_NETNS {netns:?}: not an absolute path")));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("invalid CNI_NETNS {netns:?}: not an absolute path"),
+            ));
         } else {
             Some(PathBuf::from(netns))
         };
@@ -240,7 +272,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> Result<CniEnv, CniError> {
-        let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         CniEnv::from_lookup(|k| m.get(k).cloned())
     }
 
@@ -253,7 +288,11 @@ mod tests {
     ];
 
     fn with(over: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
-        let mut v: Vec<_> = OK.iter().copied().filter(|(k, _)| !over.iter().any(|(o, _)| o == k)).collect();
+        let mut v: Vec<_> = OK
+            .iter()
+            .copied()
+            .filter(|(k, _)| !over.iter().any(|(o, _)| o == k))
+            .collect();
         v.extend(over.iter().copied().filter(|(_, val)| !val.is_empty()));
         v
     }
@@ -269,7 +308,12 @@ mod tests {
     fn names_every_missing_variable() {
         let e = env(&[("CNI_COMMAND", "ADD")]).unwrap_err();
         assert_eq!(e.code, code::INVALID_ENV);
-        assert!(e.msg.contains("CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH"), "{}", e.msg);
+        assert!(
+            e.msg
+                .contains("CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME,CNI_PATH"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]
@@ -288,14 +332,22 @@ mod tests {
             let e = env(&with(&[("CNI_IFNAME", ifn)])).unwrap_err();
             assert_eq!(e.code, 4, "{ifn}");
         }
-        assert_eq!(env(&with(&[("CNI_PATH", "relative/bin")])).unwrap_err().code, 4);
+        assert_eq!(
+            env(&with(&[("CNI_PATH", "relative/bin")]))
+                .unwrap_err()
+                .code,
+            4
+        );
         assert_eq!(env(&with(&[("CNI_NETNS", "netns")])).unwrap_err().code, 4);
         assert_eq!(env(&with(&[("CNI_COMMAND", "FOO")])).unwrap_err().code, 4);
     }
 
     #[test]
     fn parses_cni_args() {
-        let a = CniArgs::parse("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.0.0.5,fd00::5;MAC=02:00:00:00:00:01;FOO=bar").unwrap();
+        let a = CniArgs::parse(
+            "IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.0.0.5,fd00::5;MAC=02:00:00:00:00:01;FOO=bar",
+        )
+        .unwrap();
         assert_eq!(a.ips.len(), 2);
         assert_eq!(a.mac.as_deref(), Some("02:00:00:00:00:01"));
         assert_eq!(a.other["K8S_POD_NAME"], "web");

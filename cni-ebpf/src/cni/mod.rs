@@ -5,6 +5,6 @@ pub mod error;
 pub mod types;
 pub mod version;
 
-pub use env::{CniArgs, CniEnv, Command};
+pub use env::{CniEnv, Command};
 pub use error::{code, CniError};
 pub use types::{CniResult, Dns, Interface, IpConfig, Route};

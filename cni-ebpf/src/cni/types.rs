@@ -157,7 +157,10 @@ impl CniResult {
                     if i >= r.interfaces.len() {
                         return Err(CniError::new(
                             code::DECODE,
-                            format!("result ip {} names interface {i}, which does not exist", ip.address),
+                            format!(
+                                "result ip {} names interface {i}, which does not exist",
+                                ip.address
+                            ),
                         ));
                     }
                 }
@@ -201,7 +204,11 @@ impl CniResult {
                 .map(|ip| {
                     let mut v = serde_json::to_value(ip).expect("ip serializes");
                     if legacy_ip_version {
-                        let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                        let fam = if ip.address.addr().is_ipv4() {
+                            "4"
+                        } else {
+                            "6"
+                        };
                         v["version"] = fam.into();
                     }
                     v

@@ -26,8 +26,10 @@ pub const ROUTED_GW4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const ROUTED_GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// Undo steps of a half-done ADD, run in reverse unless committed.
+type Undo = Box<dyn FnOnce() -> Result<(), String>>;
+
 struct Rollback {
-    steps: Vec<(&'static str, Box<dyn FnOnce() -> Result<(), String>>)>,
+    steps: Vec<(&'static str, Undo)>,
 }
 
 impl Rollback {
@@ -66,15 +68,20 @@ fn owner(env: &CniEnv) -> u64 {
 }
 
 fn open_pod_netns(env: &CniEnv) -> Result<Netns, CniError> {
-    let path = env
-        .netns
-        .as_ref()
-        .ok_or_else(|| CniError::new(code::INVALID_ENV, "required env variables [CNI_NETNS] missing"))?;
+    let path = env.netns.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_NETNS] missing",
+        )
+    })?;
     let ns = Netns::open(path).map_err(ns_err)?;
     if ns.is_current() {
         return Err(CniError::new(
             code::INVALID_ENV,
-            format!("CNI_NETNS {} is the node's own network namespace", path.display()),
+            format!(
+                "CNI_NETNS {} is the node's own network namespace",
+                path.display()
+            ),
         ));
     }
     Ok(ns)
@@ -86,7 +93,10 @@ fn requested_mac(env: &CniEnv, conf: &NetConf) -> Result<Option<[u8; 6]>, CniErr
     };
     match parse_mac(s) {
         Some(m) if m[0] & 1 == 0 => Ok(Some(m)),
-        _ => Err(CniError::new(code::INVALID_CONFIG, format!("invalid MAC {s:?}: want a unicast aa:bb:cc:dd:ee:ff"))),
+        _ => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!("invalid MAC {s:?}: want a unicast aa:bb:cc:dd:ee:ff"),
+        )),
     }
 }
 
@@ -111,14 +121,19 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     let ns = open_pod_netns(env)?;
     let mac = requested_mac(env, conf)?;
     check_port_mappings(conf)?;
-    let ipam = Ipam::from_conf(conf)?
-        .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "ipam is required in bridge and routed mode"))?;
+    let ipam = Ipam::from_conf(conf)?.ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "ipam is required in bridge and routed mode",
+        )
+    })?;
     let mut requested: Vec<IpAddr> = env.args.ips.clone();
     requested.extend(conf.runtime.ips.iter().copied());
     let store = Store::open(&conf.state_dir, &conf.name, false)?;
     let host = host_veth_name(&env.container_id, &env.ifname);
     let previous = store.load(&env.container_id, &env.ifname)?;
-    let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir).map_err(|e| bpf_err("eBPF data path", e))?;
+    let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir)
+        .map_err(|e| bpf_err("eBPF data path", e))?;
 
     // A retried ADD: remove the veth of the earlier attempt (its peer goes
     // with it) so the interface check below and the creation succeed.
@@ -142,7 +157,11 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     if present.is_some() {
         return Err(CniError::new(
             code::INVALID_ENV,
-            format!("CNI_IFNAME {:?} already exists in {}", env.ifname, ns.path()),
+            format!(
+                "CNI_IFNAME {:?} already exists in {}",
+                env.ifname,
+                ns.path()
+            ),
         ));
     }
 
@@ -151,24 +170,42 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         netns: ns.path().to_string(),
-        mode: if conf.mode == Mode::Routed { "routed" } else { "bridge" }.into(),
+        mode: if conf.mode == Mode::Routed {
+            "routed"
+        } else {
+            "bridge"
+        }
+        .into(),
         host_veth: host.clone(),
         port_mappings: conf.runtime.port_mappings.clone(),
+        ip_masq: conf.ip_masq,
         ..Default::default()
     };
     store.save(&record)?;
     let mut rb = Rollback::new();
     {
-        let (sd, net, cid, ifn) = (conf.state_dir.clone(), conf.name.clone(), env.container_id.clone(), env.ifname.clone());
+        let (sd, net, cid, ifn) = (
+            conf.state_dir.clone(),
+            conf.name.clone(),
+            env.container_id.clone(),
+            env.ifname.clone(),
+        );
         rb.push("state record", move || {
-            Store::open(&sd, &net, false).and_then(|s| s.remove(&cid, &ifn)).map_err(|e| e.to_string())
+            Store::open(&sd, &net, false)
+                .and_then(|s| s.remove(&cid, &ifn))
+                .map_err(|e| e.to_string())
         });
     }
 
     // IPAM.
     let ipres = ipam.add(conf, &env.container_id, &env.ifname, &requested, &env.path)?;
     {
-        let (conf2, cid, ifn, path) = (conf.clone(), env.container_id.clone(), env.ifname.clone(), env.path.clone());
+        let (conf2, cid, ifn, path) = (
+            conf.clone(),
+            env.container_id.clone(),
+            env.ifname.clone(),
+            env.path.clone(),
+        );
         rb.push("IPAM reservation", move || {
             Ipam::from_conf(&conf2)
                 .and_then(|i| i.map_or(Ok(()), |i| i.del(&conf2, &cid, &ifn, &path)))
@@ -181,7 +218,11 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         .iter()
         .map(|ip| {
             if routed {
-                IpNet::new(ip.address.addr(), if ip.address.addr().is_ipv4() { 32 } else { 128 }).expect("host prefix")
+                IpNet::new(
+                    ip.address.addr(),
+                    if ip.address.addr().is_ipv4() { 32 } else { 128 },
+                )
+                .expect("host prefix")
             } else {
                 ip.address
             }
@@ -194,12 +235,16 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     let (h, ifn, mtu, ns_fd) = (host.clone(), env.ifname.clone(), conf.mtu, ns.fd());
     let host_link = Netlink::with(|nl| async move {
         nl.create_veth(&h, &ifn, ns_fd, mtu, mac).await?;
-        nl.link_by_name(&h).await?.ok_or_else(|| crate::netlink::NlError::NoLink(h.clone()))
+        nl.link_by_name(&h)
+            .await?
+            .ok_or_else(|| crate::netlink::NlError::NoLink(h.clone()))
     })
     .map_err(|e| nl_err("create veth pair", e))?;
     {
         let idx = host_link.index;
-        rb.push("veth pair", move || Netlink::with(|nl| async move { nl.del_link(idx).await }).map_err(|e| e.to_string()));
+        rb.push("veth pair", move || {
+            Netlink::with(|nl| async move { nl.del_link(idx).await }).map_err(|e| e.to_string())
+        });
     }
     record.host_ifindex = Some(host_link.index);
     store.save(&record)?;
@@ -223,7 +268,9 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     }
 
     // Programs and map entries.
-    let mode = dp.attach_endpoint(&host, AttachMode::Auto).map_err(|e| bpf_err("attach programs", e))?;
+    let mode = dp
+        .attach_endpoint(&host, AttachMode::Auto)
+        .map_err(|e| bpf_err("attach programs", e))?;
     {
         let (dp2, h) = (dp.clone(), host.clone());
         rb.push("program attachment", move || {
@@ -234,15 +281,22 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     record.attach_mode = Some(mode);
     let pod_mac: [u8; 6] = pod.mac.as_slice().try_into().unwrap_or([0; 6]);
     let ips: Vec<IpAddr> = pod_nets.iter().map(|n| n.addr()).collect();
-    dp.add_endpoint(&ips, host_link.index, pod_mac, owner(env)).map_err(|e| bpf_err("endpoint map entries", e))?;
+    dp.add_endpoint(&ips, host_link.index, pod_mac, owner(env))
+        .map_err(|e| bpf_err("endpoint map entries", e))?;
     {
         let (dp2, ips2, idx, own) = (dp.clone(), ips.clone(), host_link.index, owner(env));
-        rb.push("endpoint map entries", move || dp2.remove_endpoint(&ips2, Some(idx), own).map_err(|e| e.to_string()));
+        rb.push("endpoint map entries", move || {
+            dp2.remove_endpoint(&ips2, Some(idx), own)
+                .map_err(|e| e.to_string())
+        });
     }
     record.complete = true;
     store.save(&record)?;
     rb.commit();
-    info!("ADD done: {host} ifindex {} ips {:?} attach {:?}", host_link.index, ips, mode);
+    info!(
+        "ADD done: {host} ifindex {} ips {:?} attach {:?}",
+        host_link.index, ips, mode
+    );
 
     // The result, shaped like the reference bridge plugin's.
     let mut res = CniResult::default();
@@ -268,7 +322,11 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     let pod_if = res.interfaces.len() - 1;
     for (ip, net) in ipres.ips.iter().zip(&pod_nets) {
         let gateway = if routed {
-            Some(if net.addr().is_ipv4() { IpAddr::V4(ROUTED_GW4) } else { IpAddr::V6(ROUTED_GW6) })
+            Some(if net.addr().is_ipv4() {
+                IpAddr::V4(ROUTED_GW4)
+            } else {
+                IpAddr::V6(ROUTED_GW6)
+            })
         } else if conf.is_gateway {
             ip.gateway
         } else {
@@ -281,7 +339,11 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         });
     }
     res.routes = pod.routes;
-    res.dns = if conf.dns.is_empty() { ipres.dns } else { conf.dns.clone() };
+    res.dns = if conf.dns.is_empty() {
+        ipres.dns
+    } else {
+        conf.dns.clone()
+    };
     Ok(res)
 }
 
@@ -290,7 +352,10 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
 fn node_side(conf: &NetConf, host: &Link, ips: &[IpConfig]) -> Result<Option<Link>, CniError> {
     let v4 = ips.iter().any(|i| i.address.addr().is_ipv4());
     let v6 = ips.iter().any(|i| i.address.addr().is_ipv6());
-    let fwd = |p: &str| sysctl(p, "1").map_err(|e| CniError::new(code::IO, format!("enable {p}")).with_details(e.to_string()));
+    let fwd = |p: &str| {
+        sysctl(p, "1")
+            .map_err(|e| CniError::new(code::IO, format!("enable {p}")).with_details(e.to_string()))
+    };
     if v4 {
         fwd("net/ipv4/ip_forward")?;
     }
@@ -299,24 +364,38 @@ fn node_side(conf: &NetConf, host: &Link, ips: &[IpConfig]) -> Result<Option<Lin
     }
     let hidx = host.index;
     if conf.mode == Mode::Routed {
-        Netlink::with(|nl| async move { nl.set_up(hidx).await }).map_err(|e| nl_err("host veth up", e))?;
+        Netlink::with(|nl| async move { nl.set_up(hidx).await })
+            .map_err(|e| nl_err("host veth up", e))?;
         return Ok(None);
     }
     let gws: Vec<IpNet> = if conf.is_gateway {
         ips.iter()
-            .filter_map(|i| i.gateway.map(|g| IpNet::new(g, i.address.prefix_len()).expect("prefix from a valid net")))
+            .filter_map(|i| {
+                i.gateway.map(|g| {
+                    IpNet::new(g, i.address.prefix_len()).expect("prefix from a valid net")
+                })
+            })
             .collect()
     } else {
         Vec::new()
     };
-    let (name, mtu, promisc, hairpin, force) = (conf.bridge.clone(), conf.mtu, conf.promisc_mode, conf.hairpin_mode, conf.force_address);
+    let (name, mtu, promisc, hairpin, force) = (
+        conf.bridge.clone(),
+        conf.mtu,
+        conf.promisc_mode,
+        conf.hairpin_mode,
+        conf.force_address,
+    );
     Netlink::with(|nl| async move {
         let br = nl.ensure_bridge(&name, mtu, promisc).await?;
         for gw in &gws {
             if force {
                 // forceAddress: drop other addresses of this family in the same subnet.
                 for a in nl.addrs(br.index).await? {
-                    if a.addr().is_ipv4() == gw.addr().is_ipv4() && a != *gw && a.trunc() == gw.trunc() {
+                    if a.addr().is_ipv4() == gw.addr().is_ipv4()
+                        && a != *gw
+                        && a.trunc() == gw.trunc()
+                    {
                         nl.del_addr(br.index, a).await?;
                     }
                 }
@@ -340,7 +419,14 @@ struct PodSide {
 }
 
 /// Inside the pod: addresses, link up, routes.
-fn pod_side(ns: &Netns, env: &CniEnv, conf: &NetConf, host: &Link, ipres: &CniResult, nets: &[IpNet]) -> Result<PodSide, CniError> {
+fn pod_side(
+    ns: &Netns,
+    env: &CniEnv,
+    conf: &NetConf,
+    host: &Link,
+    ipres: &CniResult,
+    nets: &[IpNet],
+) -> Result<PodSide, CniError> {
     let routed = conf.mode == Mode::Routed;
     let mut routes: Vec<Route> = Vec::new();
     if routed {
@@ -351,22 +437,45 @@ fn pod_side(ns: &Netns, env: &CniEnv, conf: &NetConf, host: &Link, ipres: &CniRe
                 ("::/0".parse().expect("net"), ROUTED_GW6.into())
             };
             if !routes.iter().any(|r| r.dst == dst) {
-                routes.push(Route { dst, gw: Some(gw), mtu: None, priority: None });
+                routes.push(Route {
+                    dst,
+                    gw: Some(gw),
+                    mtu: None,
+                    priority: None,
+                });
             }
         }
         for r in &ipres.routes {
             if r.dst.prefix_len() != 0 {
-                let gw: IpAddr = if r.dst.addr().is_ipv4() { ROUTED_GW4.into() } else { ROUTED_GW6.into() };
-                routes.push(Route { dst: r.dst, gw: Some(gw), mtu: None, priority: None });
+                let gw: IpAddr = if r.dst.addr().is_ipv4() {
+                    ROUTED_GW4.into()
+                } else {
+                    ROUTED_GW6.into()
+                };
+                routes.push(Route {
+                    dst: r.dst,
+                    gw: Some(gw),
+                    mtu: None,
+                    priority: None,
+                });
             }
         }
     } else {
         if conf.is_default_gateway {
             for ip in &ipres.ips {
                 if let Some(gw) = ip.gateway {
-                    let dst: IpNet = if gw.is_ipv4() { "0.0.0.0/0".parse().expect("net") } else { "::/0".parse().expect("net") };
+                    let dst: IpNet = if gw.is_ipv4() {
+                        "0.0.0.0/0".parse().expect("net")
+                    } else {
+                        "::/0".parse().expect("net")
+                    };
                     if !routes.iter().any(|r| r.dst == dst) {
-                        routes.push(Route { dst, gw: Some(gw), mtu: None, priority: None });
+                        routes.push(Route {
+                            dst,
+                            gw: Some(gw),
+                            mtu: None,
+                            priority: None,
+                        });
                     }
                 }
             }
@@ -375,11 +484,27 @@ fn pod_side(ns: &Netns, env: &CniEnv, conf: &NetConf, host: &Link, ipres: &CniRe
             if conf.is_default_gateway && r.dst.prefix_len() == 0 {
                 continue;
             }
-            let gw = r.gw.or_else(|| ipres.ips.iter().find(|i| i.address.addr().is_ipv4() == r.dst.addr().is_ipv4()).and_then(|i| i.gateway));
-            routes.push(Route { dst: r.dst, gw, mtu: None, priority: None });
+            let gw = r.gw.or_else(|| {
+                ipres
+                    .ips
+                    .iter()
+                    .find(|i| i.address.addr().is_ipv4() == r.dst.addr().is_ipv4())
+                    .and_then(|i| i.gateway)
+            });
+            routes.push(Route {
+                dst: r.dst,
+                gw,
+                mtu: None,
+                priority: None,
+            });
         }
     }
-    let (ifname, nets, host_mac, rts) = (env.ifname.clone(), nets.to_vec(), host.mac.clone(), routes.clone());
+    let (ifname, nets, host_mac, rts) = (
+        env.ifname.clone(),
+        nets.to_vec(),
+        host.mac.clone(),
+        routes.clone(),
+    );
     let mac = ns
         .run(move || {
             let has_v6 = nets.iter().any(|n| n.addr().is_ipv6());
@@ -389,17 +514,25 @@ fn pod_side(ns: &Netns, env: &CniEnv, conf: &NetConf, host: &Link, ipres: &CniRe
                 let _ = sysctl(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
             }
             Netlink::with(|nl| async move {
-                let l = nl.link_by_name(&ifname).await?.ok_or_else(|| crate::netlink::NlError::NoLink(ifname.clone()))?;
+                let l = nl
+                    .link_by_name(&ifname)
+                    .await?
+                    .ok_or_else(|| crate::netlink::NlError::NoLink(ifname.clone()))?;
                 for n in &nets {
                     nl.add_addr(l.index, *n).await?;
                 }
                 nl.set_up(l.index).await?;
                 if routed {
                     for n in &nets {
-                        let gw: IpAddr = if n.addr().is_ipv4() { ROUTED_GW4.into() } else { ROUTED_GW6.into() };
+                        let gw: IpAddr = if n.addr().is_ipv4() {
+                            ROUTED_GW4.into()
+                        } else {
+                            ROUTED_GW6.into()
+                        };
                         nl.add_neigh(l.index, gw, &host_mac).await?;
                         if gw.is_ipv4() {
-                            nl.add_route(IpNet::new(gw, 32).expect("host net"), None, l.index).await?;
+                            nl.add_route(IpNet::new(gw, 32).expect("host net"), None, l.index)
+                                .await?;
                         }
                     }
                 }
@@ -423,19 +556,30 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "chained mode needs a prevResult (place cni-ebpf after the plugin that creates the interfaces)"))?;
     check_port_mappings(conf)?;
     let store = Store::open(&conf.state_dir, &conf.name, false)?;
-    let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir).map_err(|e| bpf_err("eBPF data path", e))?;
+    let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir)
+        .map_err(|e| bpf_err("eBPF data path", e))?;
 
     // The pod's interface and addresses.
-    let pod_if = prev.interfaces.iter().position(|i| !i.sandbox.is_empty() && i.name == env.ifname);
+    let pod_if = prev
+        .interfaces
+        .iter()
+        .position(|i| !i.sandbox.is_empty() && i.name == env.ifname);
     let ips: Vec<IpAddr> = prev
         .ips
         .iter()
         .filter(|ip| pod_if.is_none() || ip.interface.is_none() || ip.interface == pod_if)
         .map(|ip| ip.address.addr())
         .collect();
-    let pod_mac = pod_if.and_then(|i| parse_mac(&prev.interfaces[i].mac)).unwrap_or([0; 6]);
+    let pod_mac = pod_if
+        .and_then(|i| parse_mac(&prev.interfaces[i].mac))
+        .unwrap_or([0; 6]);
     // The host veth: a host-side interface of prevResult that is a veth here.
-    let candidates: Vec<String> = prev.interfaces.iter().filter(|i| i.sandbox.is_empty()).map(|i| i.name.clone()).collect();
+    let candidates: Vec<String> = prev
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox.is_empty())
+        .map(|i| i.name.clone())
+        .collect();
     let host = Netlink::with(|nl| async move {
         for c in candidates {
             if let Some(l) = nl.link_by_name(&c).await? {
@@ -447,30 +591,54 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         Ok(None)
     })
     .map_err(|e| nl_err("find the host veth", e))?
-    .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "prevResult lists no host-side veth interface to attach to"))?;
+    .ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "prevResult lists no host-side veth interface to attach to",
+        )
+    })?;
 
     let mut record = Record {
         network: conf.name.clone(),
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
-        netns: env.netns.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+        netns: env
+            .netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         mode: "chained".into(),
         host_veth: host.name.clone(),
         host_ifindex: Some(host.index),
         mac: format_mac(&pod_mac),
-        ips: prev.ips.iter().map(|i| i.address).filter(|n| ips.contains(&n.addr())).collect(),
+        ips: prev
+            .ips
+            .iter()
+            .map(|i| i.address)
+            .filter(|n| ips.contains(&n.addr()))
+            .collect(),
         port_mappings: conf.runtime.port_mappings.clone(),
+        ip_masq: conf.ip_masq,
         ..Default::default()
     };
     store.save(&record)?;
     let mut rb = Rollback::new();
     {
-        let (sd, net, cid, ifn) = (conf.state_dir.clone(), conf.name.clone(), env.container_id.clone(), env.ifname.clone());
+        let (sd, net, cid, ifn) = (
+            conf.state_dir.clone(),
+            conf.name.clone(),
+            env.container_id.clone(),
+            env.ifname.clone(),
+        );
         rb.push("state record", move || {
-            Store::open(&sd, &net, false).and_then(|s| s.remove(&cid, &ifn)).map_err(|e| e.to_string())
+            Store::open(&sd, &net, false)
+                .and_then(|s| s.remove(&cid, &ifn))
+                .map_err(|e| e.to_string())
         });
     }
-    let mode = dp.attach_endpoint(&host.name, AttachMode::Auto).map_err(|e| bpf_err("attach programs", e))?;
+    let mode = dp
+        .attach_endpoint(&host.name, AttachMode::Auto)
+        .map_err(|e| bpf_err("attach programs", e))?;
     {
         let (dp2, h) = (dp.clone(), host.name.clone());
         rb.push("program attachment", move || {
@@ -478,7 +646,8 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
             Ok(())
         });
     }
-    dp.add_endpoint(&ips, host.index, pod_mac, owner(env)).map_err(|e| bpf_err("endpoint map entries", e))?;
+    dp.add_endpoint(&ips, host.index, pod_mac, owner(env))
+        .map_err(|e| bpf_err("endpoint map entries", e))?;
     record.attach_mode = Some(mode);
     record.complete = true;
     store.save(&record)?;

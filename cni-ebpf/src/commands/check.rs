@@ -24,14 +24,25 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let rec = store
         .load(&env.container_id, &env.ifname)?
         .filter(|r| r.complete)
-        .ok_or_else(|| CniError::new(code::UNKNOWN_CONTAINER, format!("no attachment {}/{} on network {}", env.container_id, env.ifname, conf.name)))?;
+        .ok_or_else(|| {
+            CniError::new(
+                code::UNKNOWN_CONTAINER,
+                format!(
+                    "no attachment {}/{} on network {}",
+                    env.container_id, env.ifname, conf.name
+                ),
+            )
+        })?;
     let ips: Vec<IpAddr> = addrs(&rec.ips);
 
     // prevResult (if given) must agree with what we set up.
     if let Some(prev) = &conf.prev_result {
         for ip in &prev.ips {
             if !ips.contains(&ip.address.addr()) && rec.mode != "chained" {
-                return Err(mismatch(format!("prevResult address {} is not one this plugin assigned", ip.address)));
+                return Err(mismatch(format!(
+                    "prevResult address {} is not one this plugin assigned",
+                    ip.address
+                )));
             }
         }
     }
@@ -42,15 +53,26 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .map_err(|e| nl_err("look up host veth", e))?
         .ok_or_else(|| mismatch(format!("host veth {} is gone", rec.host_veth)))?;
     if Some(host.index) != rec.host_ifindex {
-        return Err(mismatch(format!("host veth {} has ifindex {}, ADD made {:?}", rec.host_veth, host.index, rec.host_ifindex)));
+        return Err(mismatch(format!(
+            "host veth {} has ifindex {}, ADD made {:?}",
+            rec.host_veth, host.index, rec.host_ifindex
+        )));
     }
     if rec.mode == "bridge" && host.master.is_none() {
-        return Err(mismatch(format!("host veth {} is not on bridge {}", rec.host_veth, conf.bridge)));
+        return Err(mismatch(format!(
+            "host veth {} is not on bridge {}",
+            rec.host_veth, conf.bridge
+        )));
     }
 
     // Container interface and addresses.
     if rec.mode != "chained" {
-        let path = env.netns.as_ref().ok_or_else(|| CniError::new(code::INVALID_ENV, "required env variables [CNI_NETNS] missing"))?;
+        let path = env.netns.as_ref().ok_or_else(|| {
+            CniError::new(
+                code::INVALID_ENV,
+                "required env variables [CNI_NETNS] missing",
+            )
+        })?;
         let ns = Netns::open(path).map_err(ns_err)?;
         let ifn = env.ifname.clone();
         let (link, have) = ns
@@ -65,13 +87,22 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             })
             .map_err(ns_err)?
             .map_err(|e| nl_err("read the container interface", e))?;
-        let link = link.ok_or_else(|| mismatch(format!("interface {} is gone from {}", env.ifname, path.display())))?;
+        let link = link.ok_or_else(|| {
+            mismatch(format!(
+                "interface {} is gone from {}",
+                env.ifname,
+                path.display()
+            ))
+        })?;
         if !link.up {
             return Err(mismatch(format!("interface {} is down", env.ifname)));
         }
         for n in &rec.ips {
             if !have.contains(n) {
-                return Err(mismatch(format!("interface {} lacks address {n}", env.ifname)));
+                return Err(mismatch(format!(
+                    "interface {} lacks address {n}",
+                    env.ifname
+                )));
             }
         }
         if let Some(ipam) = Ipam::from_conf(conf)? {
@@ -82,17 +113,29 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // Data path.
     let dp = Datapath::layout(&conf.pin_path);
     if !dp.is_loaded() {
-        return Err(mismatch(format!("eBPF programs are not pinned under {}", conf.pin_path.display())));
+        return Err(mismatch(format!(
+            "eBPF programs are not pinned under {}",
+            conf.pin_path.display()
+        )));
     }
     if rec.attach_mode == Some(AttachMode::Tcx) && !dp.has_link_pins(&rec.host_veth) {
-        return Err(mismatch(format!("programs are not attached to {} (link pins missing)", rec.host_veth)));
+        return Err(mismatch(format!(
+            "programs are not attached to {} (link pins missing)",
+            rec.host_veth
+        )));
     }
     let owner = cni_ebpf_common::owner_id(env.container_id.as_bytes(), env.ifname.as_bytes());
-    let entries = dp.endpoint_entries().map_err(|e| super::bpf_err("read endpoints map", e))?;
+    let entries = dp
+        .endpoint_entries()
+        .map_err(|e| super::bpf_err("read endpoints map", e))?;
     for ip in &ips {
         match entries.iter().find(|e| e.ip == *ip) {
             Some(e) if e.info.owner == owner && e.info.ifindex == host.index => {}
-            Some(_) => return Err(mismatch(format!("endpoints map entry for {ip} belongs to another attachment"))),
+            Some(_) => {
+                return Err(mismatch(format!(
+                    "endpoints map entry for {ip} belongs to another attachment"
+                )))
+            }
             None => return Err(mismatch(format!("endpoints map has no entry for {ip}"))),
         }
     }

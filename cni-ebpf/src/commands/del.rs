@@ -2,8 +2,6 @@
 //! netns, no prevResult, no runtimeConfig, and any number of repeats; keeps
 //! going past errors and reports them all at the end.
 
-use std::net::IpAddr;
-
 use super::{addrs, nl_err};
 use crate::{
     cni::{code, CniEnv, CniError},
@@ -20,12 +18,26 @@ use crate::{
 /// Runs DEL.
 pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let store = Store::open(&conf.state_dir, &conf.name, false)?;
-    teardown(&store, conf, &env.container_id, &env.ifname, env.netns.as_deref().map(|p| p.display().to_string()), &env.path)
+    teardown(
+        &store,
+        conf,
+        &env.container_id,
+        &env.ifname,
+        env.netns.as_deref().map(|p| p.display().to_string()),
+        &env.path,
+    )
 }
 
 /// Undoes everything an ADD of (container, ifname) did, as far as it got.
 /// Shared by DEL and GC.
-pub fn teardown(store: &Store, conf: &NetConf, container_id: &str, ifname: &str, netns: Option<String>, cni_path: &str) -> Result<(), CniError> {
+pub fn teardown(
+    store: &Store,
+    conf: &NetConf,
+    container_id: &str,
+    ifname: &str,
+    netns: Option<String>,
+    cni_path: &str,
+) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
     let record: Option<Record> = match store.load(container_id, ifname) {
         Ok(r) => r,
@@ -51,11 +63,16 @@ pub fn teardown(store: &Store, conf: &NetConf, container_id: &str, ifname: &str,
     if dp.is_loaded() || dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
         // Only the chained mode attaches to a veth it does not own; for ours the
         // link pins go below with the device anyway, but unpin explicitly.
-        if mode == Mode::Chained || record.is_none() || record.as_ref().and_then(|r| r.attach_mode).is_some() {
+        if mode == Mode::Chained
+            || record.is_none()
+            || record.as_ref().and_then(|r| r.attach_mode).is_some()
+        {
             dp.detach_endpoint(&host);
         }
         let res = match &record {
-            Some(r) => dp.remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner).map(|_| ()),
+            Some(r) => dp
+                .remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner)
+                .map(|_| ()),
             // No record: find what this owner holds by scanning (rare path).
             None => dp.remove_owner(owner).map(|_| ()),
         };
@@ -80,7 +97,9 @@ pub fn teardown(store: &Store, conf: &NetConf, container_id: &str, ifname: &str,
         // If the host side was already gone but the pod still has our veth
         // (a half-finished ADD moved on), remove it inside the pod. A missing
         // netns is normal for DEL.
-        let ns_path = netns.or_else(|| record.as_ref().map(|r| r.netns.clone())).filter(|p| !p.is_empty());
+        let ns_path = netns
+            .or_else(|| record.as_ref().map(|r| r.netns.clone()))
+            .filter(|p| !p.is_empty());
         if let Some(p) = ns_path {
             if let Ok(ns) = Netns::open(std::path::Path::new(&p)) {
                 if !ns.is_current() {
@@ -122,11 +141,10 @@ pub fn teardown(store: &Store, conf: &NetConf, container_id: &str, ifname: &str,
         for e in &errors {
             warn!("DEL {container_id}/{ifname}: {e}");
         }
-        Err(CniError::new(code::IO, format!("DEL left {} problem(s): {}", errors.len(), errors[0])).with_details(errors.join("; ")))
+        Err(CniError::new(
+            code::IO,
+            format!("DEL left {} problem(s): {}", errors.len(), errors[0]),
+        )
+        .with_details(errors.join("; ")))
     }
-}
-
-/// Addresses of a record.
-pub fn record_ips(r: &Record) -> Vec<IpAddr> {
-    addrs(&r.ips)
 }

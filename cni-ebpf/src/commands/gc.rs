@@ -18,21 +18,40 @@ use crate::{
 /// Runs GC.
 pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.valid_attachments.as_ref().ok_or_else(|| {
-        CniError::new(code::INVALID_CONFIG, "GC needs cni.dev/valid-attachments in the config")
+        CniError::new(
+            code::INVALID_CONFIG,
+            "GC needs cni.dev/valid-attachments in the config",
+        )
     })?;
-    let keep: HashSet<(String, String)> = valid.iter().map(|a| (a.container_id.clone(), a.ifname.clone())).collect();
+    let keep: HashSet<(String, String)> = valid
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
     let store = Store::open(&conf.state_dir, &conf.name, true)?;
     let mut errors = Vec::new();
     let mut live_owners = HashSet::new();
     let mut live_veths = HashSet::new();
     for rec in store.all()? {
         if keep.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
-            live_owners.insert(cni_ebpf_common::owner_id(rec.container_id.as_bytes(), rec.ifname.as_bytes()));
+            live_owners.insert(cni_ebpf_common::owner_id(
+                rec.container_id.as_bytes(),
+                rec.ifname.as_bytes(),
+            ));
             live_veths.insert(rec.host_veth.clone());
             continue;
         }
-        info!("GC: removing stale attachment {}/{}", rec.container_id, rec.ifname);
-        if let Err(e) = teardown(&store, conf, &rec.container_id, &rec.ifname, Some(rec.netns.clone()), &env.path) {
+        info!(
+            "GC: removing stale attachment {}/{}",
+            rec.container_id, rec.ifname
+        );
+        if let Err(e) = teardown(
+            &store,
+            conf,
+            &rec.container_id,
+            &rec.ifname,
+            Some(rec.netns.clone()),
+            &env.path,
+        ) {
             errors.push(e.to_string());
         }
     }
@@ -51,7 +70,11 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // Link pins of interfaces that no longer exist.
     let dp = Datapath::layout(&conf.pin_path);
     for ifname in dp.pinned_link_ifnames() {
-        if !live_veths.contains(&ifname) && !std::path::Path::new("/sys/class/net").join(&ifname).exists() {
+        if !live_veths.contains(&ifname)
+            && !std::path::Path::new("/sys/class/net")
+                .join(&ifname)
+                .exists()
+        {
             dp.detach_endpoint(&ifname);
         }
     }
@@ -61,6 +84,9 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(CniError::new(code::IO, format!("GC left {} problem(s): {}", errors.len(), errors[0])))
+        Err(CniError::new(
+            code::IO,
+            format!("GC left {} problem(s): {}", errors.len(), errors[0]),
+        ))
     }
 }

@@ -32,7 +32,8 @@ pub fn nl_err(what: &str, e: NlError) -> CniError {
 
 /// Folds a namespace error into a CNI error.
 pub fn ns_err(e: NetnsError) -> CniError {
-    CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}")).with_details(crate::cni::error::chain(&e))
+    CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {e}"))
+        .with_details(crate::cni::error::chain(&e))
 }
 
 /// Addresses only, from networks.

@@ -11,16 +11,29 @@ use crate::{
 /// verifier or are already pinned) and the built-in IPAM has free addresses.
 pub fn exec(conf: &NetConf) -> Result<(), CniError> {
     Datapath::open_or_load(&conf.pin_path, &conf.state_dir).map_err(|e| {
-        CniError::new(code::NOT_AVAILABLE, format!("eBPF data path unavailable: {e}")).with_details(crate::cni::error::chain(&e))
+        CniError::new(
+            code::NOT_AVAILABLE,
+            format!("eBPF data path unavailable: {e}"),
+        )
+        .with_details(crate::cni::error::chain(&e))
     })?;
     if let Some(Ipam::HostLocal(c)) = Ipam::from_conf(conf)? {
         let held = host_local::all_reservations(&c.data_dir, &conf.name).unwrap_or_default();
         for (i, set) in c.range_sets.iter().enumerate() {
-            let used = held.iter().filter(|(ip, _, _)| set.iter().any(|r| r.contains(*ip))).count();
+            let used = held
+                .iter()
+                .filter(|(ip, _, _)| set.iter().any(|r| r.contains(*ip)))
+                .count();
             let size: u128 = set.iter().map(range_size).sum();
-            let gws = set.iter().filter(|r| r.gateway.is_some_and(|g| r.contains(g))).count() as u128;
+            let gws = set
+                .iter()
+                .filter(|r| r.gateway.is_some_and(|g| r.contains(g)))
+                .count() as u128;
             if size <= gws + used as u128 {
-                return Err(CniError::new(code::NOT_AVAILABLE, format!("IPAM range set {i} of network {} is exhausted", conf.name)));
+                return Err(CniError::new(
+                    code::NOT_AVAILABLE,
+                    format!("IPAM range set {i} of network {} is exhausted", conf.name),
+                ));
             }
         }
     }

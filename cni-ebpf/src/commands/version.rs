@@ -6,6 +6,8 @@ use crate::cni::version::{LATEST, SUPPORTED};
 
 /// The VERSION result; `requested` is the `cniVersion` from stdin, if any.
 pub fn exec(requested: Option<&str>) -> Value {
-    let v = requested.filter(|v| SUPPORTED.contains(v)).unwrap_or(LATEST);
+    let v = requested
+        .filter(|v| SUPPORTED.contains(v))
+        .unwrap_or(LATEST);
     json!({"cniVersion": v, "supportedVersions": SUPPORTED})
 }

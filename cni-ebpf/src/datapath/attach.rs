@@ -6,8 +6,8 @@
 //! filter is used instead; such a filter lives as long as the device.
 
 use aya::programs::{
-    tc::{qdisc_add_clsact, NlOptions, TcAttachOptions, TcError, TcHandle},
     links::{FdLink, LinkOrder, PinnedLink},
+    tc::{qdisc_add_clsact, NlOptions, TcAttachOptions, TcError, TcHandle},
     SchedClassifier, TcAttachType,
 };
 use cni_ebpf_common::prog;
@@ -83,11 +83,13 @@ impl Datapath {
                     ..Default::default()
                 })
             };
-            let id = p.attach_with_options(ifname, kind, opts).map_err(|source| BpfError::Program {
-                name: format!("{name} on {ifname} {dir}"),
-                what: "attach",
-                source,
-            })?;
+            let id = p
+                .attach_with_options(ifname, kind, opts)
+                .map_err(|source| BpfError::Program {
+                    name: format!("{name} on {ifname} {dir}"),
+                    what: "attach",
+                    source,
+                })?;
             let link = p.take_link(id).map_err(|source| BpfError::Program {
                 name: name.into(),
                 what: "take link",
@@ -110,7 +112,11 @@ impl Datapath {
                 std::mem::forget(link);
             }
         }
-        Ok(if use_tcx { AttachMode::Tcx } else { AttachMode::Netlink })
+        Ok(if use_tcx {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Netlink
+        })
     }
 
     /// Removes our TCX link pins for `ifname` (detaching the programs if the
@@ -129,7 +135,9 @@ impl Datapath {
 
     /// True when both TCX link pins of `ifname` exist (CHECK).
     pub fn has_link_pins(&self, ifname: &str) -> bool {
-        DIRECTIONS.iter().all(|(_, _, dir)| self.link_pin(ifname, dir).exists())
+        DIRECTIONS
+            .iter()
+            .all(|(_, _, dir)| self.link_pin(ifname, dir).exists())
     }
 
     /// Names of host interfaces that have link pins (GC).

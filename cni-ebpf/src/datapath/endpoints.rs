@@ -66,15 +66,34 @@ impl Datapath {
 
     /// Publishes an endpoint: its counters first, then its addresses (the
     /// moment an address is in the map, its packets pass anti-spoofing).
-    pub fn add_endpoint(&self, ips: &[IpAddr], ifindex: u32, mac: [u8; 6], owner: u64) -> Result<(), BpfError> {
+    pub fn add_endpoint(
+        &self,
+        ips: &[IpAddr],
+        ifindex: u32,
+        mac: [u8; 6],
+        owner: u64,
+    ) -> Result<(), BpfError> {
         let mut st = self.ep_stats()?;
-        let zero = PerCpuValues::try_from(vec![EndpointStats::default(); aya::util::nr_cpus().map_err(|(_, e)| BpfError::Io { what: "count cpus", path: String::new(), source: e })?])
-            .map_err(|e| BpfError::Io { what: "per-cpu values", path: String::new(), source: e })?;
-        st.insert(ifindex, zero, 0).map_err(|source| BpfError::Map {
-            name: map::EP_STATS,
-            what: format!("insert {ifindex}"),
-            source,
-        })?;
+        let zero =
+            PerCpuValues::try_from(vec![
+                EndpointStats::default();
+                aya::util::nr_cpus().map_err(|(_, e)| BpfError::Io {
+                    what: "count cpus",
+                    path: String::new(),
+                    source: e
+                })?
+            ])
+            .map_err(|e| BpfError::Io {
+                what: "per-cpu values",
+                path: String::new(),
+                source: e,
+            })?;
+        st.insert(ifindex, zero, 0)
+            .map_err(|source| BpfError::Map {
+                name: map::EP_STATS,
+                what: format!("insert {ifindex}"),
+                source,
+            })?;
         let mut eps = self.endpoints()?;
         let info = EndpointInfo {
             ifindex,
@@ -84,11 +103,12 @@ impl Datapath {
             pad: [0; 2],
         };
         for ip in ips {
-            eps.insert(ip_key(*ip), info, 0).map_err(|source| BpfError::Map {
-                name: map::ENDPOINTS,
-                what: format!("insert {ip}"),
-                source,
-            })?;
+            eps.insert(ip_key(*ip), info, 0)
+                .map_err(|source| BpfError::Map {
+                    name: map::ENDPOINTS,
+                    what: format!("insert {ip}"),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -96,7 +116,12 @@ impl Datapath {
     /// Removes `ips` from `endpoints` where `owner` still owns them (an address
     /// already handed to another container is left alone), and the counters
     /// of `ifindex`. Missing entries are fine.
-    pub fn remove_endpoint(&self, ips: &[IpAddr], ifindex: Option<u32>, owner: u64) -> Result<(), BpfError> {
+    pub fn remove_endpoint(
+        &self,
+        ips: &[IpAddr],
+        ifindex: Option<u32>,
+        owner: u64,
+    ) -> Result<(), BpfError> {
         let mut eps = self.endpoints()?;
         for ip in ips {
             let k = ip_key(*ip);
@@ -118,13 +143,20 @@ impl Datapath {
         Ok(eps
             .iter()
             .filter_map(Result::ok)
-            .map(|(k, info)| EndpointEntry { ip: key_ip(&k), info })
+            .map(|(k, info)| EndpointEntry {
+                ip: key_ip(&k),
+                info,
+            })
             .collect())
     }
 
     /// Removes every `endpoints` entry of `owner` (DEL when its state is lost).
     pub fn remove_owner(&self, owner: u64) -> Result<Vec<IpAddr>, BpfError> {
-        let gone: Vec<EndpointEntry> = self.endpoint_entries()?.into_iter().filter(|e| e.info.owner == owner).collect();
+        let gone: Vec<EndpointEntry> = self
+            .endpoint_entries()?
+            .into_iter()
+            .filter(|e| e.info.owner == owner)
+            .collect();
         let mut eps = self.endpoints()?;
         for e in &gone {
             let _ = eps.remove(&ip_key(e.ip));
@@ -149,15 +181,20 @@ impl Datapath {
 
     /// Node-wide counters by name.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        let m: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(self.open_map(map::STATS)?).map_err(|source| BpfError::Map {
+        let m: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.open_map(map::STATS)?)
+            .map_err(|source| BpfError::Map {
                 name: map::STATS,
                 what: "layout".into(),
                 source,
             })?;
         Ok(Counter::ALL
             .iter()
-            .map(|(c, name)| (*name, m.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+            .map(|(c, name)| {
+                (
+                    *name,
+                    m.get(&(*c as u32), 0).map(|v| v.iter().sum()).unwrap_or(0),
+                )
+            })
             .collect())
     }
 }

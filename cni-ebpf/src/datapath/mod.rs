@@ -17,5 +17,4 @@ mod endpoints;
 mod pins;
 
 pub use attach::AttachMode;
-pub use endpoints::EndpointEntry;
-pub use pins::{Datapath, BpfError};
+pub use pins::{BpfError, Datapath};

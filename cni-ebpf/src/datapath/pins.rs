@@ -126,7 +126,8 @@ impl Datapath {
 
     /// True when this build's programs and every map are pinned.
     pub fn is_loaded(&self) -> bool {
-        prog::ALL.iter().all(|p| self.prog_path(p).exists()) && map::ALL.iter().all(|m| self.map_path(m).exists())
+        prog::ALL.iter().all(|p| self.prog_path(p).exists())
+            && map::ALL.iter().all(|m| self.map_path(m).exists())
     }
 
     /// Opens the pinned data path, loading and pinning the object first if
@@ -147,7 +148,8 @@ impl Datapath {
             .write(true)
             .open(&lock_path)
             .map_err(io("open lock", &lock_path))?;
-        flock(&lock, FlockOperation::LockExclusive).map_err(|e| io("lock", &lock_path)(e.into()))?;
+        flock(&lock, FlockOperation::LockExclusive)
+            .map_err(|e| io("lock", &lock_path)(e.into()))?;
         if dp.is_loaded() {
             return Ok(dp);
         }
@@ -165,7 +167,9 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(OBJECT).map_err(|e| BpfError::Load(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| BpfError::Load(Box::new(e)))?;
         for name in prog::ALL {
             let p: &mut SchedClassifier = ebpf
                 .program_mut(name)
@@ -206,9 +210,15 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     };
     std::fs::create_dir_all(path).map_err(err)?;
     let st = rustix::fs::statfs(path).map_err(|e| err(e.into()))?;
-    #[expect(clippy::unnecessary_cast, reason = "f_type is i64 on some targets and u64 on others")]
     if st.f_type as u64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    rustix::mount::mount("bpf", path, "bpf", rustix::mount::MountFlags::empty(), c"mode=0700").map_err(|e| err(e.into()))
+    rustix::mount::mount(
+        "bpf",
+        path,
+        "bpf",
+        rustix::mount::MountFlags::empty(),
+        c"mode=0700",
+    )
+    .map_err(|e| err(e.into()))
 }

@@ -24,14 +24,23 @@ impl Ipam {
     /// From the config's `ipam` object; `None` when there is no IPAM (chained).
     pub fn from_conf(conf: &NetConf) -> Result<Option<Self>, CniError> {
         match (conf.ipam_type.as_deref(), conf.ipam.as_ref()) {
-            (Some("host-local"), Some(v)) => Ok(Some(Self::HostLocal(host_local::HostLocalConfig::parse(v)?))),
+            (Some("host-local"), Some(v)) => Ok(Some(Self::HostLocal(
+                host_local::HostLocalConfig::parse(v)?,
+            ))),
             (Some(t), Some(_)) => Ok(Some(Self::Delegate(t.to_string()))),
             _ => Ok(None),
         }
     }
 
     /// Allocates addresses for (container, ifname).
-    pub fn add(&self, conf: &NetConf, container_id: &str, ifname: &str, requested: &[IpAddr], cni_path: &str) -> Result<CniResult, CniError> {
+    pub fn add(
+        &self,
+        conf: &NetConf,
+        container_id: &str,
+        ifname: &str,
+        requested: &[IpAddr],
+        cni_path: &str,
+    ) -> Result<CniResult, CniError> {
         match self {
             Self::HostLocal(c) => {
                 let ips = host_local::allocate(c, &conf.name, container_id, ifname, requested)?;
@@ -43,11 +52,18 @@ impl Ipam {
                 })
             }
             Self::Delegate(t) => {
-                let v = delegate::exec(t, "ADD", &conf.raw, cni_path)?
-                    .ok_or_else(|| CniError::new(code::DELEGATE, format!("IPAM plugin {t:?} returned no result")))?;
+                let v = delegate::exec(t, "ADD", &conf.raw, cni_path)?.ok_or_else(|| {
+                    CniError::new(
+                        code::DELEGATE,
+                        format!("IPAM plugin {t:?} returned no result"),
+                    )
+                })?;
                 let r = CniResult::from_value(&v)?;
                 if r.ips.is_empty() {
-                    return Err(CniError::new(code::DELEGATE, format!("IPAM plugin {t:?} returned no addresses")));
+                    return Err(CniError::new(
+                        code::DELEGATE,
+                        format!("IPAM plugin {t:?} returned no addresses"),
+                    ));
                 }
                 Ok(r)
             }
@@ -55,7 +71,13 @@ impl Ipam {
     }
 
     /// Releases everything (container, ifname) holds. Idempotent.
-    pub fn del(&self, conf: &NetConf, container_id: &str, ifname: &str, cni_path: &str) -> Result<(), CniError> {
+    pub fn del(
+        &self,
+        conf: &NetConf,
+        container_id: &str,
+        ifname: &str,
+        cni_path: &str,
+    ) -> Result<(), CniError> {
         match self {
             Self::HostLocal(c) => host_local::release(c, &conf.name, container_id, ifname),
             Self::Delegate(t) => delegate::exec(t, "DEL", &conf.raw, cni_path).map(|_| ()),
@@ -63,7 +85,14 @@ impl Ipam {
     }
 
     /// Verifies that (container, ifname) still holds `ips`.
-    pub fn check(&self, conf: &NetConf, container_id: &str, ifname: &str, ips: &[IpAddr], cni_path: &str) -> Result<(), CniError> {
+    pub fn check(
+        &self,
+        conf: &NetConf,
+        container_id: &str,
+        ifname: &str,
+        ips: &[IpAddr],
+        cni_path: &str,
+    ) -> Result<(), CniError> {
         match self {
             Self::HostLocal(c) => {
                 let held = host_local::reserved_by(c, &conf.name, container_id, ifname)?;

@@ -1,0 +1,643 @@
+//! Test harness: a node, an external client and pods as network namespaces
+//! this test creates (never the machine's own interfaces), the real plugin
+//! binary invoked exactly as a runtime does (env + stdin, inside the node
+//! namespace via `nsenter --net`, so the bpffs it mounts stays visible), and
+//! real sockets inside the namespaces. Everything is removed on drop, also
+//! when the test fails.
+#![allow(dead_code)]
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+/// The plugin binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_cni-ebpf");
+/// Debian's reference plugins.
+pub const REF_CNI: &str = "/usr/lib/cni";
+
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+/// Fails loudly when the test cannot run (not root, no bpffs support).
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "integration tests need root (run them with `cargo xtask test` as root)"
+    );
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command in a netns (`ip -n` style commands are preferred).
+pub fn sh_in(ns: &str, args: &[&str]) -> String {
+    let mut v = vec!["ip", "netns", "exec", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
+/// Runs `f` on a thread inside netns `ns` (by name under /run/netns).
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f_ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        rustix::thread::move_into_link_name_space(
+            f_ns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+        f()
+    })
+}
+
+/// Result of one plugin call.
+#[derive(Debug)]
+pub struct CniOut {
+    /// Exit code.
+    pub code: i32,
+    /// stdout parsed as JSON, if any.
+    pub json: Option<Value>,
+    /// Raw stdout.
+    pub stdout: String,
+    /// Raw stderr.
+    pub stderr: String,
+    /// Wall time.
+    pub took: Duration,
+}
+
+impl CniOut {
+    /// Panics unless it succeeded.
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "plugin failed: {} {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+    /// The error code of a failed call.
+    pub fn err_code(&self) -> u64 {
+        assert_ne!(self.code, 0, "expected a failure, got {}", self.stdout);
+        let j = self
+            .json
+            .as_ref()
+            .unwrap_or_else(|| panic!("error output is not JSON: {:?}", self.stdout));
+        j["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no code in {j}"))
+    }
+    /// The error message.
+    pub fn msg(&self) -> String {
+        self.json
+            .as_ref()
+            .map(|j| j["msg"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Environment of one call.
+#[derive(Clone, Debug, Default)]
+pub struct Call<'a> {
+    /// CNI_COMMAND.
+    pub cmd: &'a str,
+    /// CNI_CONTAINERID.
+    pub cid: &'a str,
+    /// CNI_NETNS (full path).
+    pub netns: Option<String>,
+    /// CNI_IFNAME.
+    pub ifname: &'a str,
+    /// CNI_ARGS.
+    pub args: Option<&'a str>,
+    /// CNI_PATH (default: our bin dir + Debian's).
+    pub path: Option<String>,
+}
+
+/// A test world: node + ext namespaces joined by a veth, a private pin dir,
+/// state dir and IPAM dir, and pods.
+pub struct Topo {
+    /// Short unique id.
+    pub id: String,
+    /// Node netns name.
+    pub node: String,
+    /// External client netns name.
+    pub ext: String,
+    /// Private directory.
+    pub dir: PathBuf,
+    namespaces: std::sync::Mutex<Vec<String>>,
+}
+
+/// Node uplink addresses (node side, ext side).
+pub const NODE_IP: &str = "192.0.2.1";
+/// External client address.
+pub const EXT_IP: &str = "192.0.2.2";
+/// Node uplink IPv6.
+pub const NODE_IP6: &str = "2001:db8::1";
+/// External client IPv6.
+pub const EXT_IP6: &str = "2001:db8::2";
+
+impl Topo {
+    /// Builds the node and ext namespaces.
+    pub fn new(tag: &str) -> Self {
+        require_root();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{tag}{}x{n}", std::process::id() % 100000);
+        let dir = PathBuf::from(format!("/run/cni-ebpf-test/{id}"));
+        let t = Topo {
+            node: format!("ce-{id}-node"),
+            ext: format!("ce-{id}-ext"),
+            id,
+            dir,
+            namespaces: Default::default(),
+        };
+        std::fs::create_dir_all(t.dir.join("bin")).unwrap();
+        std::os::unix::fs::symlink(BIN, t.dir.join("bin/cni-ebpf")).unwrap();
+        t.add_ns(&t.node.clone());
+        t.add_ns(&t.ext.clone());
+        // The uplink is created inside the node netns with its peer directly in ext:
+        // no device ever exists in the machine's own namespace.
+        sh(&[
+            "ip", "-n", &t.node, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
+            "netns", &t.ext,
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.node,
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "up0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.node,
+            "addr",
+            "add",
+            &format!("{NODE_IP6}/64"),
+            "dev",
+            "up0",
+            "nodad",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.ext,
+            "addr",
+            "add",
+            &format!("{EXT_IP}/24"),
+            "dev",
+            "eth0",
+        ]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.ext,
+            "addr",
+            "add",
+            &format!("{EXT_IP6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        sh(&["ip", "-n", &t.node, "link", "set", "up0", "up"]);
+        sh(&["ip", "-n", &t.ext, "link", "set", "eth0", "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &t.ext,
+            "route",
+            "add",
+            "10.0.0.0/8",
+            "via",
+            NODE_IP,
+        ]);
+        sh(&[
+            "ip", "-n", &t.ext, "-6", "route", "add", "fd00::/8", "via", NODE_IP6,
+        ]);
+        sh_in(
+            &t.node,
+            &[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
+        t
+    }
+
+    fn add_ns(&self, name: &str) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(Stdio::null())
+            .status();
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        self.namespaces.lock().unwrap().push(name.to_string());
+    }
+
+    /// Creates a pod namespace and returns its name.
+    pub fn pod(&self, name: &str) -> String {
+        let ns = format!("ce-{}-{name}", self.id);
+        self.add_ns(&ns);
+        ns
+    }
+
+    /// Removes a namespace early (e.g. to test DEL without netns).
+    pub fn del_ns(&self, ns: &str) {
+        sh(&["ip", "netns", "del", ns]);
+        self.namespaces.lock().unwrap().retain(|n| n != ns);
+    }
+
+    /// Pin root of this topology.
+    pub fn pin(&self) -> PathBuf {
+        self.dir.join("bpf")
+    }
+
+    /// A network config with this topology's private dirs, merged with `extra`.
+    pub fn conf(&self, extra: Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.0.0",
+            "name": "testnet",
+            "type": "cni-ebpf",
+            "pinPath": self.pin(),
+            "stateDir": self.dir.join("state"),
+            "logFile": self.dir.join("cni.log"),
+            "bridge": "cni0",
+            "isGateway": true,
+            "isDefaultGateway": true,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]], "dataDir": self.dir.join("ipam")},
+        });
+        merge(&mut c, extra);
+        c
+    }
+
+    /// CNI_PATH: our binary first, then Debian's reference plugins.
+    pub fn cni_path(&self) -> String {
+        format!("{}:{REF_CNI}", self.dir.join("bin").display())
+    }
+
+    /// Runs a plugin binary (ours by default) inside the node namespace.
+    pub fn exec(&self, bin: &str, call: &Call<'_>, stdin: &[u8]) -> CniOut {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.node)).arg(bin);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", call.cmd)
+            .env(
+                "CNI_PATH",
+                call.path.clone().unwrap_or_else(|| self.cni_path()),
+            );
+        if !call.cid.is_empty() {
+            cmd.env("CNI_CONTAINERID", call.cid);
+        }
+        if !call.ifname.is_empty() {
+            cmd.env("CNI_IFNAME", call.ifname);
+        }
+        if let Some(n) = &call.netns {
+            cmd.env("CNI_NETNS", n);
+        }
+        if let Some(a) = call.args {
+            cmd.env("CNI_ARGS", a);
+        }
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let start = Instant::now();
+        let mut child = cmd.spawn().expect("spawn plugin");
+        let mut sin = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let w = std::thread::spawn(move || {
+            let _ = sin.write_all(&data);
+        });
+        let out = child.wait_with_output().expect("wait plugin");
+        let _ = w.join();
+        let took = start.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        CniOut {
+            code: out.status.code().unwrap_or(-1),
+            json: serde_json::from_str(stdout.trim()).ok(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            took,
+        }
+    }
+
+    /// Runs our plugin with `conf`.
+    pub fn cni(
+        &self,
+        cmd: &str,
+        conf: &Value,
+        cid: &str,
+        pod_ns: Option<&str>,
+        ifname: &str,
+    ) -> CniOut {
+        let call = Call {
+            cmd,
+            cid,
+            netns: pod_ns.map(|n| format!("/run/netns/{n}")),
+            ifname,
+            ..Default::default()
+        };
+        self.exec(BIN, &call, conf.to_string().as_bytes())
+    }
+
+    /// Runs a conflist as libcni does: ADD in order with prevResult, DEL in
+    /// reverse. Returns the final result (ADD) or nothing.
+    /// `cached` is the final ADD result, which libcni hands to every plugin as
+    /// `prevResult` on CHECK and DEL.
+    pub fn conflist(
+        &self,
+        cmd: &str,
+        list: &Value,
+        cid: &str,
+        pod_ns: &str,
+        ifname: &str,
+        cached: Option<&Value>,
+    ) -> Result<Option<Value>, CniOut> {
+        let version = list["cniVersion"].clone();
+        let name = list["name"].clone();
+        let mut plugins: Vec<Value> = list["plugins"].as_array().unwrap().clone();
+        if cmd == "DEL" {
+            plugins.reverse();
+        }
+        let mut prev: Option<Value> = None;
+        for mut p in plugins {
+            p["cniVersion"] = version.clone();
+            p["name"] = name.clone();
+            if let Some(pr) = prev.as_ref().or(if cmd == "ADD" { None } else { cached }) {
+                p["prevResult"] = pr.clone();
+            }
+            let ty = p["type"].as_str().unwrap().to_string();
+            let bin = if ty == "cni-ebpf" {
+                BIN.to_string()
+            } else {
+                format!("{REF_CNI}/{ty}")
+            };
+            let call = Call {
+                cmd,
+                cid,
+                netns: Some(format!("/run/netns/{pod_ns}")),
+                ifname,
+                ..Default::default()
+            };
+            let out = self.exec(&bin, &call, p.to_string().as_bytes());
+            if out.code != 0 {
+                return Err(out);
+            }
+            if cmd == "ADD" {
+                prev = out.json.clone();
+            }
+        }
+        Ok(prev)
+    }
+
+    /// `cni-ebpf inspect --json` in the node.
+    pub fn inspect(&self) -> Value {
+        let out = sh(&[
+            "nsenter",
+            &format!("--net=/run/netns/{}", self.node),
+            BIN,
+            "inspect",
+            "--json",
+            "--pin-path",
+            self.pin().to_str().unwrap(),
+        ]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect output {out:?}: {e}"))
+    }
+
+    /// Links in the node namespace (names).
+    pub fn node_links(&self) -> Vec<String> {
+        sh(&["ip", "-n", &self.node, "-o", "link", "show"])
+            .lines()
+            .filter_map(|l| {
+                l.split(':')
+                    .nth(1)
+                    .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+            })
+            .collect()
+    }
+
+    /// Files in a subdirectory of this topology's private dir.
+    pub fn files(&self, sub: &str) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(sub))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for ns in self.namespaces.lock().unwrap().drain(..) {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
+        let pin = self.pin();
+        // The plugin mounted a bpffs there; it may have been mounted more than once.
+        for _ in 0..8 {
+            let mounted = std::fs::read_to_string("/proc/self/mounts")
+                .map(|m| {
+                    m.lines()
+                        .any(|l| l.split(' ').nth(1) == Some(pin.to_str().unwrap()))
+                })
+                .unwrap_or(false);
+            if !mounted {
+                break;
+            }
+            let _ = Command::new("umount").arg(&pin).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Deep-merges `extra` into `base` (objects merge, everything else replaces).
+pub fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                if v.is_null() {
+                    b.remove(&k);
+                } else {
+                    merge(b.entry(k).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// The pod address of a given family from a result.
+pub fn result_ip(res: &Value, v6: bool) -> IpAddr {
+    res["ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            i["address"]
+                .as_str()
+                .unwrap()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse::<IpAddr>()
+                .unwrap()
+        })
+        .find(|ip| ip.is_ipv6() == v6)
+        .unwrap_or_else(|| panic!("no {} address in {res}", if v6 { "IPv6" } else { "IPv4" }))
+}
+
+/// A TCP server in a namespace that answers every connection with
+/// `<name> <peer address>\n`.
+pub struct TcpServer {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// Peers seen.
+    pub port: u16,
+}
+
+impl TcpServer {
+    /// Starts it on `bind:port` in `ns`.
+    pub fn start(ns: &str, bind: &str, port: u16, name: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s2, name) = (stop.clone(), name.to_string());
+        let addr: SocketAddr = format!(
+            "{}:{port}",
+            if bind.contains(':') {
+                format!("[{bind}]")
+            } else {
+                bind.to_string()
+            }
+        )
+        .parse()
+        .unwrap();
+        let handle = in_ns(ns, move || {
+            let l = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+            l.set_nonblocking(true).unwrap();
+            tx.send(()).unwrap();
+            while !s2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = writeln!(c, "{name} {}", peer.ip());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("server did not start");
+        TcpServer {
+            stop,
+            handle: Some(handle),
+            port,
+        }
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Connects from `ns` to `dst:port`, returns the server's line (or the error).
+pub fn tcp_get(ns: &str, dst: IpAddr, port: u16) -> Result<String, String> {
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::new(dst, port), Duration::from_secs(3))
+            .map_err(|e| format!("connect {dst}:{port}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut line = String::new();
+        BufReader::new(&mut s)
+            .read_line(&mut line)
+            .map_err(|e| format!("read: {e}"))?;
+        Ok(line.trim().to_string())
+    })
+    .join()
+    .unwrap()
+}
+
+/// Binds a UDP socket in `ns` and waits up to `wait` for one datagram.
+pub fn udp_recv(
+    ns: &str,
+    bind: SocketAddr,
+    wait: Duration,
+) -> JoinHandle<Option<(String, IpAddr)>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = in_ns(ns, move || {
+        let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        s.set_read_timeout(Some(wait)).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 1500];
+        s.recv_from(&mut buf)
+            .ok()
+            .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from.ip()))
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("udp receiver did not start");
+    h
+}
+
+/// Sends one datagram from `ns`, optionally from a given source address.
+pub fn udp_send(ns: &str, src: Option<IpAddr>, dst: SocketAddr, msg: &str) {
+    let msg = msg.to_string();
+    in_ns(ns, move || {
+        let bind = SocketAddr::new(
+            src.unwrap_or(if dst.is_ipv4() {
+                "0.0.0.0".parse().unwrap()
+            } else {
+                "::".parse().unwrap()
+            }),
+            0,
+        );
+        let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        for _ in 0..3 {
+            let _ = s.send_to(msg.as_bytes(), dst);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// Reads a whole file (test convenience).
+pub fn read(p: &Path) -> String {
+    let mut s = String::new();
+    let _ = File::open(p).and_then(|mut f| f.read_to_string(&mut s));
+    s
+}

@@ -1,0 +1,694 @@
+//! End-to-end tests of the plugin as a runtime calls it, with real packets
+//! in namespaces the tests create.
+
+mod harness;
+
+use std::{net::IpAddr, time::Duration};
+
+use harness::*;
+use serde_json::{json, Value};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// Asserts that nothing of (network) is left: no veths, no state, no
+/// reservations, no endpoint entries, no link pins.
+fn assert_clean(t: &Topo) {
+    let links: Vec<String> = t
+        .node_links()
+        .into_iter()
+        .filter(|l| l.starts_with("veth"))
+        .collect();
+    assert!(links.is_empty(), "veths left in node: {links:?}");
+    let state: Vec<String> = t
+        .files("state/testnet")
+        .into_iter()
+        .filter(|f| f.ends_with(".json"))
+        .collect();
+    assert!(state.is_empty(), "state records left: {state:?}");
+    let ipam: Vec<String> = t
+        .files("ipam/testnet")
+        .into_iter()
+        .filter(|f| f != "lock" && !f.starts_with("last_reserved_ip"))
+        .collect();
+    assert!(ipam.is_empty(), "IP reservations left: {ipam:?}");
+    if t.pin().join("v1/maps/endpoints").exists() {
+        let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
+        assert!(eps.is_empty(), "endpoint entries left: {eps:?}");
+        let pins = t.files("bpf/v1/links");
+        assert!(pins.is_empty(), "link pins left: {pins:?}");
+    }
+}
+
+#[test]
+fn version_and_bad_inputs_change_nothing() {
+    let t = Topo::new("bad");
+    let pod = t.pod("p");
+    let conf = t.conf(json!({}));
+    // VERSION.
+    let v = t
+        .exec(
+            BIN,
+            &Call {
+                cmd: "VERSION",
+                ..Default::default()
+            },
+            br#"{"cniVersion":"0.4.0"}"#,
+        )
+        .ok();
+    let j = v.json.unwrap();
+    assert_eq!(j["cniVersion"], "0.4.0");
+    assert_eq!(
+        j["supportedVersions"],
+        json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+    );
+
+    let netns = Some(format!("/run/netns/{pod}"));
+    let add = |cid: &'static str, ifname: &'static str| Call {
+        cmd: "ADD",
+        cid,
+        netns: netns.clone(),
+        ifname,
+        ..Default::default()
+    };
+    let regular_file = t.dir.join("not-a-netns");
+    std::fs::write(&regular_file, "x").unwrap();
+    let cases: Vec<(Call, Vec<u8>, u64, &str)> = vec![
+        (add("c1", "eth0"), b"{not json".to_vec(), 6, "decode"),
+        (add("c1", "eth0"), vec![0xff, 0xfe, 0x00], 6, "UTF-8"),
+        (add("c1", "eth0"), format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(), 6, "decode"),
+        (add("c1", "eth0"), vec![b' '; (1 << 20) + 10], 6, "bytes"),
+        (add("c1", "eth0"), br#"{"cniVersion":"9.9.9","name":"n"}"#.to_vec(), 1, "incompatible"),
+        (add("c1", "eth0"), t.conf(json!({"name": "bad/name"})).to_string().into_bytes(), 7, "network name"),
+        (add("c1", "eth0"), t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.1.0.0/33"}]]}})).to_string().into_bytes(), 7, "10.1.0.0/33"),
+        (add("bad/id", "eth0"), conf.to_string().into_bytes(), 4, "CNI_CONTAINERID"),
+        (add("c1", "../x"), conf.to_string().into_bytes(), 4, "CNI_IFNAME"),
+        (add("c1", "waytoolonginterface"), conf.to_string().into_bytes(), 4, "CNI_IFNAME"),
+        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", ..Default::default() }, conf.to_string().into_bytes(), 4, "CNI_NETNS"),
+        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", netns: Some("/nonexistent/ns".into()), ..Default::default() }, conf.to_string().into_bytes(), 4, "CNI_NETNS"),
+        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", netns: Some(regular_file.display().to_string()), ..Default::default() }, conf.to_string().into_bytes(), 4, "not a network namespace"),
+        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", netns: Some(format!("/run/netns/{}", t.node)), ..Default::default() }, conf.to_string().into_bytes(), 4, "own network namespace"),
+        (Call { path: Some("relative/bin".into()), ..add("c1", "eth0") }, conf.to_string().into_bytes(), 4, "CNI_PATH"),
+        (add("c1", "eth0"), t.conf(json!({"ipam": {"type": "no-such-ipam"}})).to_string().into_bytes(), 7, "no-such-ipam"),
+        (add("c1", "eth0"), t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}})).to_string().into_bytes(), 7, "hostPort"),
+        (add("c1", "eth0"), t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}})).to_string().into_bytes(), 7, "protocol"),
+        (add("c1", "eth0"), t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 9000, "containerPort": 80, "protocol": "sctp"}]}})).to_string().into_bytes(), 7, "SCTP"),
+        (Call { cmd: "CHECK", ..add("c1", "eth0") }, t.conf(json!({"cniVersion": "0.3.1"})).to_string().into_bytes(), 1, "CHECK"),
+        (Call { cmd: "STATUS", ..Default::default() }, conf.to_string().into_bytes(), 1, "STATUS"),
+        (Call { cmd: "BOGUS", ..add("c1", "eth0") }, conf.to_string().into_bytes(), 4, "CNI_COMMAND"),
+    ];
+    for (call, stdin, code, needle) in cases {
+        let out = t.exec(BIN, &call, &stdin);
+        assert_eq!(out.err_code(), code, "{call:?}: {}", out.stdout);
+        let whole = out.stdout.clone();
+        assert!(
+            whole.contains(needle),
+            "{call:?}: message should mention {needle:?}: {whole}"
+        );
+        assert!(out.json.as_ref().unwrap()["cniVersion"].is_string());
+    }
+    // Missing variables are named.
+    let out = t.exec(
+        BIN,
+        &Call {
+            cmd: "ADD",
+            ..Default::default()
+        },
+        conf.to_string().as_bytes(),
+    );
+    assert_eq!(out.err_code(), 4);
+    assert!(
+        out.msg().contains("CNI_CONTAINERID") && out.msg().contains("CNI_IFNAME"),
+        "{}",
+        out.msg()
+    );
+    assert_clean(&t);
+    // And the pod is untouched.
+    let pod_links = sh(&["ip", "-n", &pod, "-o", "link", "show"]);
+    assert_eq!(
+        pod_links.lines().count(),
+        1,
+        "pod should only have lo: {pod_links}"
+    );
+}
+
+#[test]
+fn bridge_mode_pods_reachable_and_del_is_complete() {
+    let t = Topo::new("br");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let conf = t.conf(json!({"cniVersion": "1.1.0", "mtu": 1400}));
+    let r1 = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0").ok();
+    let r2 = t.cni("ADD", &conf, "pod2", Some(&p2), "eth0").ok();
+    eprintln!(
+        "ADD took {:?} (first, loads programs) and {:?}",
+        r1.took, r2.took
+    );
+    let (r1, r2) = (r1.json.unwrap(), r2.json.unwrap());
+    // Result shaped like the bridge plugin's.
+    let ifs = r1["interfaces"].as_array().unwrap();
+    assert_eq!(ifs.len(), 3, "{r1}");
+    assert_eq!(ifs[0]["name"], "cni0");
+    assert!(ifs[1]["name"].as_str().unwrap().starts_with("veth"));
+    assert_eq!(ifs[2]["name"], "eth0");
+    assert_eq!(ifs[2]["sandbox"], format!("/run/netns/{p1}"));
+    assert_eq!(ifs[2]["mtu"], 1400);
+    assert_eq!(r1["ips"][0]["interface"], 2);
+    assert_eq!(r1["ips"][0]["gateway"], "10.1.0.1");
+    assert_eq!(r1["cniVersion"], "1.1.0");
+
+    let (a1, a2) = (result_ip(&r1, false), result_ip(&r2, false));
+    let (b1, b2) = (result_ip(&r1, true), result_ip(&r2, true));
+    assert_ne!(a1, a2);
+    let mtu = sh(&["ip", "-n", &p1, "-o", "link", "show", "eth0"]);
+    assert!(mtu.contains("mtu 1400"), "{mtu}");
+    let _s1 = TcpServer::start(&p1, "::", 8080, "pod1");
+    let _s2 = TcpServer::start(&p2, "::", 8080, "pod2");
+    // From outside the node, through it, to each pod: the pod sees the client's own address.
+    assert_eq!(
+        tcp_get(&t.ext, a1, 8080).unwrap(),
+        format!("pod1 ::ffff:{EXT_IP}")
+    );
+    assert_eq!(
+        tcp_get(&t.ext, a2, 8080).unwrap(),
+        format!("pod2 ::ffff:{EXT_IP}")
+    );
+    assert_eq!(
+        tcp_get(&t.ext, b1, 8080).unwrap(),
+        format!("pod1 {EXT_IP6}")
+    );
+    // Pod to pod across the bridge keeps the pod source.
+    assert_eq!(tcp_get(&p1, a2, 8080).unwrap(), format!("pod2 ::ffff:{a1}"));
+    assert_eq!(tcp_get(&p2, b1, 8080).unwrap(), format!("pod1 {b2}"));
+
+    // CHECK passes.
+    let prev = json!({"prevResult": r1.clone()});
+    let mut cc = conf.clone();
+    merge(&mut cc, prev);
+    t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
+
+    // Counters moved; bpftool shows named fields of the pinned maps.
+    let insp = t.inspect();
+    let ep = insp["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ip"] == a1.to_string())
+        .unwrap()
+        .clone();
+    assert!(
+        ep["fromPackets"].as_u64().unwrap() > 0 && ep["toPackets"].as_u64().unwrap() > 0,
+        "{ep}"
+    );
+    let dump = sh(&[
+        "bpftool",
+        "map",
+        "dump",
+        "pinned",
+        t.pin().join("v1/maps/endpoints").to_str().unwrap(),
+    ]);
+    for field in [
+        "\"ifindex\"",
+        "\"owner\"",
+        "\"mac\"",
+        "\"family\"",
+        "\"addr\"",
+    ] {
+        assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
+    }
+    let progs = sh(&["ip", "netns", "exec", &t.node, "bpftool", "net", "show"]);
+    eprintln!("{progs}");
+
+    // DEL three times each; everything goes.
+    for _ in 0..3 {
+        t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+    }
+    assert!(
+        tcp_get(&t.ext, a1, 8080).is_err(),
+        "pod1 still reachable after DEL"
+    );
+    assert_eq!(
+        tcp_get(&t.ext, a2, 8080).unwrap(),
+        format!("pod2 ::ffff:{EXT_IP}"),
+        "DEL of pod1 broke pod2"
+    );
+    let d = t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    eprintln!("DEL took {:?}", d.took);
+    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    assert_clean(&t);
+    let pod_links = sh(&["ip", "-n", &p1, "-o", "link", "show"]);
+    assert_eq!(
+        pod_links.lines().count(),
+        1,
+        "pod should only have lo left: {pod_links}"
+    );
+}
+
+#[test]
+fn routed_mode_pods_reachable() {
+    let t = Topo::new("rt");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let conf = t.conf(json!({"mode": "routed", "ipam": {"ranges": [[{"subnet": "10.2.0.0/24"}], [{"subnet": "fd00:2::/64"}]]}}));
+    let r1 = t
+        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    let r2 = t
+        .cni("ADD", &conf, "pod2", Some(&p2), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(
+        r1["interfaces"].as_array().unwrap().len(),
+        2,
+        "routed mode has no bridge: {r1}"
+    );
+    assert!(
+        r1["ips"][0]["address"].as_str().unwrap().ends_with("/32"),
+        "{r1}"
+    );
+    assert!(!t.node_links().contains(&"cni0".to_string()));
+    let (a1, a2, b1) = (
+        result_ip(&r1, false),
+        result_ip(&r2, false),
+        result_ip(&r1, true),
+    );
+    let _s1 = TcpServer::start(&p1, "::", 8080, "pod1");
+    let _s2 = TcpServer::start(&p2, "::", 8080, "pod2");
+    assert_eq!(
+        tcp_get(&t.ext, a1, 8080).unwrap(),
+        format!("pod1 ::ffff:{EXT_IP}")
+    );
+    assert_eq!(
+        tcp_get(&t.ext, b1, 8080).unwrap(),
+        format!("pod1 {EXT_IP6}")
+    );
+    assert_eq!(tcp_get(&p2, a1, 8080).unwrap(), format!("pod1 ::ffff:{a2}"));
+    let mut cc = conf.clone();
+    merge(&mut cc, json!({"prevResult": r1}));
+    t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
+    t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    assert_clean(&t);
+}
+
+#[test]
+fn del_works_without_netns_state_or_prev_result() {
+    let t = Topo::new("dn");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({}));
+    t.cni("ADD", &conf, "pod1", Some(&p1), "eth0").ok();
+    t.del_ns(&p1);
+    // The netns is gone, and DEL gets no CNI_NETNS at all.
+    t.cni("DEL", &conf, "pod1", None, "eth0").ok();
+    t.cni("DEL", &conf, "pod1", None, "eth0").ok();
+    assert_clean(&t);
+    // A DEL for a container never seen, with a netns path that does not exist.
+    t.cni("DEL", &conf, "never-added", Some("no-such-ns"), "eth0")
+        .ok();
+    // State lost but the kernel side still there: DEL finds it by derived names and owner.
+    let p2 = t.pod("p2");
+    t.cni("ADD", &conf, "pod2", Some(&p2), "eth0").ok();
+    std::fs::remove_dir_all(t.dir.join("state/testnet")).unwrap();
+    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    assert_clean(&t);
+}
+
+#[test]
+fn failed_add_rolls_back_everything() {
+    let t = Topo::new("rb");
+    let p1 = t.pod("p1");
+    // The route's gateway is not on any link: the pod-side step fails after
+    // IPAM, the veth pair and the bridge were done.
+    let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.3.0.0/24"}]], "routes": [{"dst": "192.168.77.0/24", "gw": "10.99.0.1"}]}}));
+    let out = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0");
+    assert!(out.err_code() >= 100, "{}", out.stdout);
+    assert_clean(&t);
+    let pod_links = sh(&["ip", "-n", &p1, "-o", "link", "show"]);
+    assert_eq!(
+        pod_links.lines().count(),
+        1,
+        "pod should only have lo: {pod_links}"
+    );
+    // The same container then succeeds with a good config; the released
+    // address is not handed out again at once (round robin, as host-local).
+    let good = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.3.0.0/24"}]]}}));
+    let r = t
+        .cni("ADD", &good, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(result_ip(&r, false), ip("10.3.0.3"));
+    // ADD into a netns where the interface already exists is an error, and changes nothing.
+    let again = t.cni("ADD", &good, "pod9", Some(&p1), "eth0");
+    assert_eq!(again.err_code(), 4, "{}", again.stdout);
+    assert!(again.msg().contains("already exists"), "{}", again.msg());
+    t.cni("DEL", &good, "pod1", Some(&p1), "eth0").ok();
+    assert_clean(&t);
+    // A retried ADD (same container) converges instead of failing.
+    let r1 = t
+        .cni("ADD", &good, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    let r2 = t
+        .cni("ADD", &good, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(
+        result_ip(&r2, false),
+        result_ip(&r1, false),
+        "a retried ADD keeps its address"
+    );
+    assert_eq!(t.inspect()["endpoints"].as_array().unwrap().len(), 1);
+    t.cni("DEL", &good, "pod1", Some(&p1), "eth0").ok();
+    assert_clean(&t);
+}
+
+#[test]
+fn parallel_adds_get_distinct_addresses() {
+    let t = std::sync::Arc::new(Topo::new("par"));
+    let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.4.0.0/24"}]]}}));
+    let pods: Vec<String> = (0..32).map(|i| t.pod(&format!("q{i}"))).collect();
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (t, conf, p) = (t.clone(), conf.clone(), p.clone());
+            std::thread::spawn(move || {
+                let r = t.cni("ADD", &conf, &format!("c{i}"), Some(&p), "eth0").ok();
+                result_ip(r.json.as_ref().unwrap(), false)
+            })
+        })
+        .collect();
+    let mut ips: Vec<IpAddr> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 32, "addresses were handed out twice: {ips:?}");
+    assert_eq!(t.inspect()["endpoints"].as_array().unwrap().len(), 32);
+    let handles: Vec<_> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (t, conf, p) = (t.clone(), conf.clone(), p.clone());
+            std::thread::spawn(move || {
+                t.cni("DEL", &conf, &format!("c{i}"), Some(&p), "eth0").ok();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_clean(&t);
+}
+
+#[test]
+fn shares_a_data_dir_with_the_reference_host_local() {
+    let t = std::sync::Arc::new(Topo::new("hl"));
+    let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.5.0.0/24"}]], "dataDir": t.dir.join("ipam")});
+    let conf = t.conf(json!({"ipam": ipam.clone()}));
+    let ref_conf = json!({"cniVersion": "1.0.0", "name": "testnet", "ipam": ipam});
+    // Pod i/2 gets one interface from each implementation.
+    let pods: Vec<String> = (0..8).map(|i| t.pod(&format!("h{i}"))).collect();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let (t, conf, ref_conf, p) = (
+                t.clone(),
+                conf.clone(),
+                ref_conf.clone(),
+                pods[i / 2].clone(),
+            );
+            std::thread::spawn(move || {
+                if i % 2 == 0 {
+                    let r = t
+                        .cni("ADD", &conf, &format!("ours{i}"), Some(&p), "eth0")
+                        .ok();
+                    result_ip(r.json.as_ref().unwrap(), false)
+                } else {
+                    let call = Call {
+                        cmd: "ADD",
+                        cid: &format!("ref{i}"),
+                        netns: Some(format!("/run/netns/{p}")),
+                        ifname: "eth1",
+                        ..Default::default()
+                    };
+                    let r = t
+                        .exec(
+                            &format!("{REF_CNI}/host-local"),
+                            &call,
+                            ref_conf.to_string().as_bytes(),
+                        )
+                        .ok();
+                    result_ip(r.json.as_ref().unwrap(), false)
+                }
+            })
+        })
+        .collect();
+    let mut ips: Vec<IpAddr> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(
+        ips.len(),
+        16,
+        "double allocation between the two implementations: {ips:?}"
+    );
+    // The reference releases its own; ours releases ours; nothing is left.
+    for i in 0..16 {
+        let p = &pods[i / 2];
+        if i % 2 == 0 {
+            t.cni("DEL", &conf, &format!("ours{i}"), Some(p), "eth0")
+                .ok();
+        } else {
+            let call = Call {
+                cmd: "DEL",
+                cid: &format!("ref{i}"),
+                netns: Some(format!("/run/netns/{p}")),
+                ifname: "eth1",
+                ..Default::default()
+            };
+            t.exec(
+                &format!("{REF_CNI}/host-local"),
+                &call,
+                ref_conf.to_string().as_bytes(),
+            )
+            .ok();
+        }
+    }
+    assert_clean(&t);
+}
+
+#[test]
+fn anti_spoofing_drops_forged_sources() {
+    let t = Topo::new("sp");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.6.0.0/24"}]]}}));
+    let r = t
+        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    let own = result_ip(&r, false);
+    // The pod gives itself a second address that IPAM never assigned.
+    sh(&[
+        "ip",
+        "-n",
+        &p1,
+        "addr",
+        "add",
+        "10.6.0.200/24",
+        "dev",
+        "eth0",
+    ]);
+    let dst: std::net::SocketAddr = format!("{EXT_IP}:9999").parse().unwrap();
+    let rx = udp_recv(
+        &t.ext,
+        "0.0.0.0:9999".parse().unwrap(),
+        Duration::from_millis(700),
+    );
+    udp_send(&p1, Some(ip("10.6.0.200")), dst, "forged");
+    assert_eq!(rx.join().unwrap(), None, "a forged source left the pod");
+    let rx = udp_recv(
+        &t.ext,
+        "0.0.0.0:9999".parse().unwrap(),
+        Duration::from_secs(3),
+    );
+    udp_send(&p1, Some(own), dst, "honest");
+    assert_eq!(rx.join().unwrap(), Some(("honest".to_string(), own)));
+    let insp = t.inspect();
+    assert!(
+        insp["counters"]["drop_spoofed_ip"].as_u64().unwrap() >= 1,
+        "{insp}"
+    );
+    let ep = insp["endpoints"].as_array().unwrap()[0].clone();
+    assert!(ep["dropSpoofed"].as_u64().unwrap() >= 1, "{ep}");
+    t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+    assert_clean(&t);
+}
+
+#[test]
+fn chained_after_reference_bridge_and_before_reference_tuning() {
+    let t = Topo::new("ch");
+    let p1 = t.pod("p1");
+    let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.7.0.0/24"}]], "dataDir": t.dir.join("ipam")});
+    // Reference bridge + host-local, then us in portmap's place.
+    let list = json!({"cniVersion": "1.0.0", "name": "testnet", "plugins": [
+        {"type": "bridge", "bridge": "cni1", "isGateway": true, "isDefaultGateway": true, "ipam": ipam},
+        {"type": "cni-ebpf", "pinPath": t.pin(), "stateDir": t.dir.join("state"), "logFile": t.dir.join("cni.log"),
+         "capabilities": {"portMappings": true}, "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 8080, "protocol": "tcp"}]}}
+    ]});
+    let res = t
+        .conflist("ADD", &list, "pod1", &p1, "eth0", None)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .unwrap();
+    // Our result is the bridge's, passed on.
+    assert_eq!(res["interfaces"][0]["name"], "cni1", "{res}");
+    let a = result_ip(&res, false);
+    let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
+    assert_eq!(eps.len(), 1);
+    assert_eq!(eps[0]["ip"], a.to_string());
+    let rec = read(&t.dir.join("state/testnet/pod1_eth0.json"));
+    assert!(rec.contains("8081"), "port mappings kept in state: {rec}");
+    let _s = TcpServer::start(&p1, "0.0.0.0", 8080, "pod1");
+    assert_eq!(tcp_get(&t.ext, a, 8080).unwrap(), format!("pod1 {EXT_IP}"));
+    // CHECK through the chain.
+    t.conflist("CHECK", &list, "pod1", &p1, "eth0", Some(&res))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    t.conflist("DEL", &list, "pod1", &p1, "eth0", Some(&res))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    t.conflist("DEL", &list, "pod1", &p1, "eth0", None)
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_clean(&t);
+
+    // Us as the main plugin, then the reference tuning plugin reading our prevResult.
+    let p2 = t.pod("p2");
+    let list2 = json!({"cniVersion": "1.0.0", "name": "testnet", "plugins": [
+        t.conf(json!({"cniVersion": null, "name": null, "ipam": {"ranges": [[{"subnet": "10.8.0.0/24"}]]}})),
+        {"type": "tuning", "sysctl": {"net.ipv4.conf.eth0.accept_local": "1"}}
+    ]});
+    let res = t
+        .conflist("ADD", &list2, "pod2", &p2, "eth0", None)
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .unwrap();
+    assert_eq!(result_ip(&res, false), ip("10.8.0.2"), "{res}");
+    let v = sh_in(&p2, &["sysctl", "-n", "net.ipv4.conf.eth0.accept_local"]);
+    assert_eq!(v.trim(), "1");
+    t.conflist("DEL", &list2, "pod2", &p2, "eth0", Some(&res))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_clean(&t);
+}
+
+#[test]
+fn check_gc_and_status() {
+    let t = Topo::new("gc");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let conf =
+        t.conf(json!({"cniVersion": "1.1.0", "ipam": {"ranges": [[{"subnet": "10.9.0.0/29"}]]}}));
+    // STATUS before anything: loads the programs, reports ready.
+    t.exec(
+        BIN,
+        &Call {
+            cmd: "STATUS",
+            ..Default::default()
+        },
+        conf.to_string().as_bytes(),
+    )
+    .ok();
+    let r1 = t
+        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    t.cni("ADD", &conf, "pod2", Some(&p2), "eth0").ok();
+    // CHECK notices a removed address.
+    let a1 = result_ip(&r1, false);
+    let mut cc = conf.clone();
+    merge(&mut cc, json!({"prevResult": r1}));
+    t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
+    sh(&[
+        "ip",
+        "-n",
+        &p1,
+        "addr",
+        "del",
+        &format!("{a1}/29"),
+        "dev",
+        "eth0",
+    ]);
+    let out = t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0");
+    assert_eq!(out.err_code(), 104, "{}", out.stdout);
+    assert!(out.msg().contains(&a1.to_string()), "{}", out.msg());
+    // CHECK of an unknown container.
+    assert_eq!(
+        t.cni("CHECK", &cc, "nobody", Some(&p1), "eth0").err_code(),
+        3
+    );
+    // GC keeps pod2 and removes pod1.
+    let mut gc = conf.clone();
+    merge(
+        &mut gc,
+        json!({"cni.dev/valid-attachments": [{"containerID": "pod2", "ifname": "eth0"}]}),
+    );
+    t.exec(
+        BIN,
+        &Call {
+            cmd: "GC",
+            ..Default::default()
+        },
+        gc.to_string().as_bytes(),
+    )
+    .ok();
+    let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    assert_eq!(
+        t.files("state/testnet")
+            .iter()
+            .filter(|f| f.ends_with(".json"))
+            .count(),
+        1
+    );
+    // The older key is accepted too; with nothing valid, everything goes.
+    let mut gc2 = conf.clone();
+    merge(&mut gc2, json!({"cni.dev/attachments": []}));
+    t.exec(
+        BIN,
+        &Call {
+            cmd: "GC",
+            ..Default::default()
+        },
+        gc2.to_string().as_bytes(),
+    )
+    .ok();
+    assert_clean(&t);
+    // STATUS reports an exhausted pool: a /29 has 5 usable addresses.
+    let pods: Vec<String> = (0..5).map(|i| t.pod(&format!("x{i}"))).collect();
+    for (i, p) in pods.iter().enumerate() {
+        t.cni("ADD", &conf, &format!("x{i}"), Some(p), "eth0").ok();
+    }
+    let st = t.exec(
+        BIN,
+        &Call {
+            cmd: "STATUS",
+            ..Default::default()
+        },
+        conf.to_string().as_bytes(),
+    );
+    assert_eq!(st.err_code(), 50, "{}", st.stdout);
+    let p6 = t.pod("x6");
+    let ex = t.cni("ADD", &conf, "x6", Some(&p6), "eth0");
+    assert_eq!(ex.err_code(), 100, "{}", ex.stdout);
+    assert!(
+        ex.msg().contains("no IP addresses available"),
+        "{}",
+        ex.msg()
+    );
+    for (i, p) in pods.iter().enumerate() {
+        t.cni("DEL", &conf, &format!("x{i}"), Some(p), "eth0").ok();
+    }
+    assert_clean(&t);
+}
+
+/// Keeps `Value` imported for helpers used only in some tests.
+#[allow(dead_code)]
+fn _unused(_: Value) {}
