@@ -692,3 +692,89 @@ fn check_gc_and_status() {
 /// Keeps `Value` imported for helpers used only in some tests.
 #[allow(dead_code)]
 fn _unused(_: Value) {}
+
+#[test]
+fn delegated_ipam_and_requested_addresses() {
+    let t = Topo::new("dl");
+    let (p1, p2, p3) = (t.pod("p1"), t.pod("p2"), t.pod("p3"));
+    // Debian's reference `static` IPAM plugin, found on CNI_PATH.
+    let conf = t.conf(json!({"ipam": {"type": "static", "addresses": [{"address": "10.10.0.5/24", "gateway": "10.10.0.1"}],
+        "routes": [{"dst": "0.0.0.0/0"}]}}));
+    let r = t
+        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(result_ip(&r, false), ip("10.10.0.5"));
+    let addr = sh(&["ip", "-n", &p1, "-o", "addr", "show", "eth0"]);
+    assert!(addr.contains("10.10.0.5/24"), "{addr}");
+    let mut cc = conf.clone();
+    merge(&mut cc, json!({"cniVersion": "1.0.0", "prevResult": r}));
+    t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
+    t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+
+    // CNI_ARGS IP= and MAC=, with K8S_* keys ignored as IgnoreUnknown allows.
+    let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.11.0.0/24"}]]}}));
+    let call = Call {
+        cmd: "ADD",
+        cid: "pod2",
+        netns: Some(format!("/run/netns/{p2}")),
+        ifname: "eth0",
+        args: Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=pod2;IP=10.11.0.77;MAC=02:42:ac:11:00:77"),
+        ..Default::default()
+    };
+    let r = t
+        .exec(BIN, &call, conf.to_string().as_bytes())
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(result_ip(&r, false), ip("10.11.0.77"));
+    assert_eq!(r["interfaces"][2]["mac"], "02:42:ac:11:00:77");
+    let link = sh(&["ip", "-n", &p2, "-o", "link", "show", "eth0"]);
+    assert!(link.contains("02:42:ac:11:00:77"), "{link}");
+    // runtimeConfig ips/mac do the same.
+    let mut rc = conf.clone();
+    merge(
+        &mut rc,
+        json!({"runtimeConfig": {"ips": ["10.11.0.88/24"], "mac": "02:42:ac:11:00:88"}}),
+    );
+    let r = t
+        .cni("ADD", &rc, "pod3", Some(&p3), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(result_ip(&r, false), ip("10.11.0.88"));
+    assert_eq!(r["interfaces"][2]["mac"], "02:42:ac:11:00:88");
+    // A requested address already taken: clear error, nothing changed.
+    let p4 = t.pod("p4");
+    let taken = t.cni("ADD", &rc, "pod4", Some(&p4), "eth0");
+    assert_eq!(taken.err_code(), 101, "{}", taken.stdout);
+    assert!(taken.msg().contains("10.11.0.88"), "{}", taken.msg());
+    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    t.cni("DEL", &rc, "pod3", Some(&p3), "eth0").ok();
+    assert_clean(&t);
+}
+
+#[test]
+fn old_versions_get_old_result_shapes() {
+    let t = Topo::new("ov");
+    for (i, v) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
+        .iter()
+        .enumerate()
+    {
+        let p = t.pod(&format!("v{i}"));
+        let conf = t.conf(json!({"cniVersion": v, "mtu": 1450, "ipam": {"ranges": [[{"subnet": "10.12.0.0/24"}]]}}));
+        let r = t
+            .cni("ADD", &conf, &format!("c{i}"), Some(&p), "eth0")
+            .ok()
+            .json
+            .unwrap();
+        assert_eq!(r["cniVersion"], *v);
+        let has_version_field = r["ips"][0].get("version").is_some();
+        assert_eq!(has_version_field, v.starts_with("0."), "{v}: {r}");
+        let has_mtu = r["interfaces"][2].get("mtu").is_some();
+        assert_eq!(has_mtu, *v == "1.1.0", "{v}: {r}");
+        t.cni("DEL", &conf, &format!("c{i}"), Some(&p), "eth0").ok();
+    }
+    assert_clean(&t);
+}
