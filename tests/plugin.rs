@@ -186,6 +186,25 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     let mut cc = conf.clone();
     merge(&mut cc, prev);
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
+    // ... and notices programs removed behind its back.
+    let host1 = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
+    sh(&[
+        "ip", "netns", "exec", &t.node, "tc", "filter", "del", "dev", &host1, "ingress",
+    ]);
+    let out = t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0");
+    assert_eq!(out.err_code(), 104, "{}", out.stdout);
+    assert!(out.msg().contains("not attached"), "{}", out.msg());
+    // A retried ADD of the same container repairs it (and keeps the address).
+    let again = t
+        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    assert_eq!(result_ip(&again, false), a1);
+    let r1 = again;
+    let mut cc = conf.clone();
+    merge(&mut cc, json!({"prevResult": r1.clone()}));
+    t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
 
     // Counters moved; bpftool shows named fields of the pinned maps.
     let insp = t.inspect();
@@ -248,7 +267,8 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
 fn routed_mode_pods_reachable() {
     let t = Topo::new("rt");
     let (p1, p2) = (t.pod("p1"), t.pod("p2"));
-    let conf = t.conf(json!({"mode": "routed", "ipam": {"ranges": [[{"subnet": "10.2.0.0/24"}], [{"subnet": "fd00:2::/64"}]]}}));
+    // Routed mode also runs with TCX links (pinned), the bridge test with the default netlink filters.
+    let conf = t.conf(json!({"mode": "routed", "attachMode": "tcx", "ipam": {"ranges": [[{"subnet": "10.2.0.0/24"}], [{"subnet": "fd00:2::/64"}]]}}));
     let r1 = t
         .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
         .ok()
@@ -285,6 +305,11 @@ fn routed_mode_pods_reachable() {
         format!("pod1 {EXT_IP6}")
     );
     assert_eq!(tcp_get(&p2, a1, 8080).unwrap(), format!("pod1 ::ffff:{a2}"));
+    assert_eq!(
+        t.files("bpf/v1/links").len(),
+        4,
+        "two TCX link pins per pod"
+    );
     let mut cc = conf.clone();
     merge(&mut cc, json!({"prevResult": r1}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();

@@ -106,6 +106,9 @@ pub struct NetConf {
     pub pin_path: PathBuf,
     /// `stateDir`: per-attachment records.
     pub state_dir: PathBuf,
+    /// `attachMode`: `netlink` (clsact + cls_bpf, default), `tcx`, or `auto`
+    /// (TCX on 6.6+, else netlink).
+    pub attach_mode: crate::datapath::AttachMode,
     /// `logFile`: where logs go (never stdout). Empty string disables.
     pub log_file: Option<PathBuf>,
     /// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) for GC.
@@ -260,6 +263,16 @@ impl NetConf {
             ),
         };
         let is_default_gateway = get_bool(obj, "isDefaultGateway")?;
+        let attach_mode = match get_str(obj, "attachMode")?.as_deref() {
+            None | Some("netlink") => crate::datapath::AttachMode::Netlink,
+            Some("auto") => crate::datapath::AttachMode::Auto,
+            Some("tcx") => crate::datapath::AttachMode::Tcx,
+            Some(m) => {
+                return Err(invalid(format!(
+                    "invalid attachMode {m:?}: want auto, tcx or netlink"
+                )))
+            }
+        };
         Ok(Self {
             cni_version,
             name,
@@ -279,6 +292,7 @@ impl NetConf {
             prev_result,
             pin_path: get_path(obj, "pinPath", DEFAULT_PIN_PATH)?,
             state_dir: get_path(obj, "stateDir", DEFAULT_STATE_DIR)?,
+            attach_mode,
             log_file,
             valid_attachments,
             raw: raw.to_vec(),

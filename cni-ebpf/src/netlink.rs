@@ -226,7 +226,12 @@ impl Netlink {
             }
             return Ok(l);
         }
-        let mut b = LinkBridge::new(name);
+        // A fixed, locally administered MAC derived from the name: without
+        // one the bridge takes the lowest port MAC, which changes as pods come
+        // and go and leaves pods with a stale gateway neighbour entry.
+        let h = cni_ebpf_common::owner_id(b"bridge", name.as_bytes()).to_be_bytes();
+        let mac = vec![0x02, h[0], h[1], h[2], h[3], h[4]];
+        let mut b = LinkBridge::new(name).address(mac);
         if let Some(m) = mtu {
             b = b.mtu(m);
         }
@@ -402,6 +407,31 @@ impl Netlink {
             }
             Err(e) => Err(req(format!("add route {dst} via {gw:?} dev {oif}"))(e)),
         }
+    }
+
+    /// Whether `index` has a cls_bpf filter at clsact ingress and egress (CHECK).
+    pub async fn has_bpf_filters(&self, index: u32) -> Result<(bool, bool), NlError> {
+        let mut found = [false, false];
+        for (i, found) in found.iter_mut().enumerate() {
+            let mut h = self.handle.traffic_filter(index as i32);
+            let req_ = h.get();
+            let req_ = if i == 0 {
+                req_.ingress()
+            } else {
+                req_.egress()
+            };
+            let mut s = req_.execute();
+            while let Some(m) = s
+                .try_next()
+                .await
+                .map_err(req(format!("list tc filters of {index}")))?
+            {
+                if m.attributes.iter().any(|a| matches!(a, rtnetlink::packet_route::tc::TcAttribute::Kind(k) if k == "bpf")) {
+                    *found = true;
+                }
+            }
+        }
+        Ok((found[0], found[1]))
     }
 
     /// Adds (or replaces) a permanent neighbour entry.

@@ -10,7 +10,7 @@ use super::{bpf_err, nl_err, ns_err};
 use crate::{
     cni::{code, CniEnv, CniError, CniResult, Interface, IpConfig, Route},
     config::{Mode, NetConf},
-    datapath::{AttachMode, Datapath},
+    datapath::Datapath,
     info,
     ipam::Ipam,
     netlink::{format_mac, parse_mac, sysctl, Link, Netlink},
@@ -269,7 +269,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
 
     // Programs and map entries.
     let mode = dp
-        .attach_endpoint(&host, AttachMode::Auto)
+        .attach_endpoint(&host, conf.attach_mode)
         .map_err(|e| bpf_err("attach programs", e))?;
     {
         let (dp2, h) = (dp.clone(), host.clone());
@@ -637,7 +637,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         });
     }
     let mode = dp
-        .attach_endpoint(&host.name, AttachMode::Auto)
+        .attach_endpoint(&host.name, conf.attach_mode)
         .map_err(|e| bpf_err("attach programs", e))?;
     {
         let (dp2, h) = (dp.clone(), host.name.clone());

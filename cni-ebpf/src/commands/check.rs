@@ -118,9 +118,18 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             conf.pin_path.display()
         )));
     }
-    if rec.attach_mode == Some(AttachMode::Tcx) && !dp.has_link_pins(&rec.host_veth) {
+    let attached = match rec.attach_mode {
+        Some(AttachMode::Tcx) => dp.has_link_pins(&rec.host_veth),
+        _ => {
+            let idx = host.index;
+            let (i, e) = Netlink::with(|nl| async move { nl.has_bpf_filters(idx).await })
+                .map_err(|e| nl_err("list tc filters", e))?;
+            i && e
+        }
+    };
+    if !attached {
         return Err(mismatch(format!(
-            "programs are not attached to {} (link pins missing)",
+            "programs are not attached to {}",
             rec.host_veth
         )));
     }

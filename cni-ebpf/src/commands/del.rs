@@ -58,29 +58,6 @@ pub fn teardown(
         .unwrap_or_else(|| host_veth_name(container_id, ifname));
     let owner = cni_ebpf_common::owner_id(container_id.as_bytes(), ifname.as_bytes());
 
-    // Programs and map entries, if the data path exists at all (DEL never loads it).
-    let dp = Datapath::layout(&conf.pin_path);
-    if dp.is_loaded() || dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
-        // Only the chained mode attaches to a veth it does not own; for ours the
-        // link pins go below with the device anyway, but unpin explicitly.
-        if mode == Mode::Chained
-            || record.is_none()
-            || record.as_ref().and_then(|r| r.attach_mode).is_some()
-        {
-            dp.detach_endpoint(&host);
-        }
-        let res = match &record {
-            Some(r) => dp
-                .remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner)
-                .map(|_| ()),
-            // No record: find what this owner holds by scanning (rare path).
-            None => dp.remove_owner(owner).map(|_| ()),
-        };
-        if let Err(e) = res {
-            errors.push(super::bpf_err("remove endpoint entries", e).to_string());
-        }
-    }
-
     // Interfaces we created.
     if mode != Mode::Chained {
         let h = host.clone();
@@ -129,6 +106,31 @@ pub fn teardown(
             }
             Ok(None) => {}
             Err(e) => errors.push(format!("IPAM config: {e}")),
+        }
+    }
+
+    // Programs and map entries, if the data path exists at all (DEL never
+    // loads it). After the veth is gone: removing a TCX link pin of a deleted
+    // device costs nothing, detaching a live one waits for an RCU grace period.
+    let dp = Datapath::layout(&conf.pin_path);
+    if dp.is_loaded() || dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
+        // Only the chained mode attaches to a veth it does not own; for ours the
+        // link pins go below with the device anyway, but unpin explicitly.
+        if mode == Mode::Chained
+            || record.is_none()
+            || record.as_ref().and_then(|r| r.attach_mode).is_some()
+        {
+            dp.detach_endpoint(&host);
+        }
+        let res = match &record {
+            Some(r) => dp
+                .remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner)
+                .map(|_| ()),
+            // No record: find what this owner holds by scanning (rare path).
+            None => dp.remove_owner(owner).map(|_| ()),
+        };
+        if let Err(e) = res {
+            errors.push(super::bpf_err("remove endpoint entries", e).to_string());
         }
     }
 

@@ -16,15 +16,20 @@ use serde::{Deserialize, Serialize};
 use super::pins::{BpfError, Datapath};
 
 /// How programs are attached.
+///
+/// The default is a clsact qdisc with cls_bpf filters made over netlink: on
+/// these machines each TCX attach or detach waits for an RCU grace period
+/// (`bpf_mprog_commit()` calls `synchronize_rcu()`), which made an ADD 42 ms
+/// instead of 14 ms (docs/architecture.md, "Attaching").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachMode {
-    /// TCX where the kernel has it, else netlink.
-    #[default]
+    /// TCX where the kernel has it (6.6+), else netlink.
     Auto,
     /// TCX links only.
     Tcx,
-    /// clsact qdisc + cls_bpf filter.
+    /// clsact qdisc + cls_bpf filter (default).
+    #[default]
     Netlink,
 }
 
