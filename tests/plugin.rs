@@ -36,6 +36,8 @@ fn assert_clean(t: &Topo) {
     if t.pin().join("v1/maps/endpoints").exists() {
         let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
         assert!(eps.is_empty(), "endpoint entries left: {eps:?}");
+        let ports = t.inspect()["portMappings"].as_array().unwrap().clone();
+        assert!(ports.is_empty(), "hostPort mappings left: {ports:?}");
         let pins = t.files("bpf/v1/links");
         assert!(pins.is_empty(), "link pins left: {pins:?}");
     }
@@ -801,5 +803,86 @@ fn old_versions_get_old_result_shapes() {
         assert_eq!(has_mtu, *v == "1.1.0", "{v}: {r}");
         t.cni("DEL", &conf, &format!("c{i}"), Some(&p), "eth0").ok();
     }
+    assert_clean(&t);
+}
+
+#[test]
+fn host_ports_are_owned_by_one_container() {
+    let t = Topo::new("hp");
+    let (p1, p2, p3) = (t.pod("p1"), t.pod("p2"), t.pod("p3"));
+    let with_ports = |pm: Value| {
+        t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.13.0.0/24"}], [{"subnet": "fd00:13::/64"}]]}, "runtimeConfig": {"portMappings": pm}}))
+    };
+    let c1 = with_ports(
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": NODE_IP}]),
+    );
+    let r1 = t
+        .cni("ADD", &c1, "owner1", Some(&p1), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    let insp = t.inspect();
+    let ports = insp["portMappings"].as_array().unwrap().clone();
+    // tcp/8080 for both families, udp/5353 only on the IPv4 hostIP.
+    assert_eq!(ports.len(), 3, "{ports:?}");
+    let tcp4 = ports
+        .iter()
+        .find(|p| p["protocol"] == "tcp" && p["podIP"] == result_ip(&r1, false).to_string())
+        .unwrap();
+    assert_eq!(tcp4["hostPort"], 8080);
+    assert_eq!(tcp4["containerPort"], 80);
+    let udp = ports.iter().find(|p| p["protocol"] == "udp").unwrap();
+    assert_eq!(udp["hostIP"], NODE_IP);
+    let dump = sh(&[
+        "bpftool",
+        "map",
+        "dump",
+        "pinned",
+        t.pin().join("v1/maps/portmap").to_str().unwrap(),
+    ]);
+    for field in [
+        "\"host_port\"",
+        "\"container_port\"",
+        "\"pod_ip\"",
+        "\"owner\"",
+    ] {
+        assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
+    }
+
+    // Same port and protocol: refused, naming the owner, nothing changed.
+    let c2 = with_ports(json!([{"hostPort": 8080, "containerPort": 8080, "protocol": "tcp"}]));
+    let before = (t.node_links(), t.files("ipam/testnet"));
+    let out = t.cni("ADD", &c2, "intruder", Some(&p2), "eth0");
+    assert_eq!(out.err_code(), 102, "{}", out.stdout);
+    assert!(
+        out.msg().contains("owner1") && out.msg().contains("8080"),
+        "{}",
+        out.msg()
+    );
+    assert_eq!(
+        (t.node_links(), t.files("ipam/testnet")),
+        before,
+        "a refused ADD changed the node"
+    );
+    assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        sh(&["ip", "-n", &p2, "-o", "link", "show"]).lines().count(),
+        1
+    );
+
+    // The same port with another protocol, or another hostIP, is fine.
+    let c3 = with_ports(
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.99"}]),
+    );
+    t.cni("ADD", &c3, "other", Some(&p3), "eth0").ok();
+    assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 6);
+
+    // DEL without runtimeConfig removes exactly the owner's mappings; then the port is free.
+    t.cni("DEL", &t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.13.0.0/24"}], [{"subnet": "fd00:13::/64"}]]}})), "owner1", Some(&p1), "eth0").ok();
+    assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
+    t.cni("ADD", &c2, "intruder", Some(&p2), "eth0").ok();
+    t.cni("DEL", &c2, "intruder", Some(&p2), "eth0").ok();
+    t.cni("DEL", &c3, "other", Some(&p3), "eth0").ok();
+    assert!(t.inspect()["portMappings"].as_array().unwrap().is_empty());
     assert_clean(&t);
 }

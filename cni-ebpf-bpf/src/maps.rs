@@ -7,7 +7,10 @@ use aya_ebpf::{
     btf_maps::{HashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
-use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey, ENDPOINTS_MAX, EP_STATS_MAX};
+use cni_ebpf_common::{
+    Counter, EndpointInfo, EndpointStats, IpKey, PortKey, PortTarget, ENDPOINTS_MAX, EP_STATS_MAX,
+    PORTMAP_MAX,
+};
 
 /// Pod IP -> endpoint (see `cni_ebpf_common::map::ENDPOINTS`).
 #[btf_map]
@@ -17,6 +20,11 @@ pub static endpoints: HashMap<IpKey, EndpointInfo, { ENDPOINTS_MAX as usize }> =
 #[btf_map]
 pub static ep_stats: PerCpuHashMap<u32, EndpointStats, { EP_STATS_MAX as usize }> =
     PerCpuHashMap::new();
+
+/// hostPort mappings (see `cni_ebpf_common::map::PORTMAP`); the loader owns
+/// the entries, the NAT programs read them.
+#[btf_map]
+pub static portmap: HashMap<PortKey, PortTarget, { PORTMAP_MAX as usize }> = HashMap::new();
 
 /// Node-wide counters indexed by `Counter`.
 #[btf_map]

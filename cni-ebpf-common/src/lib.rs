@@ -30,12 +30,16 @@ pub mod map {
     pub const EP_STATS: &str = "ep_stats";
     /// Per-CPU array of node-wide counters indexed by [`Counter`](crate::Counter).
     pub const STATS: &str = "stats";
+    /// [`PortKey`](crate::PortKey) -> [`PortTarget`](crate::PortTarget): hostPort mappings.
+    pub const PORTMAP: &str = "portmap";
     /// Every map.
-    pub const ALL: [&str; 3] = [ENDPOINTS, EP_STATS, STATS];
+    pub const ALL: [&str; 4] = [ENDPOINTS, EP_STATS, STATS, PORTMAP];
 }
 
 /// Default capacity of [`map::ENDPOINTS`] (pod addresses per node).
 pub const ENDPOINTS_MAX: u32 = 65536;
+/// Default capacity of [`map::PORTMAP`] (hostPort mappings per node).
+pub const PORTMAP_MAX: u32 = 65536;
 /// Default capacity of [`map::EP_STATS`] (pod interfaces per node).
 pub const EP_STATS_MAX: u32 = 32768;
 
@@ -81,6 +85,44 @@ impl IpKey {
             addr,
         }
     }
+}
+
+/// IP protocol numbers used in [`PortKey::proto`].
+pub mod proto {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+    /// SCTP.
+    pub const SCTP: u8 = 132;
+}
+
+/// A hostPort: (protocol, family, node address or any, port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PortKey {
+    /// IP protocol ([`proto`]).
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Host port, network byte order (as it sits in the packet).
+    pub host_port: u16,
+    /// Node address the mapping is limited to; all zero = every node address.
+    pub host_ip: [u8; 16],
+}
+
+/// Where a hostPort leads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortTarget {
+    /// Pod address (IPv4 in the first 4 bytes).
+    pub pod_ip: [u8; 16],
+    /// Container port, network byte order.
+    pub container_port: u16,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 6],
+    /// [`owner_id`] of the attachment that holds the mapping.
+    pub owner: u64,
 }
 
 /// The endpoint owns this address (set on every entry the loader writes).
@@ -189,6 +231,8 @@ impl Default for Fnv1a {
 const _: () = assert!(core::mem::size_of::<IpKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointStats>() == 40);
+const _: () = assert!(core::mem::size_of::<PortKey>() == 20);
+const _: () = assert!(core::mem::size_of::<PortTarget>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -199,4 +243,8 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EndpointStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortTarget {}
 }

@@ -52,6 +52,33 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
         }
     };
     let counters = dp.counters().unwrap_or_default();
+    let ports: Vec<serde_json::Value> = dp
+        .port_entries()
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| {
+            let ip = |fam: u8, a: &[u8; 16]| -> String {
+                if fam == cni_ebpf_common::FAMILY_V4 {
+                    std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
+                } else {
+                    std::net::Ipv6Addr::from(*a).to_string()
+                }
+            };
+            let proto = match k.proto {
+                cni_ebpf_common::proto::UDP => "udp",
+                cni_ebpf_common::proto::SCTP => "sctp",
+                _ => "tcp",
+            };
+            serde_json::json!({
+                "protocol": proto,
+                "hostIP": if k.host_ip == [0; 16] { String::new() } else { ip(k.family, &k.host_ip) },
+                "hostPort": u16::from_be(k.host_port),
+                "podIP": ip(k.family, &v.pod_ip),
+                "containerPort": u16::from_be(v.container_port),
+                "owner": format!("{:016x}", v.owner),
+            })
+        })
+        .collect();
     if json {
         let eps: Vec<serde_json::Value> = entries
             .iter()
@@ -69,7 +96,10 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
             .iter()
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
-        println!("{}", serde_json::json!({"endpoints": eps, "counters": c}));
+        println!(
+            "{}",
+            serde_json::json!({"endpoints": eps, "portMappings": ports, "counters": c})
+        );
         return 0;
     }
     println!(
@@ -87,6 +117,26 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
             st.from_packets,
             st.to_packets,
             st.drop_spoofed
+        );
+    }
+    println!();
+    println!(
+        "{:<5} {:<40} {:>8} -> {:<40} {:>6} {:<16}",
+        "PROTO", "HOST_IP", "HOSTPORT", "POD_IP", "PORT", "OWNER"
+    );
+    for p in &ports {
+        println!(
+            "{:<5} {:<40} {:>8} -> {:<40} {:>6} {:<16}",
+            p["protocol"].as_str().unwrap_or(""),
+            if p["hostIP"] == "" {
+                "*"
+            } else {
+                p["hostIP"].as_str().unwrap_or("")
+            },
+            p["hostPort"],
+            p["podIP"].as_str().unwrap_or(""),
+            p["containerPort"],
+            p["owner"].as_str().unwrap_or("")
         );
     }
     println!();

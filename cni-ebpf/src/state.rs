@@ -153,6 +153,30 @@ impl Store {
     }
 }
 
+/// The record of the attachment with owner tag `owner`, in any network
+/// (to name the holder of a hostPort in an error).
+pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
+    for net in std::fs::read_dir(state_dir).ok()?.flatten() {
+        for f in std::fs::read_dir(net.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(b) = std::fs::read(f.path()) else {
+                continue;
+            };
+            if let Ok(r) = serde_json::from_slice::<Record>(&b) {
+                if cni_ebpf_common::owner_id(r.container_id.as_bytes(), r.ifname.as_bytes())
+                    == owner
+                {
+                    return Some(r);
+                }
+            }
+        }
+    }
+    None
+}
+
 /// Host-side veth name for (container ID, ifname): `veth` + 11 hex digits of
 /// the owner hash, so a retried ADD or a DEL without state finds it.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {

@@ -231,6 +231,22 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     record.ips = pod_nets.clone();
     store.save(&record)?;
 
+    // hostPorts: claimed before any interface exists, so a conflict changes nothing.
+    let ips: Vec<IpAddr> = pod_nets.iter().map(|n| n.addr()).collect();
+    super::claim_ports(&dp, conf, &ips, owner(env))?;
+    {
+        let (dp2, m, ips2, own) = (
+            dp.clone(),
+            conf.runtime.port_mappings.clone(),
+            ips.clone(),
+            owner(env),
+        );
+        rb.push("hostPort mappings", move || {
+            dp2.release_ports(Some((&m, &ips2)), own)
+                .map_err(|e| e.to_string())
+        });
+    }
+
     // The veth pair, peer created inside the pod.
     let (h, ifn, mtu, ns_fd) = (host.clone(), env.ifname.clone(), conf.mtu, ns.fd());
     let host_link = Netlink::with(|nl| async move {
@@ -280,7 +296,6 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     }
     record.attach_mode = Some(mode);
     let pod_mac: [u8; 6] = pod.mac.as_slice().try_into().unwrap_or([0; 6]);
-    let ips: Vec<IpAddr> = pod_nets.iter().map(|n| n.addr()).collect();
     dp.add_endpoint(&ips, host_link.index, pod_mac, owner(env))
         .map_err(|e| bpf_err("endpoint map entries", e))?;
     {
@@ -633,6 +648,19 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         rb.push("state record", move || {
             Store::open(&sd, &net, false)
                 .and_then(|s| s.remove(&cid, &ifn))
+                .map_err(|e| e.to_string())
+        });
+    }
+    super::claim_ports(&dp, conf, &ips, owner(env))?;
+    {
+        let (dp2, m, ips2, own) = (
+            dp.clone(),
+            conf.runtime.port_mappings.clone(),
+            ips.clone(),
+            owner(env),
+        );
+        rb.push("hostPort mappings", move || {
+            dp2.release_ports(Some((&m, &ips2)), own)
                 .map_err(|e| e.to_string())
         });
     }

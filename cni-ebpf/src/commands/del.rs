@@ -132,6 +132,14 @@ pub fn teardown(
         if let Err(e) = res {
             errors.push(super::bpf_err("remove endpoint entries", e).to_string());
         }
+        // hostPorts: from the record (DEL needs no runtimeConfig), else by owner.
+        let ips = record.as_ref().map(|r| addrs(&r.ips)).unwrap_or_default();
+        let known = record
+            .as_ref()
+            .map(|r| (r.port_mappings.as_slice(), ips.as_slice()));
+        if let Err(e) = dp.release_ports(known, owner) {
+            errors.push(super::bpf_err("remove hostPort mappings", e).to_string());
+        }
     }
 
     if errors.is_empty() {

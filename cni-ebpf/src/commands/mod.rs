@@ -25,6 +25,32 @@ pub fn bpf_err(what: &str, e: BpfError) -> CniError {
     CniError::new(c, format!("{what}: {e}")).with_details(crate::cni::error::chain(&e))
 }
 
+/// Installs the hostPort mappings of an attachment; a port held by another
+/// container is error 102 naming it, with nothing installed.
+pub fn claim_ports(
+    dp: &crate::datapath::Datapath,
+    conf: &crate::config::NetConf,
+    ips: &[IpAddr],
+    owner: u64,
+) -> Result<(), CniError> {
+    use crate::datapath::PortError;
+    dp.claim_ports(&conf.runtime.port_mappings, ips, owner)
+        .map_err(|e| match e {
+            PortError::Conflict { owner: holder, .. } => {
+                let who = match crate::state::find_owner(&conf.state_dir, holder) {
+                    Some(r) => format!(
+                        "container {} (ifname {}, network {})",
+                        r.container_id, r.ifname, r.network
+                    ),
+                    None => format!("attachment {holder:016x}"),
+                };
+                let msg = e.to_string().replace("another container", &who);
+                CniError::new(code::PORT_CONFLICT, msg)
+            }
+            PortError::Bpf(b) => bpf_err("hostPort mappings", *b),
+        })
+}
+
 /// Folds a netlink error into a CNI error.
 pub fn nl_err(what: &str, e: NlError) -> CniError {
     CniError::new(code::KERNEL, format!("{what}: {e}")).with_details(crate::cni::error::chain(&e))

@@ -34,7 +34,7 @@ fn key_ip(k: &IpKey) -> IpAddr {
 }
 
 impl Datapath {
-    fn open_map(&self, name: &'static str) -> Result<Map, BpfError> {
+    pub(super) fn open_map(&self, name: &'static str) -> Result<Map, BpfError> {
         let path = self.map_path(name);
         let data = MapData::from_pin(&path).map_err(|source| BpfError::Map {
             name,

@@ -15,6 +15,8 @@
 mod attach;
 mod endpoints;
 mod pins;
+mod ports;
 
 pub use attach::AttachMode;
 pub use pins::{BpfError, Datapath};
+pub use ports::PortError;

@@ -1,0 +1,178 @@
+//! hostPort mappings in the `portmap` map: one entry per (protocol, family,
+//! hostIP or any, hostPort), owned by one attachment. Inserting with
+//! `BPF_NOEXIST` is the ownership check, so two concurrent ADDs can never both
+//! win a port.
+
+use std::net::IpAddr;
+
+use aya::maps::{HashMap, MapData, MapError};
+use cni_ebpf_common::{map, proto, PortKey, PortTarget, FAMILY_V4, FAMILY_V6};
+
+use super::{
+    endpoints::ip_key,
+    pins::{BpfError, Datapath},
+};
+use crate::config::PortMapping;
+
+/// `BPF_NOEXIST` (include/uapi/linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
+/// Why a set of mappings could not be installed.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Another attachment holds the port.
+    #[error("{protocol} hostPort {host_port}{} is already mapped by another container", if host_ip.is_empty() { String::new() } else { format!(" on {host_ip}") })]
+    Conflict {
+        /// `tcp`, `udp`, `sctp`.
+        protocol: String,
+        /// The port.
+        host_port: u32,
+        /// The hostIP of the mapping ("" = any).
+        host_ip: String,
+        /// Owner tag of the holder.
+        owner: u64,
+    },
+    /// The map could not be used.
+    #[error(transparent)]
+    Bpf(#[from] Box<BpfError>),
+}
+
+/// The map entries for `mappings` of a pod with addresses `pod_ips`: a
+/// mapping without hostIP applies to each address family the pod has, one
+/// with hostIP only to that family.
+pub fn entries<'a>(
+    mappings: &'a [PortMapping],
+    pod_ips: &[IpAddr],
+    owner: u64,
+) -> Vec<(PortKey, PortTarget, &'a PortMapping)> {
+    let mut out = Vec::new();
+    for m in mappings {
+        let proto = match m.protocol.as_str() {
+            "udp" => proto::UDP,
+            "sctp" => proto::SCTP,
+            _ => proto::TCP,
+        };
+        let host_ip: Option<IpAddr> = m.host_ip.parse().ok();
+        for pod in pod_ips {
+            if host_ip.is_some_and(|h| h.is_ipv4() != pod.is_ipv4()) {
+                continue;
+            }
+            let key = PortKey {
+                proto,
+                family: if pod.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+                host_port: (m.host_port as u16).to_be(),
+                host_ip: host_ip.map(|h| ip_key(h).addr).unwrap_or([0; 16]),
+            };
+            let target = PortTarget {
+                pod_ip: ip_key(*pod).addr,
+                container_port: (m.container_port as u16).to_be(),
+                pad: [0; 6],
+                owner,
+            };
+            out.push((key, target, m));
+        }
+    }
+    out
+}
+
+impl Datapath {
+    fn portmap(&self) -> Result<HashMap<MapData, PortKey, PortTarget>, BpfError> {
+        HashMap::try_from(self.open_map(map::PORTMAP)?).map_err(|source| BpfError::Map {
+            name: map::PORTMAP,
+            what: "key/value layout".into(),
+            source,
+        })
+    }
+
+    /// Installs the mappings of `owner`, or none of them: on a conflict the
+    /// entries this call inserted are removed again.
+    pub fn claim_ports(
+        &self,
+        mappings: &[PortMapping],
+        pod_ips: &[IpAddr],
+        owner: u64,
+    ) -> Result<(), PortError> {
+        let mut pm = self.portmap().map_err(Box::new)?;
+        let mut done: Vec<PortKey> = Vec::new();
+        let mut result = Ok(());
+        for (k, v, m) in entries(mappings, pod_ips, owner) {
+            match pm.insert(k, v, BPF_NOEXIST) {
+                Ok(()) => done.push(k),
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) =>
+                {
+                    match pm.get(&k, 0) {
+                        // Ours already (a retried ADD): refresh it.
+                        Ok(cur) if cur.owner == owner => {
+                            let _ = pm.insert(k, v, 0);
+                        }
+                        Ok(cur) => {
+                            result = Err(PortError::Conflict {
+                                protocol: m.protocol.clone(),
+                                host_port: m.host_port,
+                                host_ip: m.host_ip.clone(),
+                                owner: cur.owner,
+                            });
+                            break;
+                        }
+                        // Removed between our insert and get: take it.
+                        Err(_) => {
+                            let _ = pm.insert(k, v, 0);
+                            done.push(k);
+                        }
+                    }
+                }
+                Err(source) => {
+                    result = Err(PortError::Bpf(Box::new(BpfError::Map {
+                        name: map::PORTMAP,
+                        what: format!("insert hostPort {}", m.host_port),
+                        source,
+                    })));
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            for k in done {
+                let _ = pm.remove(&k);
+            }
+        }
+        result
+    }
+
+    /// Removes every mapping `owner` holds among `mappings` (or, without
+    /// them, found by scanning the map). Entries of other owners stay.
+    pub fn release_ports(
+        &self,
+        mappings: Option<(&[PortMapping], &[IpAddr])>,
+        owner: u64,
+    ) -> Result<(), BpfError> {
+        if !self.map_path(map::PORTMAP).exists() {
+            return Ok(());
+        }
+        let mut pm = self.portmap()?;
+        let keys: Vec<PortKey> = match mappings {
+            Some((m, ips)) => entries(m, ips, owner)
+                .into_iter()
+                .map(|(k, _, _)| k)
+                .collect(),
+            None => pm
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, v)| v.owner == owner)
+                .map(|(k, _)| k)
+                .collect(),
+        };
+        for k in keys {
+            if pm.get(&k, 0).is_ok_and(|v| v.owner == owner) {
+                let _ = pm.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every mapping (inspect).
+    pub fn port_entries(&self) -> Result<Vec<(PortKey, PortTarget)>, BpfError> {
+        Ok(self.portmap()?.iter().filter_map(Result::ok).collect())
+    }
+}
