@@ -340,6 +340,17 @@ fn del_works_without_netns_state_or_prev_result() {
     std::fs::remove_dir_all(t.dir.join("state/testnet")).unwrap();
     t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
     assert_clean(&t);
+    // The same with the prevResult libcni passes on DEL: still main mode, still complete.
+    let r3 = t
+        .cni("ADD", &conf, "pod3", Some(&p2), "eth0")
+        .ok()
+        .json
+        .unwrap();
+    std::fs::remove_dir_all(t.dir.join("state/testnet")).unwrap();
+    let mut with_prev = conf.clone();
+    merge(&mut with_prev, json!({"prevResult": r3}));
+    t.cni("DEL", &with_prev, "pod3", Some(&p2), "eth0").ok();
+    assert_clean(&t);
 }
 
 #[test]
@@ -575,7 +586,7 @@ fn chained_after_reference_bridge_and_before_reference_tuning() {
     let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
     assert_eq!(eps.len(), 1);
     assert_eq!(eps[0]["ip"], a.to_string());
-    let rec = read(&t.dir.join("state/testnet/pod1_eth0.json"));
+    let rec = read(&t.dir.join("state/testnet/pod1:eth0.json"));
     assert!(rec.contains("8081"), "port mappings kept in state: {rec}");
     let _s = TcpServer::start(&p1, "0.0.0.0", 8080, "pod1");
     assert_eq!(tcp_get(&t.ext, a, 8080).unwrap(), format!("pod1 {EXT_IP}"));

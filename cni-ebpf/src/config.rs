@@ -209,8 +209,11 @@ impl NetConf {
             None | Some(Value::Null) => None,
             Some(pr) => Some(CniResult::from_value(pr)?),
         };
+        // libcni passes prevResult to every plugin on CHECK and DEL too, so a
+        // prevResult alone does not mean chained: a main-mode config has ipam.
+        let has_ipam = matches!(obj.get("ipam"), Some(Value::Object(m)) if !m.is_empty());
         let mode = match get_str(obj, "mode")?.as_deref() {
-            None if prev_result.is_some() => Mode::Chained,
+            None if prev_result.is_some() && !has_ipam => Mode::Chained,
             None | Some("bridge") => Mode::Bridge,
             Some("routed") => Mode::Routed,
             Some("chained") => Mode::Chained,

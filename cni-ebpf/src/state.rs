@@ -91,7 +91,8 @@ impl Store {
     }
 
     fn path(&self, container_id: &str, ifname: &str) -> PathBuf {
-        self.dir.join(format!("{container_id}_{ifname}.json"))
+        // ':' appears in neither a container ID nor an ifname, so the name is unambiguous.
+        self.dir.join(format!("{container_id}:{ifname}.json"))
     }
 
     /// Reads a record; `None` when there is none.

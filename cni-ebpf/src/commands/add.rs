@@ -137,7 +137,8 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
 
     // A retried ADD: remove the veth of the earlier attempt (its peer goes
     // with it) so the interface check below and the creation succeed.
-    if previous.is_some() {
+    if let Some(prev) = &previous {
+        let _ = dp.remove_endpoint(&super::addrs(&prev.ips), prev.host_ifindex, owner(env));
         info!("ADD retried: replacing the earlier attempt's {host}");
         dp.detach_endpoint(&host);
         let h = host.clone();
@@ -296,8 +297,6 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     }
     record.attach_mode = Some(mode);
     let pod_mac: [u8; 6] = pod.mac.as_slice().try_into().unwrap_or([0; 6]);
-    dp.add_endpoint(&ips, host_link.index, pod_mac, owner(env))
-        .map_err(|e| bpf_err("endpoint map entries", e))?;
     {
         let (dp2, ips2, idx, own) = (dp.clone(), ips.clone(), host_link.index, owner(env));
         rb.push("endpoint map entries", move || {
@@ -305,6 +304,8 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
                 .map_err(|e| e.to_string())
         });
     }
+    dp.add_endpoint(&ips, host_link.index, pod_mac, owner(env))
+        .map_err(|e| bpf_err("endpoint map entries", e))?;
     record.complete = true;
     store.save(&record)?;
     rb.commit();
@@ -672,6 +673,13 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         rb.push("program attachment", move || {
             dp2.detach_endpoint(&h);
             Ok(())
+        });
+    }
+    {
+        let (dp2, ips2, idx, own) = (dp.clone(), ips.clone(), host.index, owner(env));
+        rb.push("endpoint map entries", move || {
+            dp2.remove_endpoint(&ips2, Some(idx), own)
+                .map_err(|e| e.to_string())
         });
     }
     dp.add_endpoint(&ips, host.index, pod_mac, owner(env))

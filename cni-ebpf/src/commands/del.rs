@@ -39,10 +39,12 @@ pub fn teardown(
     cni_path: &str,
 ) -> Result<(), CniError> {
     let mut errors: Vec<String> = Vec::new();
+    // A corrupt record is treated as absent (everything is then found by the
+    // derived names and the owner tag) and removed at the end.
     let record: Option<Record> = match store.load(container_id, ifname) {
         Ok(r) => r,
         Err(e) => {
-            errors.push(e.to_string());
+            warn!("ignoring unreadable state record: {e}");
             None
         }
     };
@@ -97,16 +99,6 @@ pub fn teardown(
                 }
             }
         }
-        // Addresses.
-        match Ipam::from_conf(conf) {
-            Ok(Some(ipam)) => {
-                if let Err(e) = ipam.del(conf, container_id, ifname, cni_path) {
-                    errors.push(format!("IPAM release: {e}"));
-                }
-            }
-            Ok(None) => {}
-            Err(e) => errors.push(format!("IPAM config: {e}")),
-        }
     }
 
     // Programs and map entries, if the data path exists at all (DEL never
@@ -139,6 +131,20 @@ pub fn teardown(
             .map(|r| (r.port_mappings.as_slice(), ips.as_slice()));
         if let Err(e) = dp.release_ports(known, owner) {
             errors.push(super::bpf_err("remove hostPort mappings", e).to_string());
+        }
+    }
+
+    // Addresses last: once released, an address can be handed to a new pod,
+    // whose map entries must not be the ones removed above.
+    if mode != Mode::Chained {
+        match Ipam::from_conf(conf) {
+            Ok(Some(ipam)) => {
+                if let Err(e) = ipam.del(conf, container_id, ifname, cni_path) {
+                    errors.push(format!("IPAM release: {e}"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(format!("IPAM config: {e}")),
         }
     }
 

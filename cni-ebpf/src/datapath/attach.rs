@@ -55,9 +55,9 @@ impl Datapath {
                 .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
                 .unwrap_or(false),
         };
-        if use_tcx {
-            self.detach_endpoint(ifname);
-        } else {
+        // Replace, never stack: remove an earlier attachment of ours first.
+        self.detach_endpoint(ifname);
+        if !use_tcx {
             match qdisc_add_clsact(ifname) {
                 Ok(()) | Err(TcError::AlreadyAttached) => {}
                 Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -128,6 +128,11 @@ impl Datapath {
     /// device still exists). Missing pins are fine. Netlink filters go away
     /// with the device.
     pub fn detach_endpoint(&self, ifname: &str) {
+        // Our cls_bpf filters (attachMode netlink), by program name; matters
+        // on a veth we do not own (chained mode), where the device stays.
+        for (name, kind, _) in DIRECTIONS {
+            let _ = aya::programs::tc::qdisc_detach_program(ifname, kind, name);
+        }
         for (_, _, dir) in DIRECTIONS {
             let pin = self.link_pin(ifname, dir);
             if let Ok(link) = PinnedLink::from_pin(&pin) {

@@ -139,7 +139,6 @@ impl Datapath {
         if dp.is_loaded() {
             return Ok(dp);
         }
-        ensure_bpffs(pin_root)?;
         std::fs::create_dir_all(state_dir).map_err(io("create state dir", state_dir))?;
         let lock_path = state_dir.join("bpf.lock");
         let lock = File::options()
@@ -150,6 +149,9 @@ impl Datapath {
             .map_err(io("open lock", &lock_path))?;
         flock(&lock, FlockOperation::LockExclusive)
             .map_err(|e| io("lock", &lock_path)(e.into()))?;
+        // Under the lock: concurrent first ADDs must not each mount a bpffs on
+        // top of the other's (later ADDs would then see a different set of maps).
+        ensure_bpffs(pin_root)?;
         if dp.is_loaded() {
             return Ok(dp);
         }
