@@ -44,6 +44,11 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             "GC: removing stale attachment {}/{}",
             rec.container_id, rec.ifname
         );
+        // A delegated IPAM plugin reads the attachment from its environment.
+        // Single-threaded here, so changing our own environment is sound.
+        std::env::set_var("CNI_CONTAINERID", &rec.container_id);
+        std::env::set_var("CNI_IFNAME", &rec.ifname);
+        std::env::set_var("CNI_NETNS", &rec.netns);
         if let Err(e) = teardown(
             &store,
             conf,
@@ -70,11 +75,16 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // Link pins of interfaces that no longer exist.
     let dp = Datapath::layout(&conf.pin_path);
     for ifname in dp.pinned_link_ifnames() {
-        if !live_veths.contains(&ifname)
-            && !std::path::Path::new("/sys/class/net")
-                .join(&ifname)
-                .exists()
-        {
+        if live_veths.contains(&ifname) {
+            continue;
+        }
+        // Asked over netlink: /sys/class/net shows the namespace sysfs was
+        // mounted in, which need not be the node's.
+        let n = ifname.clone();
+        let exists = crate::netlink::Netlink::with(|nl| async move { nl.link_by_name(&n).await })
+            .map(|l| l.is_some())
+            .unwrap_or(true);
+        if !exists {
             dp.detach_endpoint(&ifname);
         }
     }
