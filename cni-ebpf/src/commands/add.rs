@@ -115,6 +115,23 @@ fn check_port_mappings(conf: &NetConf) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Claims the hostPorts and registers their release with the rollback.
+fn claim_ports(
+    rb: &mut Rollback,
+    dp: &Datapath,
+    conf: &NetConf,
+    ips: &[IpAddr],
+    owner: u64,
+) -> Result<(), CniError> {
+    super::claim_ports(dp, conf, ips, owner)?;
+    let (dp2, m, ips2) = (dp.clone(), conf.runtime.port_mappings.clone(), ips.to_vec());
+    rb.push("hostPort mappings", move || {
+        dp2.release_ports(Some((&m, &ips2)), owner)
+            .map_err(|e| e.to_string())
+    });
+    Ok(())
+}
+
 /// Main mode: veth pair, IPAM, addresses and routes, programs, map entries.
 fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     // Validate everything before the first change.
@@ -234,19 +251,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
 
     // hostPorts: claimed before any interface exists, so a conflict changes nothing.
     let ips: Vec<IpAddr> = pod_nets.iter().map(|n| n.addr()).collect();
-    super::claim_ports(&dp, conf, &ips, owner(env))?;
-    {
-        let (dp2, m, ips2, own) = (
-            dp.clone(),
-            conf.runtime.port_mappings.clone(),
-            ips.clone(),
-            owner(env),
-        );
-        rb.push("hostPort mappings", move || {
-            dp2.release_ports(Some((&m, &ips2)), own)
-                .map_err(|e| e.to_string())
-        });
-    }
+    claim_ports(&mut rb, &dp, conf, &ips, owner(env))?;
 
     // The veth pair, peer created inside the pod.
     let (h, ifn, mtu, ns_fd) = (host.clone(), env.ifname.clone(), conf.mtu, ns.fd());
@@ -652,19 +657,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
                 .map_err(|e| e.to_string())
         });
     }
-    super::claim_ports(&dp, conf, &ips, owner(env))?;
-    {
-        let (dp2, m, ips2, own) = (
-            dp.clone(),
-            conf.runtime.port_mappings.clone(),
-            ips.clone(),
-            owner(env),
-        );
-        rb.push("hostPort mappings", move || {
-            dp2.release_ports(Some((&m, &ips2)), own)
-                .map_err(|e| e.to_string())
-        });
-    }
+    claim_ports(&mut rb, &dp, conf, &ips, owner(env))?;
     let mode = dp
         .attach_endpoint(&host.name, conf.attach_mode)
         .map_err(|e| bpf_err("attach programs", e))?;
