@@ -110,6 +110,9 @@ fn version_and_bad_inputs_change_nothing() {
         );
         assert!(out.json.as_ref().unwrap()["cniVersion"].is_string());
     }
+    // DEL never fails on capability arguments it does not use.
+    let bad_rc = t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 9000, "containerPort": 80, "protocol": "sctp"}]}}));
+    t.cni("DEL", &bad_rc, "c1", Some(&pod), "eth0").ok();
     // Missing variables are named.
     let out = t.exec(
         BIN,

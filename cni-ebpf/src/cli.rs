@@ -56,26 +56,14 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
         .port_entries()
         .unwrap_or_default()
         .iter()
-        .map(|(k, v)| {
-            let ip = |fam: u8, a: &[u8; 16]| -> String {
-                if fam == cni_ebpf_common::FAMILY_V4 {
-                    std::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).to_string()
-                } else {
-                    std::net::Ipv6Addr::from(*a).to_string()
-                }
-            };
-            let proto = match k.proto {
-                cni_ebpf_common::proto::UDP => "udp",
-                cni_ebpf_common::proto::SCTP => "sctp",
-                _ => "tcp",
-            };
+        .map(|p| {
             serde_json::json!({
-                "protocol": proto,
-                "hostIP": if k.host_ip == [0; 16] { String::new() } else { ip(k.family, &k.host_ip) },
-                "hostPort": u16::from_be(k.host_port),
-                "podIP": ip(k.family, &v.pod_ip),
-                "containerPort": u16::from_be(v.container_port),
-                "owner": format!("{:016x}", v.owner),
+                "protocol": p.protocol,
+                "hostIP": p.host_ip.map(|h| h.to_string()).unwrap_or_default(),
+                "hostPort": p.host_port,
+                "podIP": p.pod_ip.to_string(),
+                "containerPort": p.container_port,
+                "owner": format!("{:016x}", p.owner),
             })
         })
         .collect();

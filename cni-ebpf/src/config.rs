@@ -12,10 +12,13 @@ use crate::cni::{code, env::valid_id, version, CniError, CniResult, Dns};
 /// Largest config accepted on stdin. Real configs are a few KiB.
 pub const MAX_STDIN: usize = 1 << 20;
 
-/// How the pod is wired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the pod is wired (also stored in the state record, as `bridge`,
+/// `routed` or `chained`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Host veths enslaved to a Linux bridge, as the reference `bridge`.
+    #[default]
     Bridge,
     /// No bridge: the pod's address is routed to its host veth (/32, /128),
     /// the pod's default route points at a link-local gateway on that veth.
@@ -249,7 +252,12 @@ impl NetConf {
             None | Some(Value::Null) => Dns::default(),
             Some(d) => Dns::deserialize(d).map_err(|e| invalid(format!("invalid dns: {e}")))?,
         };
-        let runtime = parse_runtime(obj.get("runtimeConfig"))?;
+        // Only ADD uses the capability arguments; DEL and the others work from
+        // the state record, so a bad runtimeConfig must not make them fail.
+        let runtime = match parse_runtime(obj.get("runtimeConfig")) {
+            Err(_) if command != "ADD" => RuntimeConfig::default(),
+            r => r?,
+        };
         let log_file = match get_str(obj, "logFile")? {
             Some(s) if s.is_empty() => None,
             Some(s) => Some(PathBuf::from(s)),
@@ -327,6 +335,12 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
                 return Err(invalid(format!(
                     "invalid runtimeConfig.portMappings[{i}].protocol {:?}: want tcp, udp or sctp",
                     m.protocol
+                )));
+            }
+            if m.protocol == "sctp" && m.host_port != m.container_port {
+                return Err(invalid(format!(
+                    "runtimeConfig.portMappings[{i}]: SCTP needs hostPort == containerPort ({} != {}): the SCTP checksum does not cover the IP header, so only the address can be rewritten",
+                    m.host_port, m.container_port
                 )));
             }
             if !m.host_ip.is_empty() && m.host_ip.parse::<IpAddr>().is_err() {

@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod datapath;
 mod ipam;
+mod lockfile;
 mod log;
 mod netlink;
 mod netns;

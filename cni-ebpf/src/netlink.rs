@@ -304,6 +304,15 @@ impl Netlink {
         }
     }
 
+    /// Deletes the veth called `name` (its peer goes with it); no such link,
+    /// or a link of another kind, is left alone.
+    pub async fn del_veth(&self, name: &str) -> Result<(), NlError> {
+        match self.link_by_name(name).await? {
+            Some(l) if l.kind == "veth" => self.del_link(l.index).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Adds an address; an address already present is fine.
     pub async fn add_addr(&self, index: u32, net: IpNet) -> Result<(), NlError> {
         match self

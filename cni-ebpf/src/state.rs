@@ -9,12 +9,11 @@ use std::{
 };
 
 use ipnet::IpNet;
-use rustix::fs::{flock, FlockOperation};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     cni::{code, CniError},
-    config::PortMapping,
+    config::{Mode, PortMapping},
     datapath::AttachMode,
 };
 
@@ -30,8 +29,8 @@ pub struct Record {
     pub ifname: String,
     /// Netns path given at ADD.
     pub netns: String,
-    /// `bridge`, `routed` or `chained`.
-    pub mode: String,
+    /// How the pod was wired.
+    pub mode: Mode,
     /// Host-side veth name.
     pub host_veth: String,
     /// Host-side veth ifindex, once known.
@@ -75,18 +74,8 @@ impl Store {
         let dir = state_dir.join(network);
         std::fs::create_dir_all(&dir).map_err(|e| io_err("create state dir", &dir, e))?;
         let lock_path = dir.join(".lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err("open", &lock_path, e))?;
-        let op = if exclusive {
-            FlockOperation::LockExclusive
-        } else {
-            FlockOperation::LockShared
-        };
-        flock(&lock, op).map_err(|e| io_err("lock", &lock_path, e.into()))?;
+        let lock = crate::lockfile::lock(&lock_path, exclusive)
+            .map_err(|e| io_err("lock", &lock_path, e))?;
         Ok(Self { dir, _lock: lock })
     }
 
@@ -154,6 +143,12 @@ impl Store {
     }
 }
 
+/// Owner tag of the attachment (container ID, ifname): stored in every map
+/// value it owns, and the source of its host veth name.
+pub fn owner(container_id: &str, ifname: &str) -> u64 {
+    cni_ebpf_common::owner_id(container_id.as_bytes(), ifname.as_bytes())
+}
+
 /// The record of the attachment with owner tag `owner`, in any network
 /// (to name the holder of a hostPort in an error).
 pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
@@ -167,9 +162,7 @@ pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
                 continue;
             };
             if let Ok(r) = serde_json::from_slice::<Record>(&b) {
-                if cni_ebpf_common::owner_id(r.container_id.as_bytes(), r.ifname.as_bytes())
-                    == owner
-                {
+                if self::owner(&r.container_id, &r.ifname) == owner {
                     return Some(r);
                 }
             }
@@ -181,7 +174,7 @@ pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
 /// Host-side veth name for (container ID, ifname): `veth` + 11 hex digits of
 /// the owner hash, so a retried ADD or a DEL without state finds it.
 pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
-    let h = cni_ebpf_common::owner_id(container_id.as_bytes(), ifname.as_bytes());
+    let h = owner(container_id, ifname);
     format!("veth{:011x}", h & 0x0fff_ffff_ffff)
 }
 

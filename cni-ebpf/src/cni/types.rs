@@ -59,6 +59,27 @@ pub struct Route {
     pub priority: Option<u32>,
 }
 
+impl Route {
+    /// A route to `dst` via `gw` with no other attributes.
+    pub fn via(dst: IpNet, gw: Option<IpAddr>) -> Self {
+        Self {
+            dst,
+            gw,
+            mtu: None,
+            priority: None,
+        }
+    }
+
+    /// The default route of `ip`'s family.
+    pub fn default_for(ip: IpAddr) -> IpNet {
+        if ip.is_ipv4() {
+            IpNet::V4(Default::default())
+        } else {
+            IpNet::V6(Default::default())
+        }
+    }
+}
+
 /// DNS settings passed through to the runtime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Dns {

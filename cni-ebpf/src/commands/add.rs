@@ -10,7 +10,7 @@ use super::{bpf_err, nl_err, ns_err};
 use crate::{
     cni::{code, CniEnv, CniError, CniResult, Interface, IpConfig, Route},
     config::{Mode, NetConf},
-    datapath::Datapath,
+    datapath::{AttachMode, Datapath},
     info,
     ipam::Ipam,
     netlink::{format_mac, parse_mac, sysctl, Link, Netlink},
@@ -24,6 +24,15 @@ use crate::{
 pub const ROUTED_GW4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// IPv6 counterpart of [`ROUTED_GW4`].
 pub const ROUTED_GW6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The routed-mode next hop of `ip`'s family.
+fn routed_gw(ip: IpAddr) -> IpAddr {
+    if ip.is_ipv4() {
+        ROUTED_GW4.into()
+    } else {
+        ROUTED_GW6.into()
+    }
+}
 
 /// Undo steps of a half-done ADD, run in reverse unless committed.
 type Undo = Box<dyn FnOnce() -> Result<(), String>>;
@@ -64,23 +73,17 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn owner(env: &CniEnv) -> u64 {
-    cni_ebpf_common::owner_id(env.container_id.as_bytes(), env.ifname.as_bytes())
+    crate::state::owner(&env.container_id, &env.ifname)
 }
 
 fn open_pod_netns(env: &CniEnv) -> Result<Netns, CniError> {
-    let path = env.netns.as_ref().ok_or_else(|| {
-        CniError::new(
-            code::INVALID_ENV,
-            "required env variables [CNI_NETNS] missing",
-        )
-    })?;
-    let ns = Netns::open(path).map_err(ns_err)?;
+    let ns = super::pod_netns(env)?;
     if ns.is_current() {
         return Err(CniError::new(
             code::INVALID_ENV,
             format!(
                 "CNI_NETNS {} is the node's own network namespace",
-                path.display()
+                ns.path()
             ),
         ));
     }
@@ -100,21 +103,6 @@ fn requested_mac(env: &CniEnv, conf: &NetConf) -> Result<Option<[u8; 6]>, CniErr
     }
 }
 
-fn check_port_mappings(conf: &NetConf) -> Result<(), CniError> {
-    for (i, m) in conf.runtime.port_mappings.iter().enumerate() {
-        if m.protocol == "sctp" && m.host_port != m.container_port {
-            return Err(CniError::new(
-                code::INVALID_CONFIG,
-                format!(
-                    "runtimeConfig.portMappings[{i}]: SCTP needs hostPort == containerPort ({} != {}): the SCTP checksum does not cover the IP header, so only the address can be rewritten",
-                    m.host_port, m.container_port
-                ),
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Claims the hostPorts and registers their release with the rollback.
 fn claim_ports(
     rb: &mut Rollback,
@@ -132,12 +120,59 @@ fn claim_ports(
     Ok(())
 }
 
+/// Saves the first state record of an ADD and registers its removal.
+fn begin(store: &Store, conf: &NetConf, record: &Record) -> Result<Rollback, CniError> {
+    store.save(record)?;
+    let mut rb = Rollback::new();
+    let (sd, net, cid, ifn) = (
+        conf.state_dir.clone(),
+        conf.name.clone(),
+        record.container_id.clone(),
+        record.ifname.clone(),
+    );
+    rb.push("state record", move || {
+        Store::open(&sd, &net, false)
+            .and_then(|s| s.remove(&cid, &ifn))
+            .map_err(|e| e.to_string())
+    });
+    Ok(rb)
+}
+
+/// Attaches the programs to the host veth and publishes the endpoint's
+/// addresses; both undone by the rollback (registered before each step, so a
+/// partial step is undone too).
+fn publish(
+    rb: &mut Rollback,
+    dp: &Datapath,
+    conf: &NetConf,
+    host: &Link,
+    ips: &[IpAddr],
+    pod_mac: [u8; 6],
+    owner: u64,
+) -> Result<AttachMode, CniError> {
+    let (dp2, name) = (dp.clone(), host.name.clone());
+    rb.push("program attachment", move || {
+        dp2.detach_endpoint(&name);
+        Ok(())
+    });
+    let mode = dp
+        .attach_endpoint(&host.name, conf.attach_mode)
+        .map_err(|e| bpf_err("attach programs", e))?;
+    let (dp2, ips2, idx) = (dp.clone(), ips.to_vec(), host.index);
+    rb.push("endpoint map entries", move || {
+        dp2.remove_endpoint(&ips2, Some(idx), owner)
+            .map_err(|e| e.to_string())
+    });
+    dp.add_endpoint(ips, host.index, pod_mac, owner)
+        .map_err(|e| bpf_err("endpoint map entries", e))?;
+    Ok(mode)
+}
+
 /// Main mode: veth pair, IPAM, addresses and routes, programs, map entries.
 fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     // Validate everything before the first change.
     let ns = open_pod_netns(env)?;
     let mac = requested_mac(env, conf)?;
-    check_port_mappings(conf)?;
     let ipam = Ipam::from_conf(conf)?.ok_or_else(|| {
         CniError::new(
             code::INVALID_CONFIG,
@@ -159,13 +194,8 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         info!("ADD retried: replacing the earlier attempt's {host}");
         dp.detach_endpoint(&host);
         let h = host.clone();
-        Netlink::with(|nl| async move {
-            if let Some(l) = nl.link_by_name(&h).await? {
-                nl.del_link(l.index).await?;
-            }
-            Ok(())
-        })
-        .map_err(|e| nl_err("remove earlier veth", e))?;
+        Netlink::with(|nl| async move { nl.del_veth(&h).await })
+            .map_err(|e| nl_err("remove earlier veth", e))?;
     }
     let ifname = env.ifname.clone();
     let present = ns
@@ -188,32 +218,13 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         netns: ns.path().to_string(),
-        mode: if conf.mode == Mode::Routed {
-            "routed"
-        } else {
-            "bridge"
-        }
-        .into(),
+        mode: conf.mode,
         host_veth: host.clone(),
         port_mappings: conf.runtime.port_mappings.clone(),
         ip_masq: conf.ip_masq,
         ..Default::default()
     };
-    store.save(&record)?;
-    let mut rb = Rollback::new();
-    {
-        let (sd, net, cid, ifn) = (
-            conf.state_dir.clone(),
-            conf.name.clone(),
-            env.container_id.clone(),
-            env.ifname.clone(),
-        );
-        rb.push("state record", move || {
-            Store::open(&sd, &net, false)
-                .and_then(|s| s.remove(&cid, &ifn))
-                .map_err(|e| e.to_string())
-        });
-    }
+    let mut rb = begin(&store, conf, &record)?;
 
     // IPAM.
     let ipres = ipam.add(conf, &env.container_id, &env.ifname, &requested, &env.path)?;
@@ -225,8 +236,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
             env.path.clone(),
         );
         rb.push("IPAM reservation", move || {
-            Ipam::from_conf(&conf2)
-                .and_then(|i| i.map_or(Ok(()), |i| i.del(&conf2, &cid, &ifn, &path)))
+            ipam.del(&conf2, &cid, &ifn, &path)
                 .map_err(|e| e.to_string())
         });
     }
@@ -290,27 +300,9 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     }
 
     // Programs and map entries.
-    let mode = dp
-        .attach_endpoint(&host, conf.attach_mode)
-        .map_err(|e| bpf_err("attach programs", e))?;
-    {
-        let (dp2, h) = (dp.clone(), host.clone());
-        rb.push("program attachment", move || {
-            dp2.detach_endpoint(&h);
-            Ok(())
-        });
-    }
-    record.attach_mode = Some(mode);
     let pod_mac: [u8; 6] = pod.mac.as_slice().try_into().unwrap_or([0; 6]);
-    {
-        let (dp2, ips2, idx, own) = (dp.clone(), ips.clone(), host_link.index, owner(env));
-        rb.push("endpoint map entries", move || {
-            dp2.remove_endpoint(&ips2, Some(idx), own)
-                .map_err(|e| e.to_string())
-        });
-    }
-    dp.add_endpoint(&ips, host_link.index, pod_mac, owner(env))
-        .map_err(|e| bpf_err("endpoint map entries", e))?;
+    let mode = publish(&mut rb, &dp, conf, &host_link, &ips, pod_mac, owner(env))?;
+    record.attach_mode = Some(mode);
     record.complete = true;
     store.save(&record)?;
     rb.commit();
@@ -343,11 +335,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     let pod_if = res.interfaces.len() - 1;
     for (ip, net) in ipres.ips.iter().zip(&pod_nets) {
         let gateway = if routed {
-            Some(if net.addr().is_ipv4() {
-                IpAddr::V4(ROUTED_GW4)
-            } else {
-                IpAddr::V6(ROUTED_GW6)
-            })
+            Some(routed_gw(net.addr()))
         } else if conf.is_gateway {
             ip.gateway
         } else {
@@ -434,6 +422,50 @@ fn node_side(conf: &NetConf, host: &Link, ips: &[IpConfig]) -> Result<Option<Lin
     .map_err(|e| nl_err("bridge", e))
 }
 
+/// The routes a pod gets: in routed mode a default route per family and the
+/// IPAM routes, all via the link-local next hop; in bridge mode the default
+/// route via the gateway (`isDefaultGateway`) and the IPAM routes via their
+/// own or the family's gateway.
+fn pod_routes(conf: &NetConf, ipres: &CniResult, nets: &[IpNet]) -> Vec<Route> {
+    fn push_default(routes: &mut Vec<Route>, ip: IpAddr, gw: IpAddr) {
+        let dst = Route::default_for(ip);
+        if !routes.iter().any(|r| r.dst == dst) {
+            routes.push(Route::via(dst, Some(gw)));
+        }
+    }
+    let mut routes: Vec<Route> = Vec::new();
+    if conf.mode == Mode::Routed {
+        for net in nets {
+            push_default(&mut routes, net.addr(), routed_gw(net.addr()));
+        }
+        for r in ipres.routes.iter().filter(|r| r.dst.prefix_len() != 0) {
+            routes.push(Route::via(r.dst, Some(routed_gw(r.dst.addr()))));
+        }
+        return routes;
+    }
+    if conf.is_default_gateway {
+        for ip in &ipres.ips {
+            if let Some(gw) = ip.gateway {
+                push_default(&mut routes, gw, gw);
+            }
+        }
+    }
+    for r in &ipres.routes {
+        if conf.is_default_gateway && r.dst.prefix_len() == 0 {
+            continue;
+        }
+        let gw = r.gw.or_else(|| {
+            ipres
+                .ips
+                .iter()
+                .find(|i| i.address.addr().is_ipv4() == r.dst.addr().is_ipv4())
+                .and_then(|i| i.gateway)
+        });
+        routes.push(Route::via(r.dst, gw));
+    }
+    routes
+}
+
 struct PodSide {
     mac: Vec<u8>,
     routes: Vec<Route>,
@@ -449,77 +481,7 @@ fn pod_side(
     nets: &[IpNet],
 ) -> Result<PodSide, CniError> {
     let routed = conf.mode == Mode::Routed;
-    let mut routes: Vec<Route> = Vec::new();
-    if routed {
-        for net in nets {
-            let (dst, gw): (IpNet, IpAddr) = if net.addr().is_ipv4() {
-                ("0.0.0.0/0".parse().expect("net"), ROUTED_GW4.into())
-            } else {
-                ("::/0".parse().expect("net"), ROUTED_GW6.into())
-            };
-            if !routes.iter().any(|r| r.dst == dst) {
-                routes.push(Route {
-                    dst,
-                    gw: Some(gw),
-                    mtu: None,
-                    priority: None,
-                });
-            }
-        }
-        for r in &ipres.routes {
-            if r.dst.prefix_len() != 0 {
-                let gw: IpAddr = if r.dst.addr().is_ipv4() {
-                    ROUTED_GW4.into()
-                } else {
-                    ROUTED_GW6.into()
-                };
-                routes.push(Route {
-                    dst: r.dst,
-                    gw: Some(gw),
-                    mtu: None,
-                    priority: None,
-                });
-            }
-        }
-    } else {
-        if conf.is_default_gateway {
-            for ip in &ipres.ips {
-                if let Some(gw) = ip.gateway {
-                    let dst: IpNet = if gw.is_ipv4() {
-                        "0.0.0.0/0".parse().expect("net")
-                    } else {
-                        "::/0".parse().expect("net")
-                    };
-                    if !routes.iter().any(|r| r.dst == dst) {
-                        routes.push(Route {
-                            dst,
-                            gw: Some(gw),
-                            mtu: None,
-                            priority: None,
-                        });
-                    }
-                }
-            }
-        }
-        for r in &ipres.routes {
-            if conf.is_default_gateway && r.dst.prefix_len() == 0 {
-                continue;
-            }
-            let gw = r.gw.or_else(|| {
-                ipres
-                    .ips
-                    .iter()
-                    .find(|i| i.address.addr().is_ipv4() == r.dst.addr().is_ipv4())
-                    .and_then(|i| i.gateway)
-            });
-            routes.push(Route {
-                dst: r.dst,
-                gw,
-                mtu: None,
-                priority: None,
-            });
-        }
-    }
+    let routes = pod_routes(conf, ipres, nets);
     let (ifname, nets, host_mac, rts) = (
         env.ifname.clone(),
         nets.to_vec(),
@@ -545,11 +507,7 @@ fn pod_side(
                 nl.set_up(l.index).await?;
                 if routed {
                     for n in &nets {
-                        let gw: IpAddr = if n.addr().is_ipv4() {
-                            ROUTED_GW4.into()
-                        } else {
-                            ROUTED_GW6.into()
-                        };
+                        let gw = routed_gw(n.addr());
                         nl.add_neigh(l.index, gw, &host_mac).await?;
                         if gw.is_ipv4() {
                             nl.add_route(IpNet::new(gw, 32).expect("host net"), None, l.index)
@@ -575,7 +533,6 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         .prev_result
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "chained mode needs a prevResult (place cni-ebpf after the plugin that creates the interfaces)"))?;
-    check_port_mappings(conf)?;
     let store = Store::open(&conf.state_dir, &conf.name, false)?;
     let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir)
         .map_err(|e| bpf_err("eBPF data path", e))?;
@@ -628,7 +585,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
-        mode: "chained".into(),
+        mode: Mode::Chained,
         host_veth: host.name.clone(),
         host_ifindex: Some(host.index),
         mac: format_mac(&pod_mac),
@@ -642,41 +599,11 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         ip_masq: conf.ip_masq,
         ..Default::default()
     };
-    store.save(&record)?;
-    let mut rb = Rollback::new();
-    {
-        let (sd, net, cid, ifn) = (
-            conf.state_dir.clone(),
-            conf.name.clone(),
-            env.container_id.clone(),
-            env.ifname.clone(),
-        );
-        rb.push("state record", move || {
-            Store::open(&sd, &net, false)
-                .and_then(|s| s.remove(&cid, &ifn))
-                .map_err(|e| e.to_string())
-        });
-    }
+    let mut rb = begin(&store, conf, &record)?;
     claim_ports(&mut rb, &dp, conf, &ips, owner(env))?;
-    let mode = dp
-        .attach_endpoint(&host.name, conf.attach_mode)
-        .map_err(|e| bpf_err("attach programs", e))?;
-    {
-        let (dp2, h) = (dp.clone(), host.name.clone());
-        rb.push("program attachment", move || {
-            dp2.detach_endpoint(&h);
-            Ok(())
-        });
-    }
-    {
-        let (dp2, ips2, idx, own) = (dp.clone(), ips.clone(), host.index, owner(env));
-        rb.push("endpoint map entries", move || {
-            dp2.remove_endpoint(&ips2, Some(idx), own)
-                .map_err(|e| e.to_string())
-        });
-    }
-    dp.add_endpoint(&ips, host.index, pod_mac, owner(env))
-        .map_err(|e| bpf_err("endpoint map entries", e))?;
+    // The veth is not ours and may carry our filters from an earlier ADD.
+    dp.detach_endpoint(&host.name);
+    let mode = publish(&mut rb, &dp, conf, &host, &ips, pod_mac, owner(env))?;
     record.attach_mode = Some(mode);
     record.complete = true;
     store.save(&record)?;

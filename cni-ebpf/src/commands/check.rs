@@ -6,11 +6,10 @@ use std::net::IpAddr;
 use super::{addrs, nl_err, ns_err};
 use crate::{
     cni::{code, CniEnv, CniError},
-    config::NetConf,
+    config::{Mode, NetConf},
     datapath::{AttachMode, Datapath},
     ipam::Ipam,
     netlink::Netlink,
-    netns::Netns,
     state::Store,
 };
 
@@ -38,7 +37,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     // prevResult (if given) must agree with what we set up.
     if let Some(prev) = &conf.prev_result {
         for ip in &prev.ips {
-            if !ips.contains(&ip.address.addr()) && rec.mode != "chained" {
+            if !ips.contains(&ip.address.addr()) && rec.mode != Mode::Chained {
                 return Err(mismatch(format!(
                     "prevResult address {} is not one this plugin assigned",
                     ip.address
@@ -58,7 +57,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             rec.host_veth, host.index, rec.host_ifindex
         )));
     }
-    if rec.mode == "bridge" && host.master.is_none() {
+    if rec.mode == Mode::Bridge && host.master.is_none() {
         return Err(mismatch(format!(
             "host veth {} is not on bridge {}",
             rec.host_veth, conf.bridge
@@ -66,14 +65,8 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     }
 
     // Container interface and addresses.
-    if rec.mode != "chained" {
-        let path = env.netns.as_ref().ok_or_else(|| {
-            CniError::new(
-                code::INVALID_ENV,
-                "required env variables [CNI_NETNS] missing",
-            )
-        })?;
-        let ns = Netns::open(path).map_err(ns_err)?;
+    if rec.mode != Mode::Chained {
+        let ns = super::pod_netns(env)?;
         let ifn = env.ifname.clone();
         let (link, have) = ns
             .run(|| {
@@ -91,7 +84,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             mismatch(format!(
                 "interface {} is gone from {}",
                 env.ifname,
-                path.display()
+                ns.path()
             ))
         })?;
         if !link.up {
@@ -133,7 +126,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             rec.host_veth
         )));
     }
-    let owner = cni_ebpf_common::owner_id(env.container_id.as_bytes(), env.ifname.as_bytes());
+    let owner = crate::state::owner(&env.container_id, &env.ifname);
     let entries = dp
         .endpoint_entries()
         .map_err(|e| super::bpf_err("read endpoints map", e))?;

@@ -4,7 +4,7 @@
 
 use super::{addrs, nl_err};
 use crate::{
-    cni::{code, CniEnv, CniError},
+    cni::{CniEnv, CniError},
     config::{Mode, NetConf},
     datapath::Datapath,
     info,
@@ -48,29 +48,17 @@ pub fn teardown(
             None
         }
     };
-    let mode = match record.as_ref().map(|r| r.mode.as_str()) {
-        Some("chained") => Mode::Chained,
-        Some("routed") => Mode::Routed,
-        Some(_) => Mode::Bridge,
-        None => conf.mode,
-    };
+    let mode = record.as_ref().map_or(conf.mode, |r| r.mode);
     let host = record
         .as_ref()
         .map(|r| r.host_veth.clone())
         .unwrap_or_else(|| host_veth_name(container_id, ifname));
-    let owner = cni_ebpf_common::owner_id(container_id.as_bytes(), ifname.as_bytes());
+    let owner = crate::state::owner(container_id, ifname);
 
     // Interfaces we created.
     if mode != Mode::Chained {
         let h = host.clone();
-        if let Err(e) = Netlink::with(|nl| async move {
-            if let Some(l) = nl.link_by_name(&h).await? {
-                if l.kind == "veth" {
-                    nl.del_link(l.index).await?;
-                }
-            }
-            Ok(())
-        }) {
+        if let Err(e) = Netlink::with(|nl| async move { nl.del_veth(&h).await }) {
             errors.push(nl_err("delete host veth", e).to_string());
         }
         // If the host side was already gone but the pod still has our veth
@@ -83,16 +71,7 @@ pub fn teardown(
             if let Ok(ns) = Netns::open(std::path::Path::new(&p)) {
                 if !ns.is_current() {
                     let ifn = ifname.to_string();
-                    let r = ns.run(|| {
-                        Netlink::with(|nl| async move {
-                            if let Some(l) = nl.link_by_name(&ifn).await? {
-                                if l.kind == "veth" {
-                                    nl.del_link(l.index).await?;
-                                }
-                            }
-                            Ok(())
-                        })
-                    });
+                    let r = ns.run(|| Netlink::with(|nl| async move { nl.del_veth(&ifn).await }));
                     if let Ok(Err(e)) = r {
                         errors.push(nl_err("delete container veth", e).to_string());
                     }
@@ -105,21 +84,14 @@ pub fn teardown(
     // loads it). After the veth is gone: removing a TCX link pin of a deleted
     // device costs nothing, detaching a live one waits for an RCU grace period.
     let dp = Datapath::layout(&conf.pin_path);
-    if dp.is_loaded() || dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
-        // Only the chained mode attaches to a veth it does not own; for ours the
-        // link pins go below with the device anyway, but unpin explicitly.
-        if mode == Mode::Chained
-            || record.is_none()
-            || record.as_ref().and_then(|r| r.attach_mode).is_some()
-        {
-            dp.detach_endpoint(&host);
-        }
+    if dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
+        // Unpins TCX links, removes our filters where the device stays
+        // (chained mode); both are no-ops when already gone.
+        dp.detach_endpoint(&host);
         let res = match &record {
-            Some(r) => dp
-                .remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner)
-                .map(|_| ()),
+            Some(r) => dp.remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner),
             // No record: find what this owner holds by scanning (rare path).
-            None => dp.remove_owner(owner).map(|_| ()),
+            None => dp.remove_owner(owner).map(drop),
         };
         if let Err(e) = res {
             errors.push(super::bpf_err("remove endpoint entries", e).to_string());
@@ -148,19 +120,9 @@ pub fn teardown(
         }
     }
 
-    if errors.is_empty() {
-        store.remove(container_id, ifname)?;
-        info!("DEL done: {container_id}/{ifname} ({host})");
-        Ok(())
-    } else {
-        // The record stays so that a retried DEL knows what is left.
-        for e in &errors {
-            warn!("DEL {container_id}/{ifname}: {e}");
-        }
-        Err(CniError::new(
-            code::IO,
-            format!("DEL left {} problem(s): {}", errors.len(), errors[0]),
-        )
-        .with_details(errors.join("; ")))
-    }
+    // The record stays while anything is left, so a retried DEL knows what.
+    super::teardown_result(&format!("DEL {container_id}/{ifname}"), &errors)?;
+    store.remove(container_id, ifname)?;
+    info!("DEL done: {container_id}/{ifname} ({host})");
+    Ok(())
 }

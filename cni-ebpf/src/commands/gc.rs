@@ -12,7 +12,6 @@ use crate::{
     info,
     ipam::{host_local, Ipam},
     state::Store,
-    warn,
 };
 
 /// Runs GC.
@@ -29,14 +28,9 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         .collect();
     let store = Store::open(&conf.state_dir, &conf.name, true)?;
     let mut errors = Vec::new();
-    let mut live_owners = HashSet::new();
     let mut live_veths = HashSet::new();
     for rec in store.all()? {
         if keep.contains(&(rec.container_id.clone(), rec.ifname.clone())) {
-            live_owners.insert(cni_ebpf_common::owner_id(
-                rec.container_id.as_bytes(),
-                rec.ifname.as_bytes(),
-            ));
             live_veths.insert(rec.host_veth.clone());
             continue;
         }
@@ -88,15 +82,5 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             dp.detach_endpoint(&ifname);
         }
     }
-    for e in &errors {
-        warn!("GC: {e}");
-    }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::new(
-            code::IO,
-            format!("GC left {} problem(s): {}", errors.len(), errors[0]),
-        ))
-    }
+    super::teardown_result("GC", &errors)
 }

@@ -51,9 +51,36 @@ pub fn claim_ports(
         })
 }
 
+/// The result of a best-effort teardown (DEL, GC) that collected `errors`:
+/// each is logged, the first names the error, all go to `details`.
+pub fn teardown_result(what: &str, errors: &[String]) -> Result<(), CniError> {
+    for e in errors {
+        crate::warn!("{what}: {e}");
+    }
+    match errors.first() {
+        None => Ok(()),
+        Some(first) => Err(CniError::new(
+            code::IO,
+            format!("{what} left {} problem(s): {first}", errors.len()),
+        )
+        .with_details(errors.join("; "))),
+    }
+}
+
 /// Folds a netlink error into a CNI error.
 pub fn nl_err(what: &str, e: NlError) -> CniError {
     CniError::new(code::KERNEL, format!("{what}: {e}")).with_details(crate::cni::error::chain(&e))
+}
+
+/// Opens `CNI_NETNS` (required for ADD and CHECK, so its absence is code 4).
+pub fn pod_netns(env: &crate::cni::CniEnv) -> Result<crate::netns::Netns, CniError> {
+    let path = env.netns.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_ENV,
+            "required env variables [CNI_NETNS] missing",
+        )
+    })?;
+    crate::netns::Netns::open(path).map_err(ns_err)
 }
 
 /// Folds a namespace error into a CNI error.

@@ -55,9 +55,12 @@ impl Datapath {
                 .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
                 .unwrap_or(false),
         };
-        // Replace, never stack: remove an earlier attachment of ours first.
-        self.detach_endpoint(ifname);
-        if !use_tcx {
+        // Callers that may find an earlier attachment of ours on the device
+        // (chained mode) detach first; a stale link pin of the same name would
+        // only make pinning fail, so TCX clears those here.
+        if use_tcx {
+            self.unpin_links(ifname);
+        } else {
             match qdisc_add_clsact(ifname) {
                 Ok(()) | Err(TcError::AlreadyAttached) => {}
                 Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -133,6 +136,10 @@ impl Datapath {
         for (name, kind, _) in DIRECTIONS {
             let _ = aya::programs::tc::qdisc_detach_program(ifname, kind, name);
         }
+        self.unpin_links(ifname);
+    }
+
+    fn unpin_links(&self, ifname: &str) {
         for (_, _, dir) in DIRECTIONS {
             let pin = self.link_pin(ifname, dir);
             if let Ok(link) = PinnedLink::from_pin(&pin) {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use cni_ebpf_common::{map, Counter, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE};
 
 use super::pins::{BpfError, Datapath};
@@ -25,7 +25,8 @@ pub fn ip_key(ip: IpAddr) -> IpKey {
     }
 }
 
-fn key_ip(k: &IpKey) -> IpAddr {
+/// Address of a map key.
+pub(super) fn key_ip(k: &IpKey) -> IpAddr {
     if k.family == cni_ebpf_common::FAMILY_V4 {
         IpAddr::from([k.addr[0], k.addr[1], k.addr[2], k.addr[3]])
     } else {
@@ -34,34 +35,12 @@ fn key_ip(k: &IpKey) -> IpAddr {
 }
 
 impl Datapath {
-    pub(super) fn open_map(&self, name: &'static str) -> Result<Map, BpfError> {
-        let path = self.map_path(name);
-        let data = MapData::from_pin(&path).map_err(|source| BpfError::Map {
-            name,
-            what: format!("open pin {}", path.display()),
-            source,
-        })?;
-        Map::from_map_data(data).map_err(|source| BpfError::Map {
-            name,
-            what: "map type".into(),
-            source,
-        })
-    }
-
     fn endpoints(&self) -> Result<HashMap<MapData, IpKey, EndpointInfo>, BpfError> {
-        HashMap::try_from(self.open_map(map::ENDPOINTS)?).map_err(|source| BpfError::Map {
-            name: map::ENDPOINTS,
-            what: "key/value layout".into(),
-            source,
-        })
+        self.map(map::ENDPOINTS)
     }
 
     fn ep_stats(&self) -> Result<PerCpuHashMap<MapData, u32, EndpointStats>, BpfError> {
-        PerCpuHashMap::try_from(self.open_map(map::EP_STATS)?).map_err(|source| BpfError::Map {
-            name: map::EP_STATS,
-            what: "key/value layout".into(),
-            source,
-        })
+        self.map(map::EP_STATS)
     }
 
     /// Publishes an endpoint: its counters first, then its addresses (the
@@ -181,12 +160,7 @@ impl Datapath {
 
     /// Node-wide counters by name.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        let m: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.open_map(map::STATS)?)
-            .map_err(|source| BpfError::Map {
-                name: map::STATS,
-                what: "layout".into(),
-                source,
-            })?;
+        let m: PerCpuArray<MapData, u64> = self.map(map::STATS)?;
         Ok(Counter::ALL
             .iter()
             .map(|(c, name)| {

@@ -1,13 +1,9 @@
 //! bpffs, the pin layout, and loading the object once per node.
 
-use std::{
-    fs::File,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use aya::{programs::SchedClassifier, EbpfLoader};
 use cni_ebpf_common::{map, prog, Fnv1a, PIN_ABI_VERSION};
-use rustix::fs::{flock, FlockOperation};
 
 /// The eBPF object built by build.rs from `cni-ebpf-bpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf-bpf.o"));
@@ -119,6 +115,20 @@ impl Datapath {
         self.progs.join(name)
     }
 
+    /// Opens a pinned map as its typed aya view (`T` checks the map type and
+    /// the key/value sizes against the pin).
+    pub(super) fn map<T>(&self, name: &'static str) -> Result<T, BpfError>
+    where
+        T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let path = self.map_path(name);
+        let err = |what: String| move |source| BpfError::Map { name, what, source };
+        let data = aya::maps::MapData::from_pin(&path)
+            .map_err(err(format!("open pin {}", path.display())))?;
+        let map = aya::maps::Map::from_map_data(data).map_err(err("map type".into()))?;
+        T::try_from(map).map_err(err("key/value layout".into()))
+    }
+
     /// Directory of pinned links.
     pub fn links_dir(&self) -> PathBuf {
         self.dir.join("links")
@@ -141,14 +151,7 @@ impl Datapath {
         }
         std::fs::create_dir_all(state_dir).map_err(io("create state dir", state_dir))?;
         let lock_path = state_dir.join("bpf.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io("open lock", &lock_path))?;
-        flock(&lock, FlockOperation::LockExclusive)
-            .map_err(|e| io("lock", &lock_path)(e.into()))?;
+        let _lock = crate::lockfile::lock(&lock_path, true).map_err(io("lock", &lock_path))?;
         // Under the lock: concurrent first ADDs must not each mount a bpffs on
         // top of the other's (later ADDs would then see a different set of maps).
         ensure_bpffs(pin_root)?;

@@ -9,13 +9,37 @@ use aya::maps::{HashMap, MapData, MapError};
 use cni_ebpf_common::{map, proto, PortKey, PortTarget, FAMILY_V4, FAMILY_V6};
 
 use super::{
-    endpoints::ip_key,
+    endpoints::{ip_key, key_ip},
     pins::{BpfError, Datapath},
 };
 use crate::config::PortMapping;
 
 /// `BPF_NOEXIST` (include/uapi/linux/bpf.h).
 const BPF_NOEXIST: u64 = 1;
+
+/// `portMappings` protocol names and their IP protocol numbers.
+const PROTOCOLS: [(&str, u8); 3] = [
+    ("tcp", proto::TCP),
+    ("udp", proto::UDP),
+    ("sctp", proto::SCTP),
+];
+
+/// One `portmap` entry, decoded (inspect).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortEntry {
+    /// `tcp`, `udp`, `sctp`.
+    pub protocol: &'static str,
+    /// Node address the mapping is limited to; `None` = every node address.
+    pub host_ip: Option<IpAddr>,
+    /// Host port.
+    pub host_port: u16,
+    /// Pod address.
+    pub pod_ip: IpAddr,
+    /// Container port.
+    pub container_port: u16,
+    /// Owner tag.
+    pub owner: u64,
+}
 
 /// Why a set of mappings could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -47,11 +71,10 @@ pub fn entries<'a>(
 ) -> Vec<(PortKey, PortTarget, &'a PortMapping)> {
     let mut out = Vec::new();
     for m in mappings {
-        let proto = match m.protocol.as_str() {
-            "udp" => proto::UDP,
-            "sctp" => proto::SCTP,
-            _ => proto::TCP,
-        };
+        let proto = PROTOCOLS
+            .iter()
+            .find(|(name, _)| *name == m.protocol)
+            .map_or(proto::TCP, |(_, n)| *n);
         let host_ip: Option<IpAddr> = m.host_ip.parse().ok();
         for pod in pod_ips {
             if host_ip.is_some_and(|h| h.is_ipv4() != pod.is_ipv4()) {
@@ -77,11 +100,7 @@ pub fn entries<'a>(
 
 impl Datapath {
     fn portmap(&self) -> Result<HashMap<MapData, PortKey, PortTarget>, BpfError> {
-        HashMap::try_from(self.open_map(map::PORTMAP)?).map_err(|source| BpfError::Map {
-            name: map::PORTMAP,
-            what: "key/value layout".into(),
-            source,
-        })
+        self.map(map::PORTMAP)
     }
 
     /// Installs the mappings of `owner`, or none of them: on a conflict the
@@ -172,7 +191,29 @@ impl Datapath {
     }
 
     /// Every mapping (inspect).
-    pub fn port_entries(&self) -> Result<Vec<(PortKey, PortTarget)>, BpfError> {
-        Ok(self.portmap()?.iter().filter_map(Result::ok).collect())
+    pub fn port_entries(&self) -> Result<Vec<PortEntry>, BpfError> {
+        let ip = |family, addr| {
+            key_ip(&cni_ebpf_common::IpKey {
+                family,
+                pad: [0; 3],
+                addr,
+            })
+        };
+        Ok(self
+            .portmap()?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| PortEntry {
+                protocol: PROTOCOLS
+                    .iter()
+                    .find(|(_, n)| *n == k.proto)
+                    .map_or("tcp", |(name, _)| name),
+                host_ip: (k.host_ip != [0; 16]).then(|| ip(k.family, k.host_ip)),
+                host_port: u16::from_be(k.host_port),
+                pod_ip: ip(k.family, v.pod_ip),
+                container_port: u16::from_be(v.container_port),
+                owner: v.owner,
+            })
+            .collect())
     }
 }

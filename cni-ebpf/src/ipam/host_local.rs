@@ -271,21 +271,8 @@ impl Store {
 
     fn lock(dir: PathBuf) -> Result<Store, CniError> {
         let path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .open(&path)
-            .map_err(|e| io_error("cannot open lock file", &path, e))?;
-        loop {
-            match rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive) {
-                Ok(()) => break,
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(io_error("cannot lock", &path, e.into())),
-            }
-        }
+        let file =
+            crate::lockfile::lock(&path, true).map_err(|e| io_error("cannot lock", &path, e))?;
         Ok(Store { dir, _lock: file })
     }
 
