@@ -130,7 +130,7 @@ fn version_and_bad_inputs_change_nothing() {
     );
     assert_clean(&t);
     // And the pod is untouched.
-    let pod_links = sh(&["ip", "-n", &pod, "-o", "link", "show"]);
+    let pod_links = ip_n(&pod, &["-o", "link", "show"]);
     assert_eq!(
         pod_links.lines().count(),
         1,
@@ -165,7 +165,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     let (a1, a2) = (result_ip(&r1, false), result_ip(&r2, false));
     let (b1, b2) = (result_ip(&r1, true), result_ip(&r2, true));
     assert_ne!(a1, a2);
-    let mtu = sh(&["ip", "-n", &p1, "-o", "link", "show", "eth0"]);
+    let mtu = ip_n(&p1, &["-o", "link", "show", "eth0"]);
     assert!(mtu.contains("mtu 1400"), "{mtu}");
     let _s1 = TcpServer::start(&p1, "::", 8080, "pod1");
     let _s2 = TcpServer::start(&p2, "::", 8080, "pod2");
@@ -188,8 +188,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
 
     // CHECK passes.
     let prev = json!({"prevResult": r1.clone()});
-    let mut cc = conf.clone();
-    merge(&mut cc, prev);
+    let cc = merged(&conf, prev);
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
     // ... and notices programs removed behind its back.
     let host1 = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
@@ -207,8 +206,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
         .unwrap();
     assert_eq!(result_ip(&again, false), a1);
     let r1 = again;
-    let mut cc = conf.clone();
-    merge(&mut cc, json!({"prevResult": r1.clone()}));
+    let cc = merged(&conf, json!({"prevResult": r1.clone()}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
 
     // Counters moved; bpftool shows named fields of the pinned maps.
@@ -260,7 +258,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     eprintln!("DEL took {:?}", d.took);
     t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
     assert_clean(&t);
-    let pod_links = sh(&["ip", "-n", &p1, "-o", "link", "show"]);
+    let pod_links = ip_n(&p1, &["-o", "link", "show"]);
     assert_eq!(
         pod_links.lines().count(),
         1,
@@ -315,8 +313,7 @@ fn routed_mode_pods_reachable() {
         4,
         "two TCX link pins per pod"
     );
-    let mut cc = conf.clone();
-    merge(&mut cc, json!({"prevResult": r1}));
+    let cc = merged(&conf, json!({"prevResult": r1}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
     t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
     t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
@@ -350,8 +347,7 @@ fn del_works_without_netns_state_or_prev_result() {
         .json
         .unwrap();
     std::fs::remove_dir_all(t.dir.join("state/testnet")).unwrap();
-    let mut with_prev = conf.clone();
-    merge(&mut with_prev, json!({"prevResult": r3}));
+    let with_prev = merged(&conf, json!({"prevResult": r3}));
     t.cni("DEL", &with_prev, "pod3", Some(&p2), "eth0").ok();
     assert_clean(&t);
 }
@@ -366,7 +362,7 @@ fn failed_add_rolls_back_everything() {
     let out = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0");
     assert!(out.err_code() >= 100, "{}", out.stdout);
     assert_clean(&t);
-    let pod_links = sh(&["ip", "-n", &p1, "-o", "link", "show"]);
+    let pod_links = ip_n(&p1, &["-o", "link", "show"]);
     assert_eq!(
         pod_links.lines().count(),
         1,
@@ -532,16 +528,7 @@ fn anti_spoofing_drops_forged_sources() {
         .unwrap();
     let own = result_ip(&r, false);
     // The pod gives itself a second address that IPAM never assigned.
-    sh(&[
-        "ip",
-        "-n",
-        &p1,
-        "addr",
-        "add",
-        "10.6.0.200/24",
-        "dev",
-        "eth0",
-    ]);
+    ip_n(&p1, &["addr", "add", "10.6.0.200/24", "dev", "eth0"]);
     let dst: std::net::SocketAddr = format!("{EXT_IP}:9999").parse().unwrap();
     let rx = udp_recv(
         &t.ext,
@@ -644,19 +631,9 @@ fn check_gc_and_status() {
     t.cni("ADD", &conf, "pod2", Some(&p2), "eth0").ok();
     // CHECK notices a removed address.
     let a1 = result_ip(&r1, false);
-    let mut cc = conf.clone();
-    merge(&mut cc, json!({"prevResult": r1}));
+    let cc = merged(&conf, json!({"prevResult": r1}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
-    sh(&[
-        "ip",
-        "-n",
-        &p1,
-        "addr",
-        "del",
-        &format!("{a1}/29"),
-        "dev",
-        "eth0",
-    ]);
+    ip_n(&p1, &["addr", "del", &format!("{a1}/29"), "dev", "eth0"]);
     let out = t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0");
     assert_eq!(out.err_code(), 104, "{}", out.stdout);
     assert!(out.msg().contains(&a1.to_string()), "{}", out.msg());
@@ -690,8 +667,7 @@ fn check_gc_and_status() {
         1
     );
     // The older key is accepted too; with nothing valid, everything goes.
-    let mut gc2 = conf.clone();
-    merge(&mut gc2, json!({"cni.dev/attachments": []}));
+    let gc2 = merged(&conf, json!({"cni.dev/attachments": []}));
     t.exec(
         BIN,
         &Call {
@@ -747,10 +723,9 @@ fn delegated_ipam_and_requested_addresses() {
         .json
         .unwrap();
     assert_eq!(result_ip(&r, false), ip("10.10.0.5"));
-    let addr = sh(&["ip", "-n", &p1, "-o", "addr", "show", "eth0"]);
+    let addr = ip_n(&p1, &["-o", "addr", "show", "eth0"]);
     assert!(addr.contains("10.10.0.5/24"), "{addr}");
-    let mut cc = conf.clone();
-    merge(&mut cc, json!({"cniVersion": "1.0.0", "prevResult": r}));
+    let cc = merged(&conf, json!({"cniVersion": "1.0.0", "prevResult": r}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
     t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
 
@@ -771,7 +746,7 @@ fn delegated_ipam_and_requested_addresses() {
         .unwrap();
     assert_eq!(result_ip(&r, false), ip("10.11.0.77"));
     assert_eq!(r["interfaces"][2]["mac"], "02:42:ac:11:00:77");
-    let link = sh(&["ip", "-n", &p2, "-o", "link", "show", "eth0"]);
+    let link = ip_n(&p2, &["-o", "link", "show", "eth0"]);
     assert!(link.contains("02:42:ac:11:00:77"), "{link}");
     // runtimeConfig ips/mac do the same.
     let mut rc = conf.clone();
@@ -879,10 +854,7 @@ fn host_ports_are_owned_by_one_container() {
         "a refused ADD changed the node"
     );
     assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
-    assert_eq!(
-        sh(&["ip", "-n", &p2, "-o", "link", "show"]).lines().count(),
-        1
-    );
+    assert_eq!(ip_n(&p2, &["-o", "link", "show"]).lines().count(), 1);
 
     // The same port with another protocol, or another hostIP, is fine.
     let c3 = with_ports(

@@ -53,6 +53,13 @@ pub fn sh(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `ip -n <ns> <args>`.
+pub fn ip_n(ns: &str, args: &[&str]) -> String {
+    let mut v = vec!["ip", "-n", ns];
+    v.extend_from_slice(args);
+    sh(&v)
+}
+
 /// Runs a command in a netns (`ip -n` style commands are preferred).
 pub fn sh_in(ns: &str, args: &[&str]) -> String {
     let mut v = vec!["ip", "netns", "exec", ns];
@@ -179,67 +186,24 @@ impl Topo {
         t.add_ns(&t.ext.clone());
         // The uplink is created inside the node netns with its peer directly in ext:
         // no device ever exists in the machine's own namespace.
-        sh(&[
-            "ip", "-n", &t.node, "link", "add", "up0", "type", "veth", "peer", "name", "eth0",
-            "netns", &t.ext,
-        ]);
-        sh(&[
-            "ip",
-            "-n",
+        ip_n(
             &t.node,
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "up0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.node,
-            "addr",
-            "add",
-            &format!("{NODE_IP6}/64"),
-            "dev",
-            "up0",
-            "nodad",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.ext,
-            "addr",
-            "add",
-            &format!("{EXT_IP}/24"),
-            "dev",
-            "eth0",
-        ]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.ext,
-            "addr",
-            "add",
-            &format!("{EXT_IP6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        sh(&["ip", "-n", &t.node, "link", "set", "up0", "up"]);
-        sh(&["ip", "-n", &t.ext, "link", "set", "eth0", "up"]);
-        sh(&[
-            "ip",
-            "-n",
-            &t.ext,
-            "route",
-            "add",
-            "10.0.0.0/8",
-            "via",
-            NODE_IP,
-        ]);
-        sh(&[
-            "ip", "-n", &t.ext, "-6", "route", "add", "fd00::/8", "via", NODE_IP6,
-        ]);
+            &[
+                "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", &t.ext,
+            ],
+        );
+        for (ns, dev, addr) in [
+            (&t.node, "up0", format!("{NODE_IP}/24")),
+            (&t.node, "up0", format!("{NODE_IP6}/64")),
+            (&t.ext, "eth0", format!("{EXT_IP}/24")),
+            (&t.ext, "eth0", format!("{EXT_IP6}/64")),
+        ] {
+            ip_n(ns, &["addr", "add", &addr, "dev", dev, "nodad"]);
+        }
+        ip_n(&t.node, &["link", "set", "up0", "up"]);
+        ip_n(&t.ext, &["link", "set", "eth0", "up"]);
+        ip_n(&t.ext, &["route", "add", "10.0.0.0/8", "via", NODE_IP]);
+        ip_n(&t.ext, &["-6", "route", "add", "fd00::/8", "via", NODE_IP6]);
         sh_in(
             &t.node,
             &[
@@ -259,7 +223,7 @@ impl Topo {
             .stderr(Stdio::null())
             .status();
         sh(&["ip", "netns", "add", name]);
-        sh(&["ip", "-n", name, "link", "set", "lo", "up"]);
+        ip_n(name, &["link", "set", "lo", "up"]);
         self.namespaces.lock().unwrap().push(name.to_string());
     }
 
@@ -435,7 +399,7 @@ impl Topo {
 
     /// Links in the node namespace (names).
     pub fn node_links(&self) -> Vec<String> {
-        sh(&["ip", "-n", &self.node, "-o", "link", "show"])
+        ip_n(&self.node, &["-o", "link", "show"])
             .lines()
             .filter_map(|l| {
                 l.split(':')
@@ -480,6 +444,13 @@ impl Drop for Topo {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `base` with `extra` deep-merged into it.
+pub fn merged(base: &Value, extra: Value) -> Value {
+    let mut v = base.clone();
+    merge(&mut v, extra);
+    v
 }
 
 /// Deep-merges `extra` into `base` (objects merge, everything else replaces).
