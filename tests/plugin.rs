@@ -170,21 +170,12 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     let _s1 = TcpServer::start(&p1, "::", 8080, "pod1");
     let _s2 = TcpServer::start(&p2, "::", 8080, "pod2");
     // From outside the node, through it, to each pod: the pod sees the client's own address.
-    assert_eq!(
-        tcp_get(&t.ext, a1, 8080).unwrap(),
-        format!("pod1 ::ffff:{EXT_IP}")
-    );
-    assert_eq!(
-        tcp_get(&t.ext, a2, 8080).unwrap(),
-        format!("pod2 ::ffff:{EXT_IP}")
-    );
-    assert_eq!(
-        tcp_get(&t.ext, b1, 8080).unwrap(),
-        format!("pod1 {EXT_IP6}")
-    );
+    assert_reply(&t.ext, a1, 8080, &format!("pod1 ::ffff:{EXT_IP}"));
+    assert_reply(&t.ext, a2, 8080, &format!("pod2 ::ffff:{EXT_IP}"));
+    assert_reply(&t.ext, b1, 8080, &format!("pod1 {EXT_IP6}"));
     // Pod to pod across the bridge keeps the pod source.
-    assert_eq!(tcp_get(&p1, a2, 8080).unwrap(), format!("pod2 ::ffff:{a1}"));
-    assert_eq!(tcp_get(&p2, b1, 8080).unwrap(), format!("pod1 {b2}"));
+    assert_reply(&p1, a2, 8080, &format!("pod2 ::ffff:{a1}"));
+    assert_reply(&p2, b1, 8080, &format!("pod1 {b2}"));
 
     // CHECK passes.
     let prev = json!({"prevResult": r1.clone()});
@@ -249,11 +240,8 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
         tcp_get(&t.ext, a1, 8080).is_err(),
         "pod1 still reachable after DEL"
     );
-    assert_eq!(
-        tcp_get(&t.ext, a2, 8080).unwrap(),
-        format!("pod2 ::ffff:{EXT_IP}"),
-        "DEL of pod1 broke pod2"
-    );
+    // DEL of pod1 must not break pod2.
+    assert_reply(&t.ext, a2, 8080, &format!("pod2 ::ffff:{EXT_IP}"));
     let d = t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
     eprintln!("DEL took {:?}", d.took);
     t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
@@ -299,15 +287,9 @@ fn routed_mode_pods_reachable() {
     );
     let _s1 = TcpServer::start(&p1, "::", 8080, "pod1");
     let _s2 = TcpServer::start(&p2, "::", 8080, "pod2");
-    assert_eq!(
-        tcp_get(&t.ext, a1, 8080).unwrap(),
-        format!("pod1 ::ffff:{EXT_IP}")
-    );
-    assert_eq!(
-        tcp_get(&t.ext, b1, 8080).unwrap(),
-        format!("pod1 {EXT_IP6}")
-    );
-    assert_eq!(tcp_get(&p2, a1, 8080).unwrap(), format!("pod1 ::ffff:{a2}"));
+    assert_reply(&t.ext, a1, 8080, &format!("pod1 ::ffff:{EXT_IP}"));
+    assert_reply(&t.ext, b1, 8080, &format!("pod1 {EXT_IP6}"));
+    assert_reply(&p2, a1, 8080, &format!("pod1 ::ffff:{a2}"));
     assert_eq!(
         t.files("bpf/v1/links").len(),
         4,
@@ -579,7 +561,7 @@ fn chained_after_reference_bridge_and_before_reference_tuning() {
     let rec = read(&t.dir.join("state/testnet/pod1:eth0.json"));
     assert!(rec.contains("8081"), "port mappings kept in state: {rec}");
     let _s = TcpServer::start(&p1, "0.0.0.0", 8080, "pod1");
-    assert_eq!(tcp_get(&t.ext, a, 8080).unwrap(), format!("pod1 {EXT_IP}"));
+    assert_reply(&t.ext, a, 8080, &format!("pod1 {EXT_IP}"));
     // CHECK through the chain.
     t.conflist("CHECK", &list, "pod1", &p1, "eth0", Some(&res))
         .unwrap_or_else(|e| panic!("{e:?}"));

@@ -563,6 +563,14 @@ pub fn tcp_get(ns: &str, dst: IpAddr, port: u16) -> Result<String, String> {
     .unwrap()
 }
 
+/// Asserts that a TCP connection from `ns` to `dst:port` is answered with
+/// `expected` (the server's name and the client address it saw).
+#[track_caller]
+pub fn assert_reply(ns: &str, dst: IpAddr, port: u16, expected: &str) {
+    let got = tcp_get(ns, dst, port).unwrap_or_else(|e| panic!("{ns} -> {dst}:{port}: {e}"));
+    assert_eq!(got, expected, "{ns} -> {dst}:{port}");
+}
+
 /// Binds a UDP socket in `ns` and waits up to `wait` for one datagram.
 pub fn udp_recv(
     ns: &str,
