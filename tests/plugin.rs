@@ -12,6 +12,13 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Asserts that the pod namespace has nothing but its loopback.
+#[track_caller]
+fn assert_pod_untouched(ns: &str) {
+    let links = ip_n(ns, &["-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 1, "pod should only have lo: {links}");
+}
+
 /// Asserts that nothing of (network) is left: no veths, no state, no
 /// reservations, no endpoint entries, no link pins.
 fn assert_clean(t: &Topo) {
@@ -130,12 +137,7 @@ fn version_and_bad_inputs_change_nothing() {
     );
     assert_clean(&t);
     // And the pod is untouched.
-    let pod_links = ip_n(&pod, &["-o", "link", "show"]);
-    assert_eq!(
-        pod_links.lines().count(),
-        1,
-        "pod should only have lo: {pod_links}"
-    );
+    assert_pod_untouched(&pod);
 }
 
 #[test]
@@ -246,12 +248,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     eprintln!("DEL took {:?}", d.took);
     t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
     assert_clean(&t);
-    let pod_links = ip_n(&p1, &["-o", "link", "show"]);
-    assert_eq!(
-        pod_links.lines().count(),
-        1,
-        "pod should only have lo left: {pod_links}"
-    );
+    assert_pod_untouched(&p1);
 }
 
 #[test]
@@ -344,12 +341,7 @@ fn failed_add_rolls_back_everything() {
     let out = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0");
     assert!(out.err_code() >= 100, "{}", out.stdout);
     assert_clean(&t);
-    let pod_links = ip_n(&p1, &["-o", "link", "show"]);
-    assert_eq!(
-        pod_links.lines().count(),
-        1,
-        "pod should only have lo: {pod_links}"
-    );
+    assert_pod_untouched(&p1);
     // The same container then succeeds with a good config; the released
     // address is not handed out again at once (round robin, as host-local).
     let good = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.3.0.0/24"}]]}}));
@@ -836,7 +828,7 @@ fn host_ports_are_owned_by_one_container() {
         "a refused ADD changed the node"
     );
     assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
-    assert_eq!(ip_n(&p2, &["-o", "link", "show"]).lines().count(), 1);
+    assert_pod_untouched(&p2);
 
     // The same port with another protocol, or another hostIP, is fine.
     let c3 = with_ports(
