@@ -12,6 +12,20 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
+/// Asserts that `bpftool map dump pinned` of `map` prints these field names
+/// (the maps carry BTF).
+#[track_caller]
+fn assert_bpftool_fields(t: &Topo, map: &str, fields: &[&str]) {
+    let path = t.pin().join("v1/maps").join(map);
+    let dump = sh(&["bpftool", "map", "dump", "pinned", path.to_str().unwrap()]);
+    for field in fields {
+        assert!(
+            dump.contains(&format!("\"{field}\"")),
+            "bpftool dump lacks {field}: {dump}"
+        );
+    }
+}
+
 /// Asserts that the pod namespace has nothing but its loopback.
 #[track_caller]
 fn assert_pod_untouched(ns: &str) {
@@ -215,22 +229,11 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
         ep["fromPackets"].as_u64().unwrap() > 0 && ep["toPackets"].as_u64().unwrap() > 0,
         "{ep}"
     );
-    let dump = sh(&[
-        "bpftool",
-        "map",
-        "dump",
-        "pinned",
-        t.pin().join("v1/maps/endpoints").to_str().unwrap(),
-    ]);
-    for field in [
-        "\"ifindex\"",
-        "\"owner\"",
-        "\"mac\"",
-        "\"family\"",
-        "\"addr\"",
-    ] {
-        assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
-    }
+    assert_bpftool_fields(
+        &t,
+        "endpoints",
+        &["ifindex", "owner", "mac", "family", "addr"],
+    );
     let progs = sh(&["ip", "netns", "exec", &t.node, "bpftool", "net", "show"]);
     eprintln!("{progs}");
 
@@ -796,21 +799,11 @@ fn host_ports_are_owned_by_one_container() {
     assert_eq!(tcp4["containerPort"], 80);
     let udp = ports.iter().find(|p| p["protocol"] == "udp").unwrap();
     assert_eq!(udp["hostIP"], NODE_IP);
-    let dump = sh(&[
-        "bpftool",
-        "map",
-        "dump",
-        "pinned",
-        t.pin().join("v1/maps/portmap").to_str().unwrap(),
-    ]);
-    for field in [
-        "\"host_port\"",
-        "\"container_port\"",
-        "\"pod_ip\"",
-        "\"owner\"",
-    ] {
-        assert!(dump.contains(field), "bpftool dump lacks {field}: {dump}");
-    }
+    assert_bpftool_fields(
+        &t,
+        "portmap",
+        &["host_port", "container_port", "pod_ip", "owner"],
+    );
 
     // Same port and protocol: refused, naming the owner, nothing changed.
     let c2 = with_ports(json!([{"hostPort": 8080, "containerPort": 8080, "protocol": "tcp"}]));
