@@ -133,7 +133,7 @@ fn version_and_bad_inputs_change_nothing() {
     }
     // DEL never fails on capability arguments it does not use.
     let bad_rc = t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 9000, "containerPort": 80, "protocol": "sctp"}]}}));
-    t.cni("DEL", &bad_rc, "c1", Some(&pod), "eth0").ok();
+    t.del(&bad_rc, "c1", Some(&pod), "eth0");
     // Missing variables are named.
     let out = t.exec(
         BIN,
@@ -206,11 +206,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     assert_eq!(out.err_code(), 104, "{}", out.stdout);
     assert!(out.msg().contains("not attached"), "{}", out.msg());
     // A retried ADD of the same container repairs it (and keeps the address).
-    let again = t
-        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let again = t.add(&conf, "pod1", Some(&p1), "eth0");
     assert_eq!(result_ip(&again, false), a1);
     let r1 = again;
     let cc = merged(&conf, json!({"prevResult": r1.clone()}));
@@ -239,7 +235,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
 
     // DEL three times each; everything goes.
     for _ in 0..3 {
-        t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+        t.del(&conf, "pod1", Some(&p1), "eth0");
     }
     assert!(
         tcp_get(&t.ext, a1, 8080).is_err(),
@@ -249,7 +245,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     assert_reply(&t.ext, a2, 8080, &format!("pod2 ::ffff:{EXT_IP}"));
     let d = t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
     eprintln!("DEL took {:?}", d.took);
-    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    t.del(&conf, "pod2", Some(&p2), "eth0");
     assert_clean(&t);
     assert_pod_untouched(&p1);
 }
@@ -260,16 +256,8 @@ fn routed_mode_pods_reachable() {
     let (p1, p2) = (t.pod("p1"), t.pod("p2"));
     // Routed mode also runs with TCX links (pinned), the bridge test with the default netlink filters.
     let conf = t.conf(json!({"mode": "routed", "attachMode": "tcx", "ipam": {"ranges": [[{"subnet": "10.2.0.0/24"}], [{"subnet": "fd00:2::/64"}]]}}));
-    let r1 = t
-        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
-    let r2 = t
-        .cni("ADD", &conf, "pod2", Some(&p2), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r1 = t.add(&conf, "pod1", Some(&p1), "eth0");
+    let r2 = t.add(&conf, "pod2", Some(&p2), "eth0");
     assert_eq!(
         r1["interfaces"].as_array().unwrap().len(),
         2,
@@ -297,8 +285,8 @@ fn routed_mode_pods_reachable() {
     );
     let cc = merged(&conf, json!({"prevResult": r1}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
-    t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
-    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+    t.del(&conf, "pod2", Some(&p2), "eth0");
     assert_clean(&t);
 }
 
@@ -310,27 +298,22 @@ fn del_works_without_netns_state_or_prev_result() {
     t.cni("ADD", &conf, "pod1", Some(&p1), "eth0").ok();
     t.del_ns(&p1);
     // The netns is gone, and DEL gets no CNI_NETNS at all.
-    t.cni("DEL", &conf, "pod1", None, "eth0").ok();
-    t.cni("DEL", &conf, "pod1", None, "eth0").ok();
+    t.del(&conf, "pod1", None, "eth0");
+    t.del(&conf, "pod1", None, "eth0");
     assert_clean(&t);
     // A DEL for a container never seen, with a netns path that does not exist.
-    t.cni("DEL", &conf, "never-added", Some("no-such-ns"), "eth0")
-        .ok();
+    t.del(&conf, "never-added", Some("no-such-ns"), "eth0");
     // State lost but the kernel side still there: DEL finds it by derived names and owner.
     let p2 = t.pod("p2");
     t.cni("ADD", &conf, "pod2", Some(&p2), "eth0").ok();
     std::fs::remove_dir_all(t.dir.join("state/testnet")).unwrap();
-    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
+    t.del(&conf, "pod2", Some(&p2), "eth0");
     assert_clean(&t);
     // The same with the prevResult libcni passes on DEL: still main mode, still complete.
-    let r3 = t
-        .cni("ADD", &conf, "pod3", Some(&p2), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r3 = t.add(&conf, "pod3", Some(&p2), "eth0");
     std::fs::remove_dir_all(t.dir.join("state/testnet")).unwrap();
     let with_prev = merged(&conf, json!({"prevResult": r3}));
-    t.cni("DEL", &with_prev, "pod3", Some(&p2), "eth0").ok();
+    t.del(&with_prev, "pod3", Some(&p2), "eth0");
     assert_clean(&t);
 }
 
@@ -348,36 +331,24 @@ fn failed_add_rolls_back_everything() {
     // The same container then succeeds with a good config; the released
     // address is not handed out again at once (round robin, as host-local).
     let good = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.3.0.0/24"}]]}}));
-    let r = t
-        .cni("ADD", &good, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r = t.add(&good, "pod1", Some(&p1), "eth0");
     assert_eq!(result_ip(&r, false), ip("10.3.0.3"));
     // ADD into a netns where the interface already exists is an error, and changes nothing.
     let again = t.cni("ADD", &good, "pod9", Some(&p1), "eth0");
     assert_eq!(again.err_code(), 4, "{}", again.stdout);
     assert!(again.msg().contains("already exists"), "{}", again.msg());
-    t.cni("DEL", &good, "pod1", Some(&p1), "eth0").ok();
+    t.del(&good, "pod1", Some(&p1), "eth0");
     assert_clean(&t);
     // A retried ADD (same container) converges instead of failing.
-    let r1 = t
-        .cni("ADD", &good, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
-    let r2 = t
-        .cni("ADD", &good, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r1 = t.add(&good, "pod1", Some(&p1), "eth0");
+    let r2 = t.add(&good, "pod1", Some(&p1), "eth0");
     assert_eq!(
         result_ip(&r2, false),
         result_ip(&r1, false),
         "a retried ADD keeps its address"
     );
     assert_eq!(t.inspect()["endpoints"].as_array().unwrap().len(), 1);
-    t.cni("DEL", &good, "pod1", Some(&p1), "eth0").ok();
+    t.del(&good, "pod1", Some(&p1), "eth0");
     assert_clean(&t);
 }
 
@@ -408,7 +379,7 @@ fn parallel_adds_get_distinct_addresses() {
         .map(|(i, p)| {
             let (t, conf, p) = (t.clone(), conf.clone(), p.clone());
             std::thread::spawn(move || {
-                t.cni("DEL", &conf, &format!("c{i}"), Some(&p), "eth0").ok();
+                t.del(&conf, &format!("c{i}"), Some(&p), "eth0");
             })
         })
         .collect();
@@ -472,8 +443,7 @@ fn shares_a_data_dir_with_the_reference_host_local() {
     for i in 0..16 {
         let p = &pods[i / 2];
         if i % 2 == 0 {
-            t.cni("DEL", &conf, &format!("ours{i}"), Some(p), "eth0")
-                .ok();
+            t.del(&conf, &format!("ours{i}"), Some(p), "eth0");
         } else {
             let call = Call {
                 cmd: "DEL",
@@ -498,11 +468,7 @@ fn anti_spoofing_drops_forged_sources() {
     let t = Topo::new("sp");
     let p1 = t.pod("p1");
     let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.6.0.0/24"}]]}}));
-    let r = t
-        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r = t.add(&conf, "pod1", Some(&p1), "eth0");
     let own = result_ip(&r, false);
     // The pod gives itself a second address that IPAM never assigned.
     ip_n(&p1, &["addr", "add", "10.6.0.200/24", "dev", "eth0"]);
@@ -528,7 +494,7 @@ fn anti_spoofing_drops_forged_sources() {
     );
     let ep = insp["endpoints"].as_array().unwrap()[0].clone();
     assert!(ep["dropSpoofed"].as_u64().unwrap() >= 1, "{ep}");
-    t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+    t.del(&conf, "pod1", Some(&p1), "eth0");
     assert_clean(&t);
 }
 
@@ -600,11 +566,7 @@ fn check_gc_and_status() {
         conf.to_string().as_bytes(),
     )
     .ok();
-    let r1 = t
-        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r1 = t.add(&conf, "pod1", Some(&p1), "eth0");
     t.cni("ADD", &conf, "pod2", Some(&p2), "eth0").ok();
     // CHECK notices a removed address.
     let a1 = result_ip(&r1, false);
@@ -678,7 +640,7 @@ fn check_gc_and_status() {
         ex.msg()
     );
     for (i, p) in pods.iter().enumerate() {
-        t.cni("DEL", &conf, &format!("x{i}"), Some(p), "eth0").ok();
+        t.del(&conf, &format!("x{i}"), Some(p), "eth0");
     }
     assert_clean(&t);
 }
@@ -694,17 +656,13 @@ fn delegated_ipam_and_requested_addresses() {
     // Debian's reference `static` IPAM plugin, found on CNI_PATH.
     let conf = t.conf(json!({"ipam": {"type": "static", "addresses": [{"address": "10.10.0.5/24", "gateway": "10.10.0.1"}],
         "routes": [{"dst": "0.0.0.0/0"}]}}));
-    let r = t
-        .cni("ADD", &conf, "pod1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r = t.add(&conf, "pod1", Some(&p1), "eth0");
     assert_eq!(result_ip(&r, false), ip("10.10.0.5"));
     let addr = ip_n(&p1, &["-o", "addr", "show", "eth0"]);
     assert!(addr.contains("10.10.0.5/24"), "{addr}");
     let cc = merged(&conf, json!({"cniVersion": "1.0.0", "prevResult": r}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
-    t.cni("DEL", &conf, "pod1", Some(&p1), "eth0").ok();
+    t.del(&conf, "pod1", Some(&p1), "eth0");
 
     // CNI_ARGS IP= and MAC=, with K8S_* keys ignored as IgnoreUnknown allows.
     let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.11.0.0/24"}]]}}));
@@ -731,11 +689,7 @@ fn delegated_ipam_and_requested_addresses() {
         &mut rc,
         json!({"runtimeConfig": {"ips": ["10.11.0.88/24"], "mac": "02:42:ac:11:00:88"}}),
     );
-    let r = t
-        .cni("ADD", &rc, "pod3", Some(&p3), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r = t.add(&rc, "pod3", Some(&p3), "eth0");
     assert_eq!(result_ip(&r, false), ip("10.11.0.88"));
     assert_eq!(r["interfaces"][2]["mac"], "02:42:ac:11:00:88");
     // A requested address already taken: clear error, nothing changed.
@@ -743,8 +697,8 @@ fn delegated_ipam_and_requested_addresses() {
     let taken = t.cni("ADD", &rc, "pod4", Some(&p4), "eth0");
     assert_eq!(taken.err_code(), 101, "{}", taken.stdout);
     assert!(taken.msg().contains("10.11.0.88"), "{}", taken.msg());
-    t.cni("DEL", &conf, "pod2", Some(&p2), "eth0").ok();
-    t.cni("DEL", &rc, "pod3", Some(&p3), "eth0").ok();
+    t.del(&conf, "pod2", Some(&p2), "eth0");
+    t.del(&rc, "pod3", Some(&p3), "eth0");
     assert_clean(&t);
 }
 
@@ -757,17 +711,13 @@ fn old_versions_get_old_result_shapes() {
     {
         let p = t.pod(&format!("v{i}"));
         let conf = t.conf(json!({"cniVersion": v, "mtu": 1450, "ipam": {"ranges": [[{"subnet": "10.12.0.0/24"}]]}}));
-        let r = t
-            .cni("ADD", &conf, &format!("c{i}"), Some(&p), "eth0")
-            .ok()
-            .json
-            .unwrap();
+        let r = t.add(&conf, &format!("c{i}"), Some(&p), "eth0");
         assert_eq!(r["cniVersion"], *v);
         let has_version_field = r["ips"][0].get("version").is_some();
         assert_eq!(has_version_field, v.starts_with("0."), "{v}: {r}");
         let has_mtu = r["interfaces"][2].get("mtu").is_some();
         assert_eq!(has_mtu, *v == "1.1.0", "{v}: {r}");
-        t.cni("DEL", &conf, &format!("c{i}"), Some(&p), "eth0").ok();
+        t.del(&conf, &format!("c{i}"), Some(&p), "eth0");
     }
     assert_clean(&t);
 }
@@ -782,11 +732,7 @@ fn host_ports_are_owned_by_one_container() {
     let c1 = with_ports(
         json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": NODE_IP}]),
     );
-    let r1 = t
-        .cni("ADD", &c1, "owner1", Some(&p1), "eth0")
-        .ok()
-        .json
-        .unwrap();
+    let r1 = t.add(&c1, "owner1", Some(&p1), "eth0");
     let insp = t.inspect();
     let ports = insp["portMappings"].as_array().unwrap().clone();
     // tcp/8080 for both families, udp/5353 only on the IPv4 hostIP.
@@ -831,11 +777,11 @@ fn host_ports_are_owned_by_one_container() {
     assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 6);
 
     // DEL without runtimeConfig removes exactly the owner's mappings; then the port is free.
-    t.cni("DEL", &t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.13.0.0/24"}], [{"subnet": "fd00:13::/64"}]]}})), "owner1", Some(&p1), "eth0").ok();
+    t.del(&t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.13.0.0/24"}], [{"subnet": "fd00:13::/64"}]]}})), "owner1", Some(&p1), "eth0");
     assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
     t.cni("ADD", &c2, "intruder", Some(&p2), "eth0").ok();
-    t.cni("DEL", &c2, "intruder", Some(&p2), "eth0").ok();
-    t.cni("DEL", &c3, "other", Some(&p3), "eth0").ok();
+    t.del(&c2, "intruder", Some(&p2), "eth0");
+    t.del(&c3, "other", Some(&p3), "eth0");
     assert!(t.inspect()["portMappings"].as_array().unwrap().is_empty());
     assert_clean(&t);
 }

@@ -333,6 +333,20 @@ impl Topo {
         self.exec(BIN, &call, conf.to_string().as_bytes())
     }
 
+    /// A successful ADD; returns the result.
+    #[track_caller]
+    pub fn add(&self, conf: &Value, cid: &str, pod_ns: Option<&str>, ifname: &str) -> Value {
+        let out = self.cni("ADD", conf, cid, pod_ns, ifname).ok();
+        out.json
+            .unwrap_or_else(|| panic!("ADD printed no JSON: {}", out.stdout))
+    }
+
+    /// A successful DEL.
+    #[track_caller]
+    pub fn del(&self, conf: &Value, cid: &str, pod_ns: Option<&str>, ifname: &str) {
+        self.cni("DEL", conf, cid, pod_ns, ifname).ok();
+    }
+
     /// Runs a conflist as libcni does: ADD in order with prevResult, DEL in
     /// reverse. Returns the final result (ADD) or nothing.
     /// `cached` is the final ADD result, which libcni hands to every plugin as
