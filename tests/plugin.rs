@@ -16,7 +16,7 @@ fn ip(s: &str) -> IpAddr {
 /// (the maps carry BTF).
 #[track_caller]
 fn assert_bpftool_fields(t: &Topo, map: &str, fields: &[&str]) {
-    let path = t.pin().join("v1/maps").join(map);
+    let path = t.dir.join(t.abi_dir()).join("maps").join(map);
     let dump = sh(&["bpftool", "map", "dump", "pinned", path.to_str().unwrap()]);
     for field in fields {
         assert!(
@@ -54,12 +54,12 @@ fn assert_clean(t: &Topo) {
         .filter(|f| f != "lock" && !f.starts_with("last_reserved_ip"))
         .collect();
     assert!(ipam.is_empty(), "IP reservations left: {ipam:?}");
-    if t.pin().join("v1/maps/endpoints").exists() {
+    if t.dir.join(t.abi_dir()).join("maps/endpoints").exists() {
         let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
         assert!(eps.is_empty(), "endpoint entries left: {eps:?}");
         let ports = t.inspect()["portMappings"].as_array().unwrap().clone();
         assert!(ports.is_empty(), "hostPort mappings left: {ports:?}");
-        let pins = t.files("bpf/v1/links");
+        let pins = t.endpoint_link_pins();
         assert!(pins.is_empty(), "link pins left: {pins:?}");
     }
 }
@@ -278,11 +278,7 @@ fn routed_mode_pods_reachable() {
     assert_reply(&t.ext, a1, 8080, &format!("pod1 ::ffff:{EXT_IP}"));
     assert_reply(&t.ext, b1, 8080, &format!("pod1 {EXT_IP6}"));
     assert_reply(&p2, a1, 8080, &format!("pod1 ::ffff:{a2}"));
-    assert_eq!(
-        t.files("bpf/v1/links").len(),
-        4,
-        "two TCX link pins per pod"
-    );
+    assert_eq!(t.endpoint_link_pins().len(), 4, "two TCX link pins per pod");
     let cc = merged(&conf, json!({"prevResult": r1}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
     t.del(&conf, "pod1", Some(&p1), "eth0");

@@ -8,7 +8,7 @@ use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey};
 
 use crate::{
     maps::{count, endpoints, ep_stats},
-    packet::{ptr_at, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
+    packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
 };
 
 #[inline(always)]
@@ -42,7 +42,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
                 st.from_bytes += u64::from(ctx.len());
             }
             count(Counter::FromContainerPass);
-            TC_ACT_OK
+            crate::hairpin::from_pod(ctx, ifindex).unwrap_or(TC_ACT_OK)
         }
         Err(reason) => {
             if let Some(st) = st {
@@ -70,16 +70,14 @@ pub fn to_container(ctx: &TcContext) {
 
 /// Ok if the packet's source belongs to the endpoint behind `ifindex`, or is not
 /// IP (ARP is left to the kernel). `Err(None)` is a truncated IP header.
-#[inline(always)]
+#[inline(never)]
 fn check_source(ctx: &TcContext, ifindex: u32) -> Result<(), Option<Spoof>> {
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(None)?;
-    // SAFETY: ptr_at checked that the header lies inside the packet.
-    let (proto, src_mac) = unsafe { (u16::from_be_bytes((*eth).proto), (*eth).src) };
+    let eth: EthHdr = ctx.load(0).map_err(|_| None)?;
+    let (proto, src_mac) = (u16::from_be_bytes(eth.proto), eth.src);
     let key = match proto {
         ETH_P_IP => {
-            let ip = ptr_at::<Ipv4Hdr>(ctx, ETH_LEN).ok_or(None)?;
-            // SAFETY: bounds checked by ptr_at.
-            let src = unsafe { (*ip).src };
+            let ip: Ipv4Hdr = ctx.load(ETH_LEN).map_err(|_| None)?;
+            let src = ip.src;
             // DHCP clients send from 0.0.0.0 before they have an address.
             if src == [0, 0, 0, 0] {
                 return Ok(());
@@ -87,9 +85,8 @@ fn check_source(ctx: &TcContext, ifindex: u32) -> Result<(), Option<Spoof>> {
             IpKey::v4(src)
         }
         ETH_P_IPV6 => {
-            let ip = ptr_at::<Ipv6Hdr>(ctx, ETH_LEN).ok_or(None)?;
-            // SAFETY: bounds checked by ptr_at.
-            let src = unsafe { (*ip).src };
+            let ip: Ipv6Hdr = ctx.load(ETH_LEN).map_err(|_| None)?;
+            let src = ip.src;
             // Link-local (fe80::/10) and unspecified (::, duplicate address
             // detection) sources are needed by neighbour discovery and never
             // leave the link.

@@ -4,12 +4,13 @@
 //! by explicit path, so no pinning flag is set here.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use cni_ebpf_common::{
-    Counter, EndpointInfo, EndpointStats, IpKey, PortKey, PortTarget, ENDPOINTS_MAX, EP_STATS_MAX,
-    PORTMAP_MAX,
+    Config, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatValue, NoMasqKey, PortKey,
+    PortTarget, SockRevKey, SockRevValue, UplinkInfo, ENDPOINTS_MAX, EP_STATS_MAX, NAT_MAX,
+    NODE_ADDRS_MAX, NO_MASQ_MAX, NO_MASQ_PREFIX_BASE, PORTMAP_MAX, SOCK_REV_MAX, UPLINKS_MAX,
 };
 
 /// Pod IP -> endpoint (see `cni_ebpf_common::map::ENDPOINTS`).
@@ -26,6 +27,31 @@ pub static ep_stats: PerCpuHashMap<u32, EndpointStats, { EP_STATS_MAX as usize }
 #[btf_map]
 pub static portmap: HashMap<PortKey, PortTarget, { PORTMAP_MAX as usize }> = HashMap::new();
 
+/// Translations of live flows (see `cni_ebpf_common::map::NAT`).
+#[btf_map]
+pub static nat: LruHashMap<NatKey, NatValue, { NAT_MAX as usize }> = LruHashMap::new();
+
+/// The node's own addresses (hostPort without hostIP matches these).
+#[btf_map]
+pub static node_addrs: HashMap<IpKey, u32, { NODE_ADDRS_MAX as usize }> = HashMap::new();
+
+/// Uplink ifindex -> masquerade addresses.
+#[btf_map]
+pub static uplinks: HashMap<u32, UplinkInfo, { UPLINKS_MAX as usize }> = HashMap::new();
+
+/// Destinations never masqueraded.
+#[btf_map]
+pub static no_masq: LpmTrie<NoMasqKey, u32, { NO_MASQ_MAX as usize }> = LpmTrie::new();
+
+/// Node-wide settings (one entry).
+#[btf_map]
+pub static config: Array<Config, 1> = Array::new();
+
+/// Node-local sockets redirected to a pod: what they originally asked for.
+#[btf_map]
+pub static sock_rev: LruHashMap<SockRevKey, SockRevValue, { SOCK_REV_MAX as usize }> =
+    LruHashMap::new();
+
 /// Node-wide counters indexed by `Counter`.
 #[btf_map]
 pub static stats: PerCpuArray<u64, { Counter::COUNT as usize }> = PerCpuArray::new();
@@ -37,4 +63,24 @@ pub fn count(c: Counter) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *p += 1 };
     }
+}
+
+/// The node-wide settings (zeroes until the loader writes them).
+#[inline(always)]
+pub fn settings() -> Config {
+    config.get(0).copied().unwrap_or_default()
+}
+
+/// True if `daddr` is exempt from masquerade by the configured list.
+#[inline(always)]
+pub fn no_masq_hit(family: u8, addr: &[u8; 16]) -> bool {
+    let key = Key::new(
+        NO_MASQ_PREFIX_BASE + 128,
+        NoMasqKey {
+            family,
+            pad: [0; 3],
+            addr: *addr,
+        },
+    );
+    no_masq.get(&key).is_some()
 }

@@ -1,6 +1,7 @@
-//! Header layouts and the one bounds-checked accessor every header read uses.
-
-use aya_ebpf::programs::TcContext;
+//! Header layouts. Headers are read with `TcContext::load`
+//! (`bpf_skb_load_bytes`), which bounds-checks in the helper: functions can
+//! then take the context alone, without packet pointers the verifier cannot
+//! follow across calls.
 
 /// Ethernet header length.
 pub const ETH_LEN: usize = 14;
@@ -42,17 +43,4 @@ pub struct Ipv6Hdr {
     pub hop_limit: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
-}
-
-/// A pointer to a `T` at `offset` in the packet, or `None` if the packet is
-/// shorter. The check sits right before the access, where the verifier wants it.
-#[inline(always)]
-pub fn ptr_at<T>(ctx: &TcContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    let len = core::mem::size_of::<T>();
-    if start + offset + len > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
 }

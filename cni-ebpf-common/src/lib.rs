@@ -10,7 +10,7 @@
 
 /// Version of the pinned layout (`<pin root>/v<N>/...`). Bumped whenever a map
 /// key or value changes size or meaning, so an old pin is never reused blindly.
-pub const PIN_ABI_VERSION: u32 = 1;
+pub const PIN_ABI_VERSION: u32 = 2;
 
 /// Names of the eBPF programs (ELF symbol names, at most 15 bytes each).
 pub mod prog {
@@ -18,8 +18,39 @@ pub mod prog {
     pub const FROM_CONTAINER: &str = "from_container";
     /// TC egress of a pod's host-side veth: packets entering the container.
     pub const TO_CONTAINER: &str = "to_container";
-    /// Every program, in load order.
-    pub const ALL: [&str; 2] = [FROM_CONTAINER, TO_CONTAINER];
+    /// TC ingress of a node uplink: packets arriving at the node.
+    pub const FROM_NETDEV: &str = "from_netdev";
+    /// TC egress of a node uplink: packets leaving the node.
+    pub const TO_NETDEV: &str = "to_netdev";
+    /// Every TC program, in load order.
+    pub const TC: [&str; 4] = [FROM_CONTAINER, TO_CONTAINER, FROM_NETDEV, TO_NETDEV];
+    /// cgroup `connect4` hook (node-local hostPort access).
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    /// cgroup `connect6` hook.
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
+    /// cgroup `sendmsg4` hook (unconnected UDP).
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup `sendmsg6` hook.
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
+    /// cgroup `recvmsg4` hook (UDP replies show the address the socket used).
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup `recvmsg6` hook.
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
+    /// cgroup `getpeername4` hook.
+    pub const SOCK_PEER4: &str = "sock_peer4";
+    /// cgroup `getpeername6` hook.
+    pub const SOCK_PEER6: &str = "sock_peer6";
+    /// Every socket hook.
+    pub const SOCK: [&str; 8] = [
+        SOCK_CONNECT4,
+        SOCK_CONNECT6,
+        SOCK_SENDMSG4,
+        SOCK_SENDMSG6,
+        SOCK_RECVMSG4,
+        SOCK_RECVMSG6,
+        SOCK_PEER4,
+        SOCK_PEER6,
+    ];
 }
 
 /// Names of the maps (at most 15 bytes each); each is pinned under `maps/`.
@@ -32,8 +63,25 @@ pub mod map {
     pub const STATS: &str = "stats";
     /// [`PortKey`](crate::PortKey) -> [`PortTarget`](crate::PortTarget): hostPort mappings.
     pub const PORTMAP: &str = "portmap";
+    /// [`NatKey`](crate::NatKey) -> [`NatValue`](crate::NatValue): the
+    /// translations of live flows, both directions (LRU).
+    pub const NAT: &str = "nat";
+    /// Node address ([`IpKey`](crate::IpKey)) -> `u32` flags: what counts as
+    /// "the node" for a hostPort without hostIP.
+    pub const NODE_ADDRS: &str = "node_addrs";
+    /// Uplink ifindex -> [`UplinkInfo`](crate::UplinkInfo).
+    pub const UPLINKS: &str = "uplinks";
+    /// LPM trie of destinations never masqueraded ([`NoMasqKey`](crate::NoMasqKey) -> `u32`).
+    pub const NO_MASQ: &str = "no_masq";
+    /// One-entry array: [`Config`](crate::Config).
+    pub const CONFIG: &str = "config";
+    /// [`SockRevKey`](crate::SockRevKey) -> [`SockRevValue`](crate::SockRevValue):
+    /// what a node-local socket originally asked for (LRU).
+    pub const SOCK_REV: &str = "sock_rev";
     /// Every map.
-    pub const ALL: [&str; 4] = [ENDPOINTS, EP_STATS, STATS, PORTMAP];
+    pub const ALL: [&str; 10] = [
+        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG, SOCK_REV,
+    ];
 }
 
 /// Default capacity of [`map::ENDPOINTS`] (pod addresses per node).
@@ -42,6 +90,16 @@ pub const ENDPOINTS_MAX: u32 = 65536;
 pub const PORTMAP_MAX: u32 = 65536;
 /// Default capacity of [`map::EP_STATS`] (pod interfaces per node).
 pub const EP_STATS_MAX: u32 = 32768;
+/// Capacity of [`map::NAT`]: two entries per translated flow.
+pub const NAT_MAX: u32 = 262144;
+/// Capacity of [`map::NODE_ADDRS`].
+pub const NODE_ADDRS_MAX: u32 = 1024;
+/// Capacity of [`map::UPLINKS`].
+pub const UPLINKS_MAX: u32 = 64;
+/// Capacity of [`map::NO_MASQ`].
+pub const NO_MASQ_MAX: u32 = 1024;
+/// Capacity of [`map::SOCK_REV`].
+pub const SOCK_REV_MAX: u32 = 65536;
 
 /// Address family tag in [`IpKey::family`], as in `AF_INET`.
 pub const FAMILY_V4: u8 = 2;
@@ -127,6 +185,9 @@ pub struct PortTarget {
 
 /// The endpoint owns this address (set on every entry the loader writes).
 pub const EP_FLAG_ACTIVE: u32 = 1;
+/// Traffic from this address that leaves through an uplink is masqueraded
+/// (`ipMasq`), unless its destination is exempt.
+pub const EP_FLAG_MASQ: u32 = 2;
 
 /// What the node knows about one pod address.
 #[repr(C)]
@@ -141,8 +202,11 @@ pub struct EndpointInfo {
     pub owner: u64,
     /// MAC address of the pod's interface.
     pub mac: [u8; 6],
+    /// Prefix length of the pod's subnet (destinations inside it are never
+    /// masqueraded, as with `bridge`'s `ipMasq`).
+    pub prefix_len: u8,
     /// Explicit padding, always zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
 }
 
 /// Per-endpoint traffic counters (per CPU; userspace sums them).
@@ -159,6 +223,11 @@ pub struct EndpointStats {
     pub to_bytes: u64,
     /// Packets from the container dropped because their source was not its own.
     pub drop_spoofed: u64,
+    /// Packets of this endpoint whose addresses or ports were translated
+    /// (hostPort, hairpin, masquerade, either direction).
+    pub translated: u64,
+    /// Packets of this endpoint dropped by NAT (no free masquerade port).
+    pub drop_nat: u64,
 }
 
 /// Node-wide counters, indices into [`map::STATS`].
@@ -175,11 +244,29 @@ pub enum Counter {
     DropSpoofedMac = 3,
     /// Dropped: IP header truncated or malformed.
     DropMalformed = 4,
+    /// hostPort DNAT of a packet arriving on an uplink.
+    NatHostPort = 5,
+    /// hostPort DNAT of a pod's packet to a node address (hairpin).
+    NatHairpin = 6,
+    /// Masquerade SNAT of a packet leaving through an uplink.
+    NatMasq = 7,
+    /// Reply of a translated flow translated back.
+    NatReply = 8,
+    /// ICMP error about a translated flow translated (outer and inner header).
+    NatIcmpError = 9,
+    /// A new masqueraded flow (port allocated).
+    NatMasqNew = 10,
+    /// Dropped: no free masquerade port for a new flow.
+    DropNatNoPort = 11,
+    /// A translation whose endpoint is gone or changed owner was discarded.
+    NatStale = 12,
+    /// A node-local socket's connect/sendmsg was redirected to a pod.
+    SockTranslated = 13,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 14;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -187,7 +274,156 @@ impl Counter {
         (Counter::DropSpoofedIp, "drop_spoofed_ip"),
         (Counter::DropSpoofedMac, "drop_spoofed_mac"),
         (Counter::DropMalformed, "drop_malformed"),
+        (Counter::NatHostPort, "nat_hostport"),
+        (Counter::NatHairpin, "nat_hairpin"),
+        (Counter::NatMasq, "nat_masq"),
+        (Counter::NatReply, "nat_reply"),
+        (Counter::NatIcmpError, "nat_icmp_error"),
+        (Counter::NatMasqNew, "nat_masq_new"),
+        (Counter::DropNatNoPort, "drop_nat_no_port"),
+        (Counter::NatStale, "nat_stale"),
+        (Counter::SockTranslated, "sock_translated"),
     ];
+}
+
+/// Where a [`NatKey`] applies: the host veth programs (hairpin) or the uplink
+/// programs (hostPort from outside, masquerade). Part of the key, so each hook
+/// sees only its own translations.
+pub mod scope {
+    /// Host veth ingress (`from_container`).
+    pub const POD: u8 = 1;
+    /// Uplink ingress and egress.
+    pub const NETDEV: u8 = 2;
+}
+
+/// What made a [`NatValue`].
+pub mod nat_kind {
+    /// Reply of a hostPort flow from outside (pod -> client, back to nodeIP:hostPort).
+    pub const HOSTPORT_REPLY: u8 = 1;
+    /// Reply of a hairpin flow (pod -> pod via nodeIP:hostPort).
+    pub const HAIRPIN_REPLY: u8 = 2;
+    /// Masqueraded flow, pod -> outside.
+    pub const MASQ: u8 = 3;
+    /// Reply of a masqueraded flow, outside -> node port, back to the pod.
+    pub const MASQ_REPLY: u8 = 4;
+}
+
+/// A flow as one hook sees it: the key of [`map::NAT`]. Ports are in network
+/// order; ICMP echo uses the identifier as source port of requests and as
+/// destination port of replies (the other port is 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct NatKey {
+    /// Source address (IPv4 in the first 4 bytes).
+    pub saddr: [u8; 16],
+    /// Destination address.
+    pub daddr: [u8; 16],
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// [`scope`].
+    pub scope: u8,
+    /// Explicit padding, always zero.
+    pub pad: u8,
+}
+
+/// The translated flow a [`NatKey`] becomes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NatValue {
+    /// New source address.
+    pub saddr: [u8; 16],
+    /// New destination address.
+    pub daddr: [u8; 16],
+    /// New source port.
+    pub sport: u16,
+    /// New destination port.
+    pub dport: u16,
+    /// [`nat_kind`].
+    pub kind: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 3],
+    /// [`owner_id`] of the pod the flow belongs to. The programs discard the
+    /// entry when the pod's address no longer has this owner, so a reused
+    /// address never inherits a translation (DEL needs no scan).
+    pub owner: u64,
+}
+
+/// What the programs need to know about an uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UplinkInfo {
+    /// Masquerade source for IPv4 (all zero: no IPv4 masquerade here).
+    pub addr4: [u8; 4],
+    /// Explicit padding, always zero.
+    pub pad: [u8; 4],
+    /// Masquerade source for IPv6.
+    pub addr6: [u8; 16],
+}
+
+/// Key of [`map::NO_MASQ`]: the data of an LPM key whose prefix length
+/// counts the family and padding bytes ([`NO_MASQ_PREFIX_BASE`] + CIDR prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NoMasqKey {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 3],
+    /// Address bytes (IPv4 in the first 4).
+    pub addr: [u8; 16],
+}
+
+/// Bits of a [`NoMasqKey`] before the address: an LPM prefix length is this
+/// plus the CIDR prefix length.
+pub const NO_MASQ_PREFIX_BASE: u32 = 32;
+
+/// Node-wide settings, entry 0 of [`map::CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Config {
+    /// First masquerade port (host order).
+    pub snat_min: u16,
+    /// Last masquerade port (host order).
+    pub snat_max: u16,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+    /// Network namespace cookie of the node: the socket hooks act only there.
+    pub netns_cookie: u64,
+}
+
+/// Key of [`map::SOCK_REV`]: a node-local socket and the pod address it was
+/// redirected to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevKey {
+    /// Socket cookie.
+    pub cookie: u64,
+    /// Pod address.
+    pub addr: [u8; 16],
+    /// Container port (network order).
+    pub port: u16,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 5],
+}
+
+/// The address the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevValue {
+    /// Original destination address.
+    pub addr: [u8; 16],
+    /// Original destination port (network order).
+    pub port: u16,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 6],
 }
 
 /// Owner tag of an attachment: FNV-1a 64 of `container_id`, a zero byte, `ifname`.
@@ -230,13 +466,20 @@ impl Default for Fnv1a {
 
 const _: () = assert!(core::mem::size_of::<IpKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
-const _: () = assert!(core::mem::size_of::<EndpointStats>() == 40);
+const _: () = assert!(core::mem::size_of::<EndpointStats>() == 56);
+const _: () = assert!(core::mem::size_of::<NatKey>() == 40);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 48);
+const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<NoMasqKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
+const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 20);
 const _: () = assert!(core::mem::size_of::<PortTarget>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all three are repr(C), integer-only, with explicit zeroed padding,
+    // SAFETY: all of them are repr(C), integer-only, with explicit zeroed padding,
     // so every bit pattern is valid and no byte is uninitialised.
     unsafe impl aya::Pod for super::IpKey {}
     // SAFETY: as above.
@@ -247,4 +490,18 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortTarget {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NatValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::UplinkInfo {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::NoMasqKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockRevValue {}
 }

@@ -114,6 +114,19 @@ pub struct NetConf {
     pub attach_mode: crate::datapath::AttachMode,
     /// `logFile`: where logs go (never stdout). Empty string disables.
     pub log_file: Option<PathBuf>,
+    /// `uplinks`: devices that get the node-edge programs (hostPort from
+    /// outside, masquerade). None = the devices holding default routes;
+    /// empty = none.
+    pub uplinks: Option<Vec<String>>,
+    /// `nonMasqueradeCIDRs`: destinations never masqueraded (besides the
+    /// pod's own subnet and multicast).
+    pub non_masquerade_cidrs: Vec<ipnet::IpNet>,
+    /// `snatPortRange` (`"min-max"`): masquerade source ports, reserved
+    /// against the node's own sockets.
+    pub snat_ports: (u16, u16),
+    /// `cgroupPath`: cgroup v2 directory where the node-local socket hooks
+    /// attach (default: the cgroup2 mount root); None = no socket hooks.
+    pub cgroup_path: Option<PathBuf>,
     /// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) for GC.
     pub valid_attachments: Option<Vec<Attachment>>,
     /// The raw bytes from stdin (for delegated IPAM plugins).
@@ -124,6 +137,10 @@ pub struct NetConf {
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/cni-ebpf";
 /// Default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-ebpf";
+/// Default masquerade port range: above Linux's default ephemeral range
+/// (32768-60999), so the node's own connections rarely want these ports.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
+
 /// Default log file.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/cni-ebpf.log";
 
@@ -284,6 +301,43 @@ impl NetConf {
                 )))
             }
         };
+        let uplinks = match obj.get("uplinks") {
+            None | Some(Value::Null) => None,
+            Some(v) => {
+                let l = Vec::<String>::deserialize(v)
+                    .map_err(|e| invalid(format!("invalid uplinks: {e}")))?;
+                for u in &l {
+                    crate::cni::env::validate_ifname(u)
+                        .map_err(|e| invalid(format!("invalid uplinks entry {u:?}: {}", e.msg)))?;
+                }
+                Some(l)
+            }
+        };
+        let non_masquerade_cidrs = match obj.get("nonMasqueradeCIDRs") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(v) => Vec::<String>::deserialize(v)
+                .map_err(|e| invalid(format!("invalid nonMasqueradeCIDRs: {e}")))?
+                .iter()
+                .map(|c| {
+                    c.parse::<ipnet::IpNet>()
+                        .map(|n| n.trunc())
+                        .map_err(|_| invalid(format!("invalid nonMasqueradeCIDRs entry {c:?}: want a CIDR such as 10.0.0.0/8")))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let snat_ports = match get_str(obj, "snatPortRange")? {
+            None => DEFAULT_SNAT_PORTS,
+            Some(r) => parse_port_range(&r).ok_or_else(|| {
+                invalid(format!(
+                    "invalid snatPortRange {r:?}: want \"min-max\" with 1024 <= min <= max <= 65535"
+                ))
+            })?,
+        };
+        let cgroup_path = match get_str(obj, "cgroupPath")? {
+            Some(p) if p.is_empty() => None,
+            Some(_) => Some(get_path(obj, "cgroupPath", "")?),
+            None => crate::datapath::cgroup2_root(),
+        };
         Ok(Self {
             cni_version,
             name,
@@ -306,9 +360,20 @@ impl NetConf {
             attach_mode,
             log_file,
             valid_attachments,
+            uplinks,
+            non_masquerade_cidrs,
+            snat_ports,
+            cgroup_path,
             raw: raw.to_vec(),
         })
     }
+}
+
+/// Parses `"min-max"` (unprivileged ports only).
+fn parse_port_range(s: &str) -> Option<(u16, u16)> {
+    let (a, b) = s.split_once('-')?;
+    let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+    (1024 <= a && a <= b).then_some((a, b))
 }
 
 fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {

@@ -21,7 +21,7 @@ use rtnetlink::{
             LinkAttribute, LinkInfo, LinkMessage,
         },
         neighbour::NeighbourState,
-        route::RouteScope,
+        route::{RouteAttribute, RouteHeader, RouteScope},
     },
     Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -353,6 +353,57 @@ impl Netlink {
                         out.push(n);
                     }
                 }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every address in the namespace, with its link index.
+    pub async fn all_addrs(&self) -> Result<Vec<(u32, IpNet)>, NlError> {
+        let mut out = Vec::new();
+        let mut s = self.handle.address().get().execute();
+        while let Some(m) = s.try_next().await.map_err(req("list addresses"))? {
+            let (index, prefix) = (m.header.index, m.header.prefix_len);
+            for a in m.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    if let Ok(n) = IpNet::new(ip, prefix) {
+                        out.push((index, n));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Links that hold a default route (IPv4 or IPv6) in the main table.
+    pub async fn default_route_links(&self) -> Result<Vec<Link>, NlError> {
+        let mut idx: Vec<u32> = Vec::new();
+        let msgs = [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ];
+        for msg in msgs {
+            let mut s = self.handle.route().get(msg).execute();
+            while let Some(m) = s.try_next().await.map_err(req("list routes"))? {
+                if m.header.destination_prefix_length != 0
+                    || m.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    continue;
+                }
+                for a in &m.attributes {
+                    if let RouteAttribute::Oif(i) = a {
+                        if !idx.contains(i) {
+                            idx.push(*i);
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for i in idx {
+            let mut s = self.handle.link().get().match_index(i).execute();
+            if let Ok(Some(m)) = s.try_next().await {
+                out.push(Link::from_msg(m));
             }
         }
         Ok(out)

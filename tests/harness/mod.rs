@@ -154,6 +154,9 @@ pub struct Topo {
     pub ext: String,
     /// Private directory.
     pub dir: PathBuf,
+    /// Private cgroup v2 directory: the socket hooks attach here, never to
+    /// the machine's root cgroup.
+    pub cgroup: PathBuf,
     namespaces: std::sync::Mutex<Vec<String>>,
 }
 
@@ -173,11 +176,14 @@ impl Topo {
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let id = format!("{tag}{}x{n}", std::process::id() % 100000);
         let dir = PathBuf::from(format!("/run/cni-ebpf-test/{id}"));
+        let cgroup = cgroup2_root().join(format!("cni-ebpf-test-{id}"));
+        std::fs::create_dir_all(&cgroup).unwrap();
         let t = Topo {
             node: format!("ce-{id}-node"),
             ext: format!("ce-{id}-ext"),
             id,
             dir,
+            cgroup,
             namespaces: Default::default(),
         };
         std::fs::create_dir_all(t.dir.join("bin")).unwrap();
@@ -204,6 +210,10 @@ impl Topo {
         ip_n(&t.ext, &["link", "set", "eth0", "up"]);
         ip_n(&t.ext, &["route", "add", "10.0.0.0/8", "via", NODE_IP]);
         ip_n(&t.ext, &["-6", "route", "add", "fd00::/8", "via", NODE_IP6]);
+        // The external side is the node's way out (its default routes make
+        // up0 the uplink).
+        ip_n(&t.node, &["route", "add", "default", "via", EXT_IP]);
+        ip_n(&t.node, &["-6", "route", "add", "default", "via", EXT_IP6]);
         sh_in(
             &t.node,
             &[
@@ -254,6 +264,7 @@ impl Topo {
             "pinPath": self.pin(),
             "stateDir": self.dir.join("state"),
             "logFile": self.dir.join("cni.log"),
+            "cgroupPath": self.cgroup,
             "bridge": "cni0",
             "isGateway": true,
             "isDefaultGateway": true,
@@ -424,6 +435,25 @@ impl Topo {
     }
 
     /// Files in a subdirectory of this topology's private dir.
+    /// `<pin root>/v<ABI>`, relative to the topology's directory.
+    pub fn abi_dir(&self) -> String {
+        format!("bpf/v{}", cni_ebpf_common::PIN_ABI_VERSION)
+    }
+
+    /// Pinned links of pod veths (not the node-wide uplink and cgroup ones).
+    pub fn endpoint_link_pins(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.join(self.abi_dir()).join("links"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
     pub fn files(&self, sub: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.dir.join(sub))
             .map(|rd| {
@@ -457,7 +487,20 @@ impl Drop for Topo {
             let _ = Command::new("umount").arg(&pin).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir(&self.cgroup);
     }
+}
+
+/// Where cgroup v2 is mounted on this machine.
+pub fn cgroup2_root() -> PathBuf {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount = pre.split(' ').nth(4)?;
+            (post.split(' ').next()? == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .expect("no cgroup2 mount")
 }
 
 /// `base` with `extra` deep-merged into it.

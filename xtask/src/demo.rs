@@ -249,7 +249,7 @@ fn topology() -> Result {
 
 fn config() -> String {
     format!(
-        r#"{{"cniVersion":"1.1.0","name":"demo","type":"cni-ebpf","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"pinPath":"{DIR}/bpf","stateDir":"{DIR}/state","logFile":"{DIR}/plugin.log","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"dataDir":"{DIR}/ipam"}}}}"#
+        r#"{{"cniVersion":"1.1.0","name":"demo","type":"cni-ebpf","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"pinPath":"{DIR}/bpf","stateDir":"{DIR}/state","logFile":"{DIR}/plugin.log","cgroupPath":"","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"dataDir":"{DIR}/ipam"}}}}"#
     )
 }
 

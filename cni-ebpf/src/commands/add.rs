@@ -10,7 +10,7 @@ use super::{bpf_err, nl_err, ns_err};
 use crate::{
     cni::{code, CniEnv, CniError, CniResult, Interface, IpConfig, Route},
     config::{Mode, NetConf},
-    datapath::{AttachMode, Datapath},
+    datapath::{AttachMode, Datapath, NodeSettings},
     info,
     ipam::Ipam,
     netlink::{format_mac, parse_mac, sysctl, Link, Netlink},
@@ -146,10 +146,11 @@ fn publish(
     dp: &Datapath,
     conf: &NetConf,
     host: &Link,
-    ips: &[IpAddr],
+    nets: &[IpNet],
     pod_mac: [u8; 6],
     owner: u64,
 ) -> Result<AttachMode, CniError> {
+    let ips: Vec<IpAddr> = nets.iter().map(IpNet::addr).collect();
     let (dp2, name) = (dp.clone(), host.name.clone());
     rb.push("program attachment", move || {
         dp2.detach_endpoint(&name);
@@ -158,14 +159,31 @@ fn publish(
     let mode = dp
         .attach_endpoint(&host.name, conf.attach_mode)
         .map_err(|e| bpf_err("attach programs", e))?;
-    let (dp2, ips2, idx) = (dp.clone(), ips.to_vec(), host.index);
+    let (dp2, idx) = (dp.clone(), host.index);
     rb.push("endpoint map entries", move || {
-        dp2.remove_endpoint(&ips2, Some(idx), owner)
+        dp2.remove_endpoint(&ips, Some(idx), owner)
             .map_err(|e| e.to_string())
     });
-    dp.add_endpoint(ips, host.index, pod_mac, owner)
+    dp.add_endpoint(nets, host.index, pod_mac, owner, conf.ip_masq)
         .map_err(|e| bpf_err("endpoint map entries", e))?;
+    prepare_node(dp, conf)?;
     Ok(mode)
+}
+
+/// Node-wide state for the NAT programs (uplinks, node addresses, settings,
+/// socket hooks): idempotent, cheap when nothing changed.
+fn prepare_node(dp: &Datapath, conf: &NetConf) -> Result<(), CniError> {
+    let s = NodeSettings {
+        uplinks: conf.uplinks.as_deref(),
+        no_masq: &conf.non_masquerade_cidrs,
+        snat_ports: conf.snat_ports,
+        reserve_ports: conf.ip_masq,
+        cgroup: conf.cgroup_path.as_deref(),
+        attach_mode: conf.attach_mode,
+    };
+    dp.prepare_node(&s, &conf.state_dir)
+        .map(drop)
+        .map_err(|e| bpf_err("node data path (uplinks, addresses, socket hooks)", e))
 }
 
 /// Main mode: veth pair, IPAM, addresses and routes, programs, map entries.
@@ -301,7 +319,16 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
 
     // Programs and map entries.
     let pod_mac: [u8; 6] = pod.mac.as_slice().try_into().unwrap_or([0; 6]);
-    let mode = publish(&mut rb, &dp, conf, &host_link, &ips, pod_mac, owner(env))?;
+    let subnets: Vec<IpNet> = ipres.ips.iter().map(|i| i.address).collect();
+    let mode = publish(
+        &mut rb,
+        &dp,
+        conf,
+        &host_link,
+        &subnets,
+        pod_mac,
+        owner(env),
+    )?;
     record.attach_mode = Some(mode);
     record.complete = true;
     store.save(&record)?;
@@ -603,7 +630,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     claim_ports(&mut rb, &dp, conf, &ips, owner(env))?;
     // The veth is not ours and may carry our filters from an earlier ADD.
     dp.detach_endpoint(&host.name);
-    let mode = publish(&mut rb, &dp, conf, &host, &ips, pod_mac, owner(env))?;
+    let mode = publish(&mut rb, &dp, conf, &host, &record.ips, pod_mac, owner(env))?;
     record.attach_mode = Some(mode);
     record.complete = true;
     store.save(&record)?;

@@ -33,20 +33,53 @@ pub enum AttachMode {
     Netlink,
 }
 
-const DIRECTIONS: [(&str, TcAttachType, &str); 2] = [
+/// The programs of one kind of device, by direction.
+type Hooks = [(&'static str, TcAttachType, &'static str); 2];
+
+/// A pod's host veth.
+const ENDPOINT: Hooks = [
     (prog::FROM_CONTAINER, TcAttachType::Ingress, "ingress"),
     (prog::TO_CONTAINER, TcAttachType::Egress, "egress"),
 ];
 
+/// A node uplink.
+const UPLINK: Hooks = [
+    (prog::FROM_NETDEV, TcAttachType::Ingress, "ingress"),
+    (prog::TO_NETDEV, TcAttachType::Egress, "egress"),
+];
+
+/// Sub-directory of `links/` for uplink link pins.
+const UPLINK_LINKS: &str = "uplink";
+
 impl Datapath {
-    fn link_pin(&self, ifname: &str, dir: &str) -> std::path::PathBuf {
-        self.links_dir().join(format!("{ifname}_{dir}"))
+    fn link_pin(&self, sub: Option<&str>, ifname: &str, dir: &str) -> std::path::PathBuf {
+        let d = self.links_dir();
+        let d = match sub {
+            Some(s) => d.join(s),
+            None => d,
+        };
+        d.join(format!("{ifname}_{dir}"))
     }
 
     /// Attaches `from_container`/`to_container` to the host veth `ifname`.
     /// Returns the mode actually used. Re-attaching replaces an earlier
     /// attachment of ours instead of stacking a second one.
     pub fn attach_endpoint(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
+        self.attach_tc(ifname, &ENDPOINT, None, mode)
+    }
+
+    /// Attaches `from_netdev`/`to_netdev` to the uplink `ifname` (idempotent).
+    pub fn attach_uplink(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
+        self.attach_tc(ifname, &UPLINK, Some(UPLINK_LINKS), mode)
+    }
+
+    fn attach_tc(
+        &self,
+        ifname: &str,
+        hooks: &Hooks,
+        sub: Option<&str>,
+        mode: AttachMode,
+    ) -> Result<AttachMode, BpfError> {
         let use_tcx = match mode {
             AttachMode::Tcx => true,
             AttachMode::Netlink => false,
@@ -59,7 +92,14 @@ impl Datapath {
         // (chained mode) detach first; a stale link pin of the same name would
         // only make pinning fail, so TCX clears those here.
         if use_tcx {
-            self.unpin_links(ifname);
+            self.unpin_links(ifname, hooks, sub);
+            if let Some(parent) = self.link_pin(sub, ifname, "x").parent() {
+                std::fs::create_dir_all(parent).map_err(|e| BpfError::Link {
+                    name: parent.display().to_string(),
+                    what: "create link pin dir",
+                    source: Box::new(e),
+                })?;
+            }
         } else {
             match qdisc_add_clsact(ifname) {
                 Ok(()) | Err(TcError::AlreadyAttached) => {}
@@ -73,7 +113,7 @@ impl Datapath {
                 }
             }
         }
-        for (name, kind, dir) in DIRECTIONS {
+        for &(name, kind, dir) in hooks {
             let path = self.prog_path(name);
             let mut p = SchedClassifier::from_pin(&path).map_err(|source| BpfError::Program {
                 name: path.display().to_string(),
@@ -104,7 +144,7 @@ impl Datapath {
                 source,
             })?;
             if use_tcx {
-                let pin = self.link_pin(ifname, dir);
+                let pin = self.link_pin(sub, ifname, dir);
                 let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
                     name: pin.display().to_string(),
                     what: "tcx link to fd link",
@@ -133,15 +173,15 @@ impl Datapath {
     pub fn detach_endpoint(&self, ifname: &str) {
         // Our cls_bpf filters (attachMode netlink), by program name; matters
         // on a veth we do not own (chained mode), where the device stays.
-        for (name, kind, _) in DIRECTIONS {
+        for (name, kind, _) in ENDPOINT {
             let _ = aya::programs::tc::qdisc_detach_program(ifname, kind, name);
         }
-        self.unpin_links(ifname);
+        self.unpin_links(ifname, &ENDPOINT, None);
     }
 
-    fn unpin_links(&self, ifname: &str) {
-        for (_, _, dir) in DIRECTIONS {
-            let pin = self.link_pin(ifname, dir);
+    fn unpin_links(&self, ifname: &str, hooks: &Hooks, sub: Option<&str>) {
+        for (_, _, dir) in hooks {
+            let pin = self.link_pin(sub, ifname, dir);
             if let Ok(link) = PinnedLink::from_pin(&pin) {
                 let _ = link.unpin();
             } else {
@@ -152,9 +192,9 @@ impl Datapath {
 
     /// True when both TCX link pins of `ifname` exist (CHECK).
     pub fn has_link_pins(&self, ifname: &str) -> bool {
-        DIRECTIONS
+        ENDPOINT
             .iter()
-            .all(|(_, _, dir)| self.link_pin(ifname, dir).exists())
+            .all(|(_, _, dir)| self.link_pin(None, ifname, dir).exists())
     }
 
     /// Names of host interfaces that have link pins (GC).

@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use cni_ebpf_common::{map, Counter, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE};
+use cni_ebpf_common::{
+    map, Counter, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE, EP_FLAG_MASQ,
+};
+use ipnet::IpNet;
 
 use super::pins::{BpfError, Datapath};
 
@@ -45,12 +48,15 @@ impl Datapath {
 
     /// Publishes an endpoint: its counters first, then its addresses (the
     /// moment an address is in the map, its packets pass anti-spoofing).
+    /// `nets` are the pod's addresses with their subnet's prefix length;
+    /// `masq` marks them for masquerade.
     pub fn add_endpoint(
         &self,
-        ips: &[IpAddr],
+        nets: &[IpNet],
         ifindex: u32,
         mac: [u8; 6],
         owner: u64,
+        masq: bool,
     ) -> Result<(), BpfError> {
         let mut st = self.ep_stats()?;
         let zero =
@@ -74,15 +80,17 @@ impl Datapath {
                 source,
             })?;
         let mut eps = self.endpoints()?;
-        let info = EndpointInfo {
-            ifindex,
-            flags: EP_FLAG_ACTIVE,
-            owner,
-            mac,
-            pad: [0; 2],
-        };
-        for ip in ips {
-            eps.insert(ip_key(*ip), info, 0)
+        for net in nets {
+            let ip = net.addr();
+            let info = EndpointInfo {
+                ifindex,
+                flags: EP_FLAG_ACTIVE | if masq { EP_FLAG_MASQ } else { 0 },
+                owner,
+                mac,
+                prefix_len: net.prefix_len(),
+                pad: 0,
+            };
+            eps.insert(ip_key(ip), info, 0)
                 .map_err(|source| BpfError::Map {
                     name: map::ENDPOINTS,
                     what: format!("insert {ip}"),
@@ -154,6 +162,8 @@ impl Datapath {
             s.to_packets += c.to_packets;
             s.to_bytes += c.to_bytes;
             s.drop_spoofed += c.drop_spoofed;
+            s.translated += c.translated;
+            s.drop_nat += c.drop_nat;
         }
         Some(s)
     }

@@ -7,6 +7,8 @@
 //! v<ABI>/maps/<map>                 maps, shared by every program generation
 //! v<ABI>/progs/<object hash>/<prog> programs of one build of the object
 //! v<ABI>/links/<host veth>_<dir>    TCX links (kept alive by the pin)
+//! v<ABI>/links/uplink/<dev>_<dir>   TCX links of uplinks
+//! v<ABI>/links/cgroup/<hash>/<prog> socket hook links of one cgroup
 //! ```
 //! The ABI version comes from `cni_ebpf_common::PIN_ABI_VERSION`; the object
 //! hash makes a binary with a different object load its own programs while
@@ -14,9 +16,11 @@
 
 mod attach;
 mod endpoints;
+mod node;
 mod pins;
 mod ports;
 
 pub use attach::AttachMode;
+pub use node::{cgroup2_root, NodeSettings};
 pub use pins::{BpfError, Datapath};
 pub use ports::PortError;

@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::{programs::SchedClassifier, EbpfLoader};
+use aya::{
+    programs::{CgroupSockAddr, SchedClassifier},
+    EbpfLoader,
+};
 use cni_ebpf_common::{map, prog, Fnv1a, PIN_ABI_VERSION};
 
 /// The eBPF object built by build.rs from `cni-ebpf-bpf`.
@@ -136,7 +139,10 @@ impl Datapath {
 
     /// True when this build's programs and every map are pinned.
     pub fn is_loaded(&self) -> bool {
-        prog::ALL.iter().all(|p| self.prog_path(p).exists())
+        prog::TC
+            .iter()
+            .chain(prog::SOCK.iter())
+            .all(|p| self.prog_path(p).exists())
             && map::ALL.iter().all(|m| self.map_path(m).exists())
     }
 
@@ -175,29 +181,29 @@ impl Datapath {
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| BpfError::Load(Box::new(e)))?;
-        for name in prog::ALL {
-            let p: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or_else(|| BpfError::Program {
-                    name: name.into(),
-                    what: "missing from object",
-                    source: aya::programs::ProgramError::NotLoaded,
-                })?
-                .try_into()
-                .map_err(|source| BpfError::Program {
-                    name: name.into(),
-                    what: "not a classifier",
-                    source,
-                })?;
-            p.load().map_err(|source| BpfError::Program {
-                name: name.into(),
-                what: "load",
-                source,
+        for name in prog::TC.iter().chain(prog::SOCK.iter()) {
+            let p = ebpf.program_mut(name).ok_or_else(|| BpfError::Program {
+                name: (*name).into(),
+                what: "missing from object",
+                source: aya::programs::ProgramError::NotLoaded,
             })?;
+            let err = |what| {
+                let name = (*name).to_string();
+                move |source| BpfError::Program { name, what, source }
+            };
             let path = self.prog_path(name);
             // A half-finished earlier load may have left a pin behind.
             let _ = std::fs::remove_file(&path);
-            p.pin(&path).map_err(|e| BpfError::Link {
+            let pinned = if prog::TC.contains(name) {
+                let p: &mut SchedClassifier = p.try_into().map_err(err("not a classifier"))?;
+                p.load().map_err(err("load"))?;
+                p.pin(&path)
+            } else {
+                let p: &mut CgroupSockAddr = p.try_into().map_err(err("not a sock_addr hook"))?;
+                p.load().map_err(err("load"))?;
+                p.pin(&path)
+            };
+            pinned.map_err(|e| BpfError::Link {
                 name: path.display().to_string(),
                 what: "pin program",
                 source: Box::new(e),

@@ -1,0 +1,262 @@
+//! The uplink programs: the node's edge.
+//!
+//! `from_netdev` (uplink ingress) translates hostPort packets to their pod and
+//! replies of masqueraded flows back to theirs; `to_netdev` (uplink egress)
+//! translates hostPort replies back to `nodeIP:hostPort` and masquerades pod
+//! flows. The host stack in between (routing, conntrack, firewall) only ever
+//! sees pod addresses for these flows.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_get_prandom_u32,
+    programs::TcContext,
+};
+use cni_ebpf_common::{nat_kind, proto, scope, Counter, NatKey, NatValue, EP_FLAG_MASQ, FAMILY_V4};
+
+use crate::{
+    flow::{parse, parse_inner, Flow, Inner, IPPROTO_ICMP, IPPROTO_ICMPV6},
+    maps::{count, nat, no_masq_hit, settings, uplinks},
+    rewrite::{rewrite, rewrite_icmp_error, Target},
+    translate::{
+        dropped, endpoint, hostport, is_loopback, live, remember_reply, reply_of, translated,
+    },
+};
+
+/// `BPF_NOEXIST`.
+const BPF_NOEXIST: u64 = 1;
+/// Random probes for a free masquerade port before giving up on a packet.
+const PORT_PROBES: u32 = 16;
+
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: context field read, rewritten by the verifier.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Uplink ingress.
+#[inline(never)]
+pub fn from_netdev(ctx: &TcContext) -> i32 {
+    let mut f = Flow::default();
+    if parse(ctx, &mut f) {
+        f.key.scope = scope::NETDEV;
+        if f.icmp_err {
+            icmp_error(ctx, &f);
+        } else if !known_flow(ctx, &f) && !is_loopback(f.key.family, &f.key.daddr) {
+            to_hostport(ctx, &f);
+        }
+    }
+    TC_ACT_OK as i32
+}
+
+/// Uplink egress.
+#[inline(never)]
+pub fn to_netdev(ctx: &TcContext) -> i32 {
+    let mut f = Flow::default();
+    if !parse(ctx, &mut f) {
+        return TC_ACT_OK as i32;
+    }
+    f.key.scope = scope::NETDEV;
+    if f.icmp_err {
+        icmp_error(ctx, &f);
+        return TC_ACT_OK as i32;
+    }
+    if known_flow(ctx, &f) {
+        return TC_ACT_OK as i32;
+    }
+    masquerade(ctx, &f)
+}
+
+/// A packet of a flow with a live translation (a masqueraded flow either
+/// way, a hostPort reply): translated. False if there is none.
+#[inline(never)]
+fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
+    let Some((v, ep)) = live(&f.key) else {
+        return false;
+    };
+    if rewrite(ctx, f, &Target::of(&v)) {
+        let c = if v.kind == nat_kind::MASQ {
+            Counter::NatMasq
+        } else {
+            Counter::NatReply
+        };
+        translated(c, ep);
+    }
+    true
+}
+
+/// A packet to a hostPort: DNAT to the pod, remember the reply.
+#[inline(never)]
+fn to_hostport(ctx: &TcContext, f: &Flow) {
+    let key = &f.key;
+    let Some(t) = hostport(key) else {
+        return;
+    };
+    let Some(ep) = endpoint(key.family, &t.pod_ip) else {
+        return;
+    };
+    let ifindex = ep.ifindex;
+    let to = Target {
+        saddr: key.saddr,
+        daddr: t.pod_ip,
+        sport: key.sport,
+        dport: t.container_port,
+    };
+    remember_reply(key, &to, nat_kind::HOSTPORT_REPLY, t.owner);
+    if rewrite(ctx, f, &to) {
+        translated(Counter::NatHostPort, ifindex);
+    }
+}
+
+/// True when `a` and `b` share the first `plen` bits.
+#[inline(always)]
+fn same_prefix(a: &[u8; 16], b: &[u8; 16], plen: u8) -> bool {
+    let mut left = u32::from(plen);
+    for i in 0..16 {
+        if left == 0 {
+            return true;
+        }
+        let bits = if left >= 8 { 8 } else { left };
+        let mask: u8 = !(0xffu8 >> bits);
+        if (a[i] ^ b[i]) & mask != 0 {
+            return false;
+        }
+        left -= bits;
+    }
+    true
+}
+
+#[inline(always)]
+fn is_multicast(family: u8, a: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        a[0] & 0xf0 == 0xe0 || *a == [255, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+    } else {
+        a[0] == 0xff
+    }
+}
+
+/// A new flow from a masquerading pod leaving through this uplink: picks a
+/// free port on the uplink's address and records both directions.
+#[inline(never)]
+fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
+    let key = &f.key;
+    let ok = TC_ACT_OK as i32;
+    let Some(ep) = endpoint(key.family, &key.saddr) else {
+        return ok;
+    };
+    if ep.flags & EP_FLAG_MASQ == 0
+        || is_multicast(key.family, &key.daddr)
+        || same_prefix(&key.saddr, &key.daddr, ep.prefix_len)
+        || no_masq_hit(key.family, &key.daddr)
+        || endpoint(key.family, &key.daddr).is_some()
+    {
+        return ok;
+    }
+    // Only flows with a port (or echo id) to allocate: TCP, UDP, echo requests.
+    let icmp = key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6;
+    if !(key.proto == proto::TCP || key.proto == proto::UDP || (icmp && is_echo_request(ctx, f))) {
+        return ok;
+    }
+    let (pod_if, owner) = (ep.ifindex, ep.owner);
+    // SAFETY: copied out.
+    let Some(up) = (unsafe { uplinks.get(ifindex(ctx)) }).copied() else {
+        return ok;
+    };
+    let mut node = [0u8; 16];
+    if key.family == FAMILY_V4 {
+        node[..4].copy_from_slice(&up.addr4);
+    } else {
+        node = up.addr6;
+    }
+    if node == [0; 16] {
+        return ok;
+    }
+    let cfg = settings();
+    let (lo, hi) = (u32::from(cfg.snat_min), u32::from(cfg.snat_max));
+    if lo == 0 || hi < lo {
+        return ok;
+    }
+    let span = hi - lo + 1;
+    if span == 0 {
+        return ok;
+    }
+    let mut to = Target {
+        saddr: node,
+        daddr: key.daddr,
+        sport: 0,
+        dport: key.dport,
+    };
+    to.sport = alloc_port(key, &to, owner, lo, span);
+    if to.sport == 0 {
+        dropped(Counter::DropNatNoPort, pod_if);
+        return TC_ACT_SHOT as i32;
+    }
+    let fwd = NatValue {
+        saddr: to.saddr,
+        daddr: to.daddr,
+        sport: to.sport,
+        dport: to.dport,
+        kind: nat_kind::MASQ,
+        pad: [0; 3],
+        owner,
+    };
+    let _ = nat.insert(key, &fwd, 0);
+    count(Counter::NatMasqNew);
+    if rewrite(ctx, f, &to) {
+        translated(Counter::NatMasq, pod_if);
+    }
+    ok
+}
+
+/// Claims a free masquerade source port for the flow `key` -> `to` (whose
+/// source port is ignored) by inserting its reply entry with `BPF_NOEXIST`
+/// at random ports of `lo .. lo + span`. Returns the port (network order),
+/// 0 if none was free.
+#[inline(never)]
+fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 {
+    if span == 0 {
+        return 0;
+    }
+    let mut t = *to;
+    let mut rk = NatKey::default();
+    let mut rv = NatValue::default();
+    for _ in 0..PORT_PROBES {
+        // SAFETY: no preconditions.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let port = ((lo + r % span) as u16).to_be();
+        t.sport = port;
+        reply_of(key, &t, nat_kind::MASQ_REPLY, owner, &mut rk, &mut rv);
+        if nat.insert(&rk, &rv, BPF_NOEXIST).is_ok() {
+            return port;
+        }
+    }
+    0
+}
+
+/// True for an ICMP echo request (whose id may legitimately be 0).
+#[inline(always)]
+fn is_echo_request(ctx: &TcContext, f: &Flow) -> bool {
+    let t: u8 = ctx.load(f.l4).unwrap_or(0);
+    t == 8 || t == 128
+}
+
+/// An ICMP error about a translated flow: finds the flow by the quoted packet
+/// (reversed, as a reply) and translates the outer and the quoted headers.
+#[inline(never)]
+fn icmp_error(ctx: &TcContext, f: &Flow) {
+    let mut inner = Inner::default();
+    if !parse_inner(ctx, f, &mut inner) {
+        return;
+    }
+    // The quoted packet reversed: a packet of the flow in the error's direction.
+    let q = &mut inner.key;
+    core::mem::swap(&mut q.saddr, &mut q.daddr);
+    core::mem::swap(&mut q.sport, &mut q.dport);
+    q.scope = scope::NETDEV;
+    let rkey = &inner.key;
+    let Some((v, ep)) = live(rkey) else {
+        return;
+    };
+    if rewrite_icmp_error(ctx, f, &inner, rkey, &v) {
+        translated(Counter::NatIcmpError, ep);
+    }
+}

@@ -1,0 +1,165 @@
+//! The NAT decisions shared by the hooks: which hostPort a packet is for, the
+//! live translation of a flow, remembering the reply direction of a new one,
+//! and per-endpoint counting.
+
+use cni_ebpf_common::{
+    nat_kind, proto, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatValue, PortKey,
+    PortTarget, FAMILY_V4,
+};
+
+use crate::{
+    maps::{count, endpoints, ep_stats, nat, node_addrs, portmap},
+    rewrite::Target,
+};
+
+/// `BPF_ANY`.
+const BPF_ANY: u64 = 0;
+
+/// Map key of an address in a tuple.
+#[inline(always)]
+pub fn ip_key(family: u8, addr: &[u8; 16]) -> IpKey {
+    IpKey {
+        family,
+        pad: [0; 3],
+        addr: *addr,
+    }
+}
+
+/// The endpoint that owns `addr`, if any.
+#[inline(always)]
+pub fn endpoint(family: u8, addr: &[u8; 16]) -> Option<&'static EndpointInfo> {
+    // SAFETY: the value is only read.
+    unsafe { endpoints.get(ip_key(family, addr)) }
+}
+
+/// Loopback destinations (127/8, ::1) are reachable only through the socket
+/// hooks, never by a packet: one arriving on an uplink or from a pod with such
+/// a destination is not translated (CVE-2020-8558).
+#[inline(always)]
+pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
+    if family == FAMILY_V4 {
+        a[0] == 127
+    } else {
+        a[..15] == [0; 15] && a[15] == 1
+    }
+}
+
+/// The hostPort mapping a packet to `key.daddr:key.dport` hits: one bound to
+/// that exact address, else one without hostIP if the address is the node's.
+#[inline(never)]
+pub fn hostport(key: &NatKey) -> Option<PortTarget> {
+    if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
+        return None;
+    }
+    let mut pk = PortKey {
+        proto: key.proto,
+        family: key.family,
+        host_port: key.dport,
+        host_ip: key.daddr,
+    };
+    // SAFETY: values are only read (copied out).
+    if let Some(t) = unsafe { portmap.get(pk) } {
+        return Some(*t);
+    }
+    // SAFETY: as above.
+    unsafe { node_addrs.get(ip_key(key.family, &key.daddr)) }?;
+    pk.host_ip = [0; 16];
+    // SAFETY: as above.
+    unsafe { portmap.get(pk) }.copied()
+}
+
+/// The address whose endpoint a translation belongs to.
+#[inline(always)]
+fn pod_addr<'a>(key: &'a NatKey, v: &'a NatValue) -> &'a [u8; 16] {
+    if v.kind == nat_kind::MASQ_REPLY {
+        &v.daddr
+    } else {
+        &key.saddr
+    }
+}
+
+/// The translation of `key` and the host ifindex of its pod, if it is still
+/// valid: its pod's address still belongs to the owner that made it. A stale
+/// entry (pod deleted, address reused) is removed and counted.
+#[inline(never)]
+pub fn live(key: &NatKey) -> Option<(NatValue, u32)> {
+    // SAFETY: copied out at once; LRU entries may be replaced concurrently.
+    let v = *unsafe { nat.get(key) }?;
+    match endpoint(key.family, pod_addr(key, &v)) {
+        Some(ep) if ep.owner == v.owner => Some((v, ep.ifindex)),
+        _ => {
+            let _ = nat.remove(key);
+            count(Counter::NatStale);
+            None
+        }
+    }
+}
+
+/// The reply direction of a translation: `key` became `to`, so a reply to
+/// `to` (reversed) must become `key` (reversed).
+#[inline(always)]
+pub fn reply_of(
+    key: &NatKey,
+    to: &Target,
+    kind: u8,
+    owner: u64,
+    rk: &mut NatKey,
+    rv: &mut NatValue,
+) {
+    rk.saddr = to.daddr;
+    rk.daddr = to.saddr;
+    rk.sport = to.dport;
+    rk.dport = to.sport;
+    rk.proto = key.proto;
+    rk.family = key.family;
+    rk.scope = key.scope;
+    rk.pad = 0;
+    rv.saddr = key.daddr;
+    rv.daddr = key.saddr;
+    rv.sport = key.dport;
+    rv.dport = key.sport;
+    rv.kind = kind;
+    rv.pad = [0; 3];
+    rv.owner = owner;
+}
+
+/// Makes sure the reply of `key` -> `to` is translated back (written only
+/// when missing or different, so established flows cost a lookup, not an
+/// update).
+#[inline(never)]
+pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) {
+    let mut rk = NatKey::default();
+    let mut rv = NatValue::default();
+    reply_of(key, to, kind, owner, &mut rk, &mut rv);
+    // SAFETY: compared by value.
+    if let Some(cur) = unsafe { nat.get(&rk) } {
+        if *cur == rv {
+            return;
+        }
+    }
+    let _ = nat.insert(&rk, &rv, BPF_ANY);
+}
+
+#[inline(always)]
+fn stats(ifindex: u32) -> Option<&'static mut EndpointStats> {
+    // SAFETY: per-CPU value; only this CPU touches it during this program run.
+    ep_stats.get_ptr_mut(ifindex).map(|p| unsafe { &mut *p })
+}
+
+/// Counts a translated packet node-wide and for its endpoint.
+#[inline(always)]
+pub fn translated(c: Counter, ifindex: u32) {
+    count(c);
+    if let Some(st) = stats(ifindex) {
+        st.translated += 1;
+    }
+}
+
+/// Counts a packet dropped by NAT node-wide and for its endpoint.
+#[inline(always)]
+pub fn dropped(c: Counter, ifindex: u32) {
+    count(c);
+    if let Some(st) = stats(ifindex) {
+        st.drop_nat += 1;
+    }
+}
