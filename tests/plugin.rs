@@ -503,7 +503,7 @@ fn chained_after_reference_bridge_and_before_reference_tuning() {
     let list = json!({"cniVersion": "1.0.0", "name": "testnet", "plugins": [
         {"type": "bridge", "bridge": "cni1", "isGateway": true, "isDefaultGateway": true, "ipam": ipam},
         {"type": "cni-ebpf", "pinPath": t.pin(), "stateDir": t.dir.join("state"), "logFile": t.dir.join("cni.log"),
-         "capabilities": {"portMappings": true}, "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 8080, "protocol": "tcp"}]}}
+         "cgroupPath": t.cgroup, "capabilities": {"portMappings": true}, "runtimeConfig": {"portMappings": [{"hostPort": 8081, "containerPort": 8080, "protocol": "tcp"}]}}
     ]});
     let res = t
         .conflist("ADD", &list, "pod1", &p1, "eth0", None)

@@ -115,8 +115,13 @@ fn same_prefix(a: &[u8; 16], b: &[u8; 16], plen: u8) -> bool {
         if left == 0 {
             return true;
         }
-        let bits = if left >= 8 { 8 } else { left };
-        let mask: u8 = !(0xffu8 >> bits);
+        // A whole byte, or the top `left` bits of the last one (a shift by
+        // 8 would wrap in BPF, so the whole-byte case is separate).
+        let (mask, bits) = if left >= 8 {
+            (0xffu8, 8)
+        } else {
+            (!(0xffu8 >> left), left)
+        };
         if (a[i] ^ b[i]) & mask != 0 {
             return false;
         }

@@ -4,7 +4,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::{config::DEFAULT_PIN_PATH, datapath::Datapath, netlink::format_mac};
+use serde_json::{json, Value};
+
+use crate::{
+    config::{DEFAULT_PIN_PATH, DEFAULT_STATE_DIR},
+    datapath::Datapath,
+    netlink::format_mac,
+    state::Record,
+};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +31,9 @@ enum Cmd {
         /// bpffs directory the plugin pins into (`pinPath` in the config).
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
+        /// State directory (`stateDir`), to name the container of each entry.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
         /// Print JSON instead of tables.
         #[arg(long)]
         json: bool,
@@ -34,11 +44,24 @@ enum Cmd {
 pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Inspect { pin_path, json } => inspect(&pin_path, json),
+        Cmd::Inspect {
+            pin_path,
+            state_dir,
+            json,
+        } => inspect(&pin_path, &state_dir, json),
     }
 }
 
-fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
+/// `container`/`ifname` of an owner tag, from the state records.
+fn who(owners: &std::collections::HashMap<u64, Record>, owner: u64) -> (String, String) {
+    owners
+        .get(&owner)
+        .map(|r| (r.container_id.clone(), r.ifname.clone()))
+        .unwrap_or_default()
+}
+
+fn inspect(pin_path: &std::path::Path, state_dir: &std::path::Path, json: bool) -> i32 {
+    let owners = crate::state::owners(state_dir);
     let dp = Datapath::layout(pin_path);
     let entries = match dp.endpoint_entries() {
         Ok(e) => e,
@@ -52,7 +75,7 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
         }
     };
     let counters = dp.counters().unwrap_or_default();
-    let ports: Vec<serde_json::Value> = dp
+    let ports: Vec<Value> = dp
         .port_entries()
         .unwrap_or_default()
         .iter()
@@ -64,29 +87,47 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
                 "podIP": p.pod_ip.to_string(),
                 "containerPort": p.container_port,
                 "owner": format!("{:016x}", p.owner),
+                "container": who(&owners, p.owner).0,
+            })
+        })
+        .collect();
+    let nat: Vec<Value> = dp
+        .nat_entries()
+        .unwrap_or_default()
+        .iter()
+        .filter(|n| n.live)
+        .map(|n| {
+            let (container, ifname) = who(&owners, n.owner);
+            json!({
+                "kind": n.kind, "scope": n.scope, "proto": crate::datapath::proto_name(n.proto),
+                "from": format!("{} -> {}", n.from.0, n.from.1),
+                "to": format!("{} -> {}", n.to.0, n.to.1),
+                "owner": format!("{:016x}", n.owner), "container": container, "ifname": ifname,
             })
         })
         .collect();
     if json {
-        let eps: Vec<serde_json::Value> = entries
+        let eps: Vec<Value> = entries
             .iter()
             .map(|e| {
                 let st = dp.endpoint_stats(e.info.ifindex).unwrap_or_default();
-                serde_json::json!({
+                json!({
                     "ip": e.ip.to_string(), "ifindex": e.info.ifindex, "mac": format_mac(&e.info.mac),
-                    "owner": format!("{:016x}", e.info.owner),
+                    "owner": format!("{:016x}", e.info.owner), "container": who(&owners, e.info.owner).0,
+                    "masquerade": e.info.flags & cni_ebpf_common::EP_FLAG_MASQ != 0,
                     "fromPackets": st.from_packets, "fromBytes": st.from_bytes,
                     "toPackets": st.to_packets, "toBytes": st.to_bytes, "dropSpoofed": st.drop_spoofed,
+                    "translated": st.translated, "dropNat": st.drop_nat,
                 })
             })
             .collect();
-        let c: serde_json::Map<String, serde_json::Value> = counters
+        let c: serde_json::Map<String, Value> = counters
             .iter()
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
         println!(
             "{}",
-            serde_json::json!({"endpoints": eps, "portMappings": ports, "counters": c})
+            json!({"endpoints": eps, "portMappings": ports, "nat": nat, "counters": c})
         );
         return 0;
     }
@@ -125,6 +166,22 @@ fn inspect(pin_path: &std::path::Path, json: bool) -> i32 {
             p["podIP"].as_str().unwrap_or(""),
             p["containerPort"],
             p["owner"].as_str().unwrap_or("")
+        );
+    }
+    println!();
+    println!(
+        "{:<16} {:<6} {:<5} {:<50} => {:<50} CONTAINER",
+        "NAT", "SCOPE", "PROTO", "FLOW", "BECOMES"
+    );
+    for n in &nat {
+        println!(
+            "{:<16} {:<6} {:<5} {:<50} => {:<50} {}",
+            n["kind"].as_str().unwrap_or(""),
+            n["scope"].as_str().unwrap_or(""),
+            n["proto"].as_str().unwrap_or(""),
+            n["from"].as_str().unwrap_or(""),
+            n["to"].as_str().unwrap_or(""),
+            n["container"].as_str().unwrap_or("")
         );
     }
     println!();

@@ -152,7 +152,14 @@ pub fn owner(container_id: &str, ifname: &str) -> u64 {
 /// The record of the attachment with owner tag `owner`, in any network
 /// (to name the holder of a hostPort in an error).
 pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
-    for net in std::fs::read_dir(state_dir).ok()?.flatten() {
+    owners(state_dir).remove(&owner)
+}
+
+/// Every record under `state_dir` (all networks), by owner tag (inspect).
+pub fn owners(state_dir: &Path) -> std::collections::HashMap<u64, Record> {
+    let mut out = std::collections::HashMap::new();
+    let nets = std::fs::read_dir(state_dir).into_iter().flatten().flatten();
+    for net in nets {
         for f in std::fs::read_dir(net.path())
             .into_iter()
             .flatten()
@@ -162,13 +169,11 @@ pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
                 continue;
             };
             if let Ok(r) = serde_json::from_slice::<Record>(&b) {
-                if self::owner(&r.container_id, &r.ifname) == owner {
-                    return Some(r);
-                }
+                out.insert(self::owner(&r.container_id, &r.ifname), r);
             }
         }
     }
-    None
+    out
 }
 
 /// Host-side veth name for (container ID, ifname): `veth` + 11 hex digits of

@@ -281,6 +281,16 @@ impl Topo {
 
     /// Runs a plugin binary (ours by default) inside the node namespace.
     pub fn exec(&self, bin: &str, call: &Call<'_>, stdin: &[u8]) -> CniOut {
+        // Without cgroupPath the plugin would attach its socket hooks to the
+        // machine's root cgroup: never from a test.
+        if bin == BIN && call.cmd == "ADD" {
+            if let Ok(v) = serde_json::from_slice::<Value>(stdin) {
+                assert!(
+                    v.get("pinPath").is_none() || v.get("cgroupPath").is_some(),
+                    "test config with pinPath but without cgroupPath: {v}"
+                );
+            }
+        }
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.node)).arg(bin);
         cmd.env_clear()
@@ -418,6 +428,8 @@ impl Topo {
             "--json",
             "--pin-path",
             self.pin().to_str().unwrap(),
+            "--state-dir",
+            self.dir.join("state").to_str().unwrap(),
         ]);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect output {out:?}: {e}"))
     }
@@ -676,4 +688,95 @@ pub fn read(p: &Path) -> String {
     let mut s = String::new();
     let _ = File::open(p).and_then(|mut f| f.read_to_string(&mut s));
     s
+}
+
+/// A UDP server in a namespace that answers every datagram with
+/// `<name> <peer address>` (until dropped).
+pub struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    /// Starts it on `bind` in `ns`.
+    pub fn start(ns: &str, bind: SocketAddr, name: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s2, name) = (stop.clone(), name.to_string());
+        let handle = in_ns(ns, move || {
+            let s = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 1500];
+            while !s2.load(Ordering::SeqCst) {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(format!("{name} {peer}").as_bytes(), peer);
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("udp server did not start");
+        UdpEcho {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends a datagram from `ns` (from `src_port`, 0 = any) to `dst` and waits
+/// for one answer: `(text, address it came from)`.
+pub fn udp_ask(ns: &str, src_port: u16, dst: SocketAddr) -> Result<(String, SocketAddr), String> {
+    in_ns(ns, move || {
+        let any: IpAddr = if dst.is_ipv4() {
+            "0.0.0.0".parse().unwrap()
+        } else {
+            "::".parse().unwrap()
+        };
+        let s =
+            UdpSocket::bind(SocketAddr::new(any, src_port)).map_err(|e| format!("bind: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 1500];
+        for _ in 0..6 {
+            s.send_to(b"hi", dst).map_err(|e| format!("send: {e}"))?;
+            if let Ok((n, from)) = s.recv_from(&mut buf) {
+                return Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+            }
+        }
+        Err(format!("no answer from {dst}"))
+    })
+    .join()
+    .unwrap()
+}
+
+/// A TCP exchange from a process in the node namespace, optionally inside
+/// the topology's cgroup (where the socket hooks are): the server's line.
+pub fn node_tcp_get(t: &Topo, in_cgroup: bool, dst: IpAddr, port: u16) -> Result<String, String> {
+    let join = if in_cgroup {
+        format!("echo $$ > {}/cgroup.procs; ", t.cgroup.display())
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "{join}exec nsenter --net=/run/netns/{} bash -c 'exec 3<>/dev/tcp/{dst}/{port} && timeout 3 head -n1 <&3'",
+        t.node
+    );
+    let out = Command::new("timeout")
+        .args(["5", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }

@@ -82,5 +82,14 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             dp.detach_endpoint(&ifname);
         }
     }
+    // Translations whose pod is gone (the programs ignore them already;
+    // this frees their slots).
+    if dp.map_path(cni_ebpf_common::map::NAT).exists() {
+        match dp.prune_nat() {
+            Ok(n) if n > 0 => info!("GC: removed {n} stale translations"),
+            Ok(_) => {}
+            Err(e) => errors.push(super::bpf_err("prune translations", e).to_string()),
+        }
+    }
     super::teardown_result("GC", &errors)
 }

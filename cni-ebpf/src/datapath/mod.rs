@@ -16,6 +16,7 @@
 
 mod attach;
 mod endpoints;
+mod nat;
 mod node;
 mod pins;
 mod ports;
@@ -23,4 +24,4 @@ mod ports;
 pub use attach::AttachMode;
 pub use node::{cgroup2_root, NodeSettings};
 pub use pins::{BpfError, Datapath};
-pub use ports::PortError;
+pub use ports::{proto_name, PortError};

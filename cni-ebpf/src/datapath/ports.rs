@@ -24,6 +24,18 @@ const PROTOCOLS: [(&str, u8); 3] = [
     ("sctp", proto::SCTP),
 ];
 
+/// Name of an IP protocol number: `tcp`, `udp`, `sctp`, `icmp`, `icmpv6`.
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        1 => "icmp",
+        58 => "icmpv6",
+        _ => PROTOCOLS
+            .iter()
+            .find(|(_, n)| *n == p)
+            .map_or("other", |(name, _)| name),
+    }
+}
+
 /// One `portmap` entry, decoded (inspect).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortEntry {
@@ -204,10 +216,7 @@ impl Datapath {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| PortEntry {
-                protocol: PROTOCOLS
-                    .iter()
-                    .find(|(_, n)| *n == k.proto)
-                    .map_or("tcp", |(name, _)| name),
+                protocol: proto_name(k.proto),
                 host_ip: (k.host_ip != [0; 16]).then(|| ip(k.family, k.host_ip)),
                 host_port: u16::from_be(k.host_port),
                 pod_ip: ip(k.family, v.pod_ip),

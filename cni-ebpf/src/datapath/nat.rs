@@ -1,0 +1,119 @@
+//! Reading (and pruning) the `nat` map: the translations of live flows.
+
+use std::net::{IpAddr, SocketAddr};
+
+use aya::maps::{HashMap, MapData};
+use cni_ebpf_common::{map, nat_kind, scope, IpKey, NatKey, NatValue};
+
+use super::{
+    endpoints::key_ip,
+    pins::{BpfError, Datapath},
+};
+
+/// One `nat` entry, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatEntry {
+    /// `hostport-reply`, `hairpin-reply`, `masquerade`, `masquerade-reply`.
+    pub kind: &'static str,
+    /// `pod` (host veth) or `uplink`.
+    pub scope: &'static str,
+    /// IP protocol number.
+    pub proto: u8,
+    /// The flow as the hook sees it.
+    pub from: (SocketAddr, SocketAddr),
+    /// What it becomes.
+    pub to: (SocketAddr, SocketAddr),
+    /// Owner tag.
+    pub owner: u64,
+    /// The pod's address still belongs to `owner` (else the programs
+    /// discard the entry on its next use).
+    pub live: bool,
+}
+
+fn addr(family: u8, a: &[u8; 16]) -> IpAddr {
+    key_ip(&IpKey {
+        family,
+        pad: [0; 3],
+        addr: *a,
+    })
+}
+
+fn kind_name(k: u8) -> &'static str {
+    match k {
+        nat_kind::HOSTPORT_REPLY => "hostport-reply",
+        nat_kind::HAIRPIN_REPLY => "hairpin-reply",
+        nat_kind::MASQ => "masquerade",
+        nat_kind::MASQ_REPLY => "masquerade-reply",
+        _ => "unknown",
+    }
+}
+
+impl Datapath {
+    fn nat(&self) -> Result<HashMap<MapData, NatKey, NatValue>, BpfError> {
+        self.map(map::NAT)
+    }
+
+    /// Every `nat` entry, with whether it is still live.
+    pub fn nat_entries(&self) -> Result<Vec<NatEntry>, BpfError> {
+        let owners: std::collections::HashMap<IpAddr, u64> = self
+            .endpoint_entries()?
+            .into_iter()
+            .map(|e| (e.ip, e.info.owner))
+            .collect();
+        Ok(self
+            .nat()?
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| {
+                let f = k.family;
+                let sock = |a: &[u8; 16], p: u16| SocketAddr::new(addr(f, a), u16::from_be(p));
+                // The pod a translation belongs to (as the programs check it).
+                let pod = if v.kind == nat_kind::MASQ_REPLY {
+                    addr(f, &v.daddr)
+                } else {
+                    addr(f, &k.saddr)
+                };
+                NatEntry {
+                    kind: kind_name(v.kind),
+                    scope: if k.scope == scope::POD {
+                        "pod"
+                    } else {
+                        "uplink"
+                    },
+                    proto: k.proto,
+                    from: (sock(&k.saddr, k.sport), sock(&k.daddr, k.dport)),
+                    to: (sock(&v.saddr, v.sport), sock(&v.daddr, v.dport)),
+                    owner: v.owner,
+                    live: owners.get(&pod) == Some(&v.owner),
+                }
+            })
+            .collect())
+    }
+
+    /// Removes entries whose pod is gone (GC); returns how many.
+    pub fn prune_nat(&self) -> Result<usize, BpfError> {
+        let owners: std::collections::HashMap<IpAddr, u64> = self
+            .endpoint_entries()?
+            .into_iter()
+            .map(|e| (e.ip, e.info.owner))
+            .collect();
+        let mut m = self.nat()?;
+        let stale: Vec<NatKey> = m
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, v)| {
+                let pod = if v.kind == nat_kind::MASQ_REPLY {
+                    addr(k.family, &v.daddr)
+                } else {
+                    addr(k.family, &k.saddr)
+                };
+                owners.get(&pod) != Some(&v.owner)
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in &stale {
+            let _ = m.remove(k);
+        }
+        Ok(stale.len())
+    }
+}

@@ -1,0 +1,344 @@
+//! End-to-end tests of the NAT data plane: real packets between namespaces
+//! this test creates, through the real binary's programs; every assertion is
+//! on what a server received and from which address.
+
+mod harness;
+
+use std::net::{IpAddr, SocketAddr};
+
+use harness::*;
+use serde_json::{json, Value};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+/// A pod address as a dual-stack server prints an IPv4 peer.
+fn v4mapped(a: IpAddr) -> String {
+    match a {
+        IpAddr::V4(_) => format!("::ffff:{a}"),
+        IpAddr::V6(_) => a.to_string(),
+    }
+}
+
+fn mappings(m: Value) -> Value {
+    json!({"runtimeConfig": {"portMappings": m}})
+}
+
+/// Live `nat` entries (as inspect shows them) whose owner is `cid`'s.
+fn nat_entries(t: &Topo) -> Vec<Value> {
+    t.inspect()["nat"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn host_ports_from_outside() {
+    let t = Topo::new("hpo");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    // pod1: tcp 8080 -> 80 and udp 8053 -> 53 on every node address;
+    // pod2: udp 8080 (same port, other protocol) and tcp 9090 on 192.0.2.1 only.
+    let c1 = t.conf(mappings(json!([
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 8053, "containerPort": 53, "protocol": "udp"},
+    ])));
+    let c2 = t.conf(mappings(json!([
+        {"hostPort": 8080, "containerPort": 53, "protocol": "udp"},
+        {"hostPort": 9090, "containerPort": 90, "protocol": "tcp", "hostIP": NODE_IP},
+    ])));
+    let r1 = t.add(&c1, "pod1", Some(&p1), "eth0");
+    t.add(&c2, "pod2", Some(&p2), "eth0");
+    let (a1, b1) = (result_ip(&r1, false), result_ip(&r1, true));
+    // A second node address: hostIP-less mappings answer there too,
+    // hostIP-bound ones do not.
+    ip_n(&t.node, &["addr", "add", "198.51.100.1/32", "dev", "up0"]);
+    ip_n(&t.ext, &["route", "add", "198.51.100.1/32", "via", NODE_IP]);
+    // ADD refreshes the node's addresses.
+    let p3 = t.pod("p3");
+    t.add(&t.conf(json!({})), "pod3", Some(&p3), "eth0");
+
+    let _t1 = TcpServer::start(&p1, "::", 80, "pod1");
+    let _u1 = UdpEcho::start(&p1, sa(ip("::"), 53), "pod1");
+    let _u2 = UdpEcho::start(&p2, sa(ip("::"), 53), "pod2");
+    let _t2 = TcpServer::start(&p2, "::", 90, "pod2");
+
+    // TCP over IPv4 and IPv6: the pod sees the real client.
+    assert_reply(&t.ext, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{EXT_IP}"));
+    assert_reply(&t.ext, ip(NODE_IP6), 8080, &format!("pod1 {EXT_IP6}"));
+    assert_reply(
+        &t.ext,
+        ip("198.51.100.1"),
+        8080,
+        &format!("pod1 ::ffff:{EXT_IP}"),
+    );
+    // UDP: the answer comes back from nodeIP:hostPort.
+    for (node, ext) in [(NODE_IP, EXT_IP), (NODE_IP6, EXT_IP6)] {
+        let (text, from) = udp_ask(&t.ext, 0, sa(ip(node), 8053)).unwrap();
+        assert!(
+            text.starts_with(&format!(
+                "pod1 {}",
+                if node.contains(':') {
+                    format!("[{ext}]")
+                } else {
+                    format!("[::ffff:{ext}]")
+                }
+            )),
+            "{text}"
+        );
+        assert_eq!(from, sa(ip(node), 8053));
+    }
+    // Same port, other protocol, other pod.
+    let (text, from) = udp_ask(&t.ext, 0, sa(ip(NODE_IP), 8080)).unwrap();
+    assert!(text.starts_with("pod2 "), "{text}");
+    assert_eq!(from, sa(ip(NODE_IP), 8080));
+    // hostIP: only that address.
+    assert_reply(&t.ext, ip(NODE_IP), 9090, &format!("pod2 ::ffff:{EXT_IP}"));
+    assert!(tcp_get(&t.ext, ip("198.51.100.1"), 9090).is_err());
+    // Only node addresses are intercepted: the pod's own address with the
+    // hostPort is routed to the pod untouched (nothing listens on 8080 there).
+    assert!(tcp_get(&t.ext, a1, 8080).is_err());
+    assert!(tcp_get(&t.ext, b1, 8080).is_err());
+    assert_reply(&t.ext, a1, 80, &format!("pod1 ::ffff:{EXT_IP}"));
+
+    // Translations are visible, with the owner's container.
+    let live = nat_entries(&t);
+    assert!(
+        live.iter()
+            .any(|e| e["kind"] == "hostport-reply" && e["container"] == "pod1"),
+        "{live:?}"
+    );
+    let counters = t.inspect()["counters"].clone();
+    assert!(counters["nat_hostport"].as_u64().unwrap() > 0, "{counters}");
+
+    // DEL: the mappings and translations of pod1 are gone; pod2's stay.
+    t.del(&c1, "pod1", Some(&p1), "eth0");
+    assert!(tcp_get(&t.ext, ip(NODE_IP), 8080).is_err());
+    assert!(udp_ask(&t.ext, 0, sa(ip(NODE_IP), 8053)).is_err());
+    let ports = t.inspect()["portMappings"].as_array().unwrap().clone();
+    assert_eq!(
+        ports.len(),
+        3,
+        "udp 8080 in both families, tcp 9090: {ports:?}"
+    );
+    assert!(
+        ports.iter().all(|p| p["podIP"] != a1.to_string()),
+        "{ports:?}"
+    );
+    let live = nat_entries(&t);
+    assert!(live.iter().all(|e| e["container"] != "pod1"), "{live:?}");
+    assert_reply(&t.ext, ip(NODE_IP), 9090, &format!("pod2 ::ffff:{EXT_IP}"));
+    t.del(&c2, "pod2", Some(&p2), "eth0");
+    t.del(&t.conf(json!({})), "pod3", Some(&p3), "eth0");
+}
+
+#[test]
+fn hairpin_and_node_local_access() {
+    let t = Topo::new("hpl");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let c1 = t.conf(mappings(json!([{"hostPort": 8080, "containerPort": 80}])));
+    let r1 = t.add(&c1, "pod1", Some(&p1), "eth0");
+    let r2 = t.add(&t.conf(json!({})), "pod2", Some(&p2), "eth0");
+    let (a2, b2) = (result_ip(&r2, false), result_ip(&r2, true));
+    let gw = r1["ips"][0]["gateway"].as_str().unwrap().to_string();
+    let _s = TcpServer::start(&p1, "::", 80, "pod1");
+
+    // Hairpin from another pod: the server sees that pod and can answer it.
+    assert_reply(&p2, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{a2}"));
+    assert_reply(&p2, ip(NODE_IP6), 8080, &format!("pod1 {b2}"));
+    // The gateway address on the bridge is a node address too.
+    assert_reply(&p2, ip(&gw), 8080, &format!("pod1 ::ffff:{a2}"));
+    // Hairpin to itself: the source becomes the node address it dialled.
+    assert_reply(&p1, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{NODE_IP}"));
+    assert_reply(&p1, ip(NODE_IP6), 8080, &format!("pod1 {NODE_IP6}"));
+    // Whatever bridge-nf-call-iptables says (if br_netfilter is loaded).
+    if std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists() {
+        sh_in(
+            &t.node,
+            &["sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1"],
+        );
+        assert_reply(&p2, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{a2}"));
+    }
+
+    // From the node itself, through the socket hooks of its cgroup.
+    for dst in ["127.0.0.1", "::1", NODE_IP, NODE_IP6] {
+        let got = node_tcp_get(&t, true, ip(dst), 8080)
+            .unwrap_or_else(|e| panic!("node -> {dst}:8080: {e}"));
+        assert!(got.starts_with("pod1 "), "node -> {dst}: {got}");
+    }
+    // A process outside that cgroup is not affected (and loopback is not
+    // reachable without the hooks: no route_localnet).
+    assert!(node_tcp_get(&t, false, ip("127.0.0.1"), 8080).is_err());
+    let rl = sh_in(
+        &t.node,
+        &["sysctl", "-n", "net.ipv4.conf.all.route_localnet"],
+    );
+    assert_eq!(rl.trim(), "0");
+    let counters = t.inspect()["counters"].clone();
+    assert!(counters["nat_hairpin"].as_u64().unwrap() > 0, "{counters}");
+    assert!(
+        counters["sock_translated"].as_u64().unwrap() > 0,
+        "{counters}"
+    );
+    t.del(&c1, "pod1", Some(&p1), "eth0");
+    assert!(tcp_get(&p2, ip(NODE_IP), 8080).is_err());
+    assert!(node_tcp_get(&t, true, ip("127.0.0.1"), 8080).is_err());
+    t.del(&t.conf(json!({})), "pod2", Some(&p2), "eth0");
+}
+
+#[test]
+fn masquerade_leaving_the_node() {
+    let t = Topo::new("msq");
+    // The outside knows no route to the pods: only masqueraded traffic can
+    // be answered.
+    ip_n(&t.ext, &["route", "del", "10.0.0.0/8"]);
+    ip_n(&t.ext, &["-6", "route", "del", "fd00::/8"]);
+    // A "second node" behind the uplink with a pod subnet the outside routes
+    // (as flannel host-gw would): cluster traffic is not masqueraded.
+    let remote = t.pod("remote");
+    ip_n(
+        &t.ext,
+        &[
+            "link", "add", "r0", "type", "veth", "peer", "name", "eth0", "netns", &remote,
+        ],
+    );
+    ip_n(&t.ext, &["addr", "add", "10.9.0.1/24", "dev", "r0"]);
+    ip_n(&t.ext, &["link", "set", "r0", "up"]);
+    ip_n(&remote, &["addr", "add", "10.9.0.5/24", "dev", "eth0"]);
+    ip_n(&remote, &["link", "set", "eth0", "up"]);
+    ip_n(&remote, &["route", "add", "default", "via", "10.9.0.1"]);
+    sh_in(&t.ext, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    // ext routes the node's pod subnet back only for this check's sake:
+    // the remote pod must see the pod's own address.
+    ip_n(&t.ext, &["route", "add", "10.1.0.0/24", "via", NODE_IP]);
+
+    let conf = t.conf(json!({"ipMasq": true, "nonMasqueradeCIDRs": ["10.9.0.0/16"]}));
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let r1 = t.add(&conf, "pod1", Some(&p1), "eth0");
+    let r2 = t.add(&conf, "pod2", Some(&p2), "eth0");
+    let (a1, a2) = (result_ip(&r1, false), result_ip(&r2, false));
+
+    // TCP, both families: the server sees the node.
+    let _s = TcpServer::start(&t.ext, "::", 7000, "ext");
+    assert_reply(&p1, ip(EXT_IP), 7000, &format!("ext ::ffff:{NODE_IP}"));
+    assert_reply(&p1, ip(EXT_IP6), 7000, &format!("ext {NODE_IP6}"));
+    // UDP from the same source port in two pods: two translations, each
+    // answer reaches its own pod.
+    let _u = UdpEcho::start(&t.ext, sa(ip("::"), 7001), "ext");
+    let (t1, from1) = udp_ask(&p1, 5000, sa(ip(EXT_IP), 7001)).unwrap();
+    let (t2, from2) = udp_ask(&p2, 5000, sa(ip(EXT_IP), 7001)).unwrap();
+    assert_eq!(from1, sa(ip(EXT_IP), 7001));
+    assert_eq!(from2, sa(ip(EXT_IP), 7001));
+    let port = |t: &str| -> (String, u16) {
+        let peer: SocketAddr = t.split(' ').nth(1).unwrap().parse().unwrap();
+        (v4mapped(peer.ip()), peer.port())
+    };
+    let (s1, s2) = (port(&t1), port(&t2));
+    assert_eq!(s1.0, format!("::ffff:{NODE_IP}"));
+    assert_eq!(s2.0, format!("::ffff:{NODE_IP}"));
+    assert_ne!(s1.1, s2.1, "distinct masquerade ports: {t1} / {t2}");
+    for p in [s1.1, s2.1] {
+        assert!((61000..=65535).contains(&p), "port {p} from the SNAT range");
+    }
+    // ICMP echo, both families.
+    sh_in(&p1, &["ping", "-c1", "-W2", EXT_IP]);
+    sh_in(&p1, &["ping", "-6", "-c1", "-W2", EXT_IP6]);
+    // The range is reserved against the node's own sockets.
+    let reserved = sh_in(
+        &t.node,
+        &["sysctl", "-n", "net.ipv4.ip_local_reserved_ports"],
+    );
+    assert!(reserved.contains("61000-65535"), "{reserved}");
+    // Cluster traffic keeps the pod address; pod to pod on the node too.
+    let _r = TcpServer::start(&remote, "0.0.0.0", 7002, "remote");
+    assert_reply(&p1, ip("10.9.0.5"), 7002, &format!("remote {a1}"));
+    let _p2s = TcpServer::start(&p2, "0.0.0.0", 7003, "pod2");
+    assert_reply(&p1, a2, 7003, &format!("pod2 {a1}"));
+    let counters = t.inspect()["counters"].clone();
+    assert!(
+        counters["nat_masq_new"].as_u64().unwrap() >= 4,
+        "{counters}"
+    );
+
+    // Without ipMasq nothing is translated: the server sees the pod.
+    let p3 = t.pod("p3");
+    let c3 = t.conf(json!({}));
+    let a3 = result_ip(&t.add(&c3, "pod3", Some(&p3), "eth0"), false);
+    assert_reply(&p3, ip(EXT_IP), 7000, &format!("ext ::ffff:{a3}"));
+    for (c, id, p) in [
+        (&conf, "pod1", &p1),
+        (&conf, "pod2", &p2),
+        (&c3, "pod3", &p3),
+    ] {
+        t.del(c, id, Some(p), "eth0");
+    }
+}
+
+#[test]
+fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
+    let t = Topo::new("icm");
+    let p1 = t.pod("p1");
+    let conf = t.conf(mappings(
+        json!([{"hostPort": 8053, "containerPort": 53, "protocol": "udp"}]),
+    ));
+    // A client already sending to the hostPort before the pod exists.
+    let sender = {
+        let ext = t.ext.clone();
+        in_ns(&ext, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..150 {
+                let _ = s.send_to(b"early", (NODE_IP, 8053));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    t.add(&conf, "pod1", Some(&p1), "eth0");
+    let got = udp_recv(
+        &p1,
+        sa(ip("0.0.0.0"), 53),
+        std::time::Duration::from_secs(2),
+    )
+    .join()
+    .unwrap();
+    let (text, from) = got.expect("the early flow reaches the pod once mapped");
+    assert_eq!((text.as_str(), from), ("early", ip(EXT_IP)));
+    sender.join().unwrap();
+
+    // Nothing listens on 53 now: the pod's port unreachable must reach the
+    // client with the quoted header translated back, or the client's
+    // connected socket would never see it.
+    for node in [NODE_IP, NODE_IP6] {
+        let err = in_ns(&t.ext, move || {
+            let any = if node.contains(':') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
+            let s = std::net::UdpSocket::bind(any).unwrap();
+            s.connect(sa(ip(node), 8053)).unwrap();
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 64];
+            let mut last = None;
+            for _ in 0..3 {
+                let _ = s.send(b"x");
+                match s.recv(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Ok(()),
+                    other => last = Some(format!("{other:?}")),
+                }
+            }
+            Err(last)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(err, Ok(()), "ICMP port unreachable via {node}");
+    }
+    let counters = t.inspect()["counters"].clone();
+    assert!(
+        counters["nat_icmp_error"].as_u64().unwrap() >= 2,
+        "{counters}"
+    );
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+}
