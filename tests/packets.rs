@@ -147,10 +147,12 @@ fn run(t: &Topo, prog: &str, ifname: &str, frame: Vec<u8>) -> (u32, Vec<u8>) {
         let mut ctx = [0u8; 44];
         ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
         let mut out = vec![0u8; frame.len() + 64];
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(&frame);
-        opts.data_out = Some(&mut out);
-        opts.ctx_in = Some(&ctx);
+        let opts = TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        };
         let r = p.test_run(opts).unwrap();
         out.truncate(r.data_size_out as usize);
         (r.return_value, out)
