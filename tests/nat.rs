@@ -342,3 +342,114 @@ fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
     );
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }
+
+/// The reachability of a hostPort from every vantage point, with the
+/// interfaces made by the reference `bridge` and the hostPort served by
+/// `plugin` (`portmap` or `cni-ebpf`) chained after it.
+fn reachability(plugin: &str) -> Vec<(&'static str, Result<String, String>)> {
+    let t = Topo::new(if plugin == "portmap" { "mref" } else { "mour" });
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let ipam = json!({"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}]], "dataDir": t.dir.join("ipam")});
+    let list = |m: Value| {
+        let mut second = json!({"type": plugin, "capabilities": {"portMappings": true},
+            "runtimeConfig": {"portMappings": m}});
+        if plugin == "cni-ebpf" {
+            merge(
+                &mut second,
+                json!({"pinPath": t.pin(), "stateDir": t.dir.join("state"),
+                "logFile": t.dir.join("cni.log"), "cgroupPath": t.cgroup}),
+            );
+        }
+        json!({"cniVersion": "1.0.0", "name": "testnet", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true,
+             "hairpinMode": true, "ipam": ipam},
+            second,
+        ]})
+    };
+    let l1 = list(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
+    let l2 = list(json!([]));
+    let r1 = t
+        .conflist("ADD", &l1, "pod1", &p1, "eth0", None)
+        .unwrap_or_else(|e| panic!("{plugin}: {e:?}"))
+        .unwrap();
+    let r2 = t
+        .conflist("ADD", &l2, "pod2", &p2, "eth0", None)
+        .unwrap_or_else(|e| panic!("{plugin}: {e:?}"))
+        .unwrap();
+    let a1 = result_ip(&r1, false);
+    let _s = TcpServer::start(&p1, "0.0.0.0", 80, "pod1");
+    let node = ip(NODE_IP);
+    let out = vec![
+        ("external -> nodeIP:hostPort", tcp_get(&t.ext, node, 8080)),
+        (
+            "node -> nodeIP:hostPort",
+            node_tcp_get(&t, true, node, 8080),
+        ),
+        (
+            "other pod -> nodeIP:hostPort (hairpin)",
+            tcp_get(&p2, node, 8080),
+        ),
+        (
+            "same pod -> nodeIP:hostPort (hairpin)",
+            tcp_get(&p1, node, 8080),
+        ),
+        ("other pod -> podIP:containerPort", tcp_get(&p2, a1, 80)),
+        (
+            "external -> podIP:hostPort (not a node address)",
+            tcp_get(&t.ext, a1, 8080),
+        ),
+    ];
+    t.conflist("DEL", &l1, "pod1", &p1, "eth0", Some(&r1))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    t.conflist("DEL", &l2, "pod2", &p2, "eth0", Some(&r2))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    out
+}
+
+#[test]
+fn chained_after_bridge_matches_the_reference_portmap() {
+    let reference = reachability("portmap");
+    let ours = reachability("cni-ebpf");
+    for ((what, r), (_, o)) in reference.iter().zip(&ours) {
+        eprintln!("{what:<50} portmap: {r:?}\n{:<50} cni-ebpf: {o:?}", "");
+        assert_eq!(
+            r.is_ok(),
+            o.is_ok(),
+            "{what}: portmap {r:?}, cni-ebpf {o:?}"
+        );
+    }
+    // The rows that must work do.
+    for (what, o) in ours.iter().take(5) {
+        assert!(o.is_ok(), "{what}: {o:?}");
+    }
+}
+
+#[test]
+fn a_reused_address_inherits_no_translation() {
+    let t = Topo::new("reu");
+    let (pa, pb) = (t.pod("pa"), t.pod("pb"));
+    let ca = t.conf(mappings(
+        json!([{"hostPort": 8053, "containerPort": 53, "protocol": "udp"}]),
+    ));
+    let a = result_ip(&t.add(&ca, "podA", Some(&pa), "eth0"), false);
+    let _ua = UdpEcho::start(&pa, sa(ip("0.0.0.0"), 53), "podA");
+    // An external client talks to pod A through the hostPort from port 40000.
+    let (_, from) = udp_ask(&t.ext, 40000, sa(ip(NODE_IP), 8053)).unwrap();
+    assert_eq!(from, sa(ip(NODE_IP), 8053));
+    assert!(nat_entries(&t).iter().any(|e| e["container"] == "podA"));
+    drop(_ua);
+    t.del(&ca, "podA", Some(&pa), "eth0");
+
+    // Pod B gets the same address, without any hostPort, and sends from
+    // port 53 to that client: it must leave as itself, not as nodeIP:8053.
+    let cb = t.conf(json!({"runtimeConfig": {"ips": [format!("{a}/24")]}}));
+    let b = result_ip(&t.add(&cb, "podB", Some(&pb), "eth0"), false);
+    assert_eq!(a, b, "the address is reused");
+    let _ue = UdpEcho::start(&t.ext, sa(ip("0.0.0.0"), 40000), "ext");
+    let (text, _) = udp_ask(&pb, 53, sa(ip(EXT_IP), 40000)).unwrap();
+    assert_eq!(text, format!("ext {b}:53"));
+    assert!(nat_entries(&t).iter().all(|e| e["container"] != "podA"));
+    let counters = t.inspect()["counters"].clone();
+    assert!(counters["nat_stale"].as_u64().unwrap() >= 1, "{counters}");
+    t.del(&cb, "podB", Some(&pb), "eth0");
+}

@@ -187,6 +187,7 @@ fn rewrites_and_checksums() {
     let conf = t.conf(json!({"ipMasq": true, "runtimeConfig": {"portMappings": [
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
         {"hostPort": 8053, "containerPort": 53, "protocol": "udp"},
+        {"hostPort": 9132, "containerPort": 9132, "protocol": "sctp"},
     ]}}));
     let res = t.add(&conf, "pod1", Some(&p1), "eth0");
     let (IpAddr::V4(pod4), IpAddr::V6(pod6)) = (result_ip(&res, false), result_ip(&res, true))
@@ -314,6 +315,25 @@ fn rewrites_and_checksums() {
     let (_, out) = run(&t, "to_netdev", "up0", frame(&ipv6(pod6, ext6, TCP, &seg)));
     assert_eq!(&out[22..38], &node6.octets());
     assert_l4_csum(&out);
+
+    // SCTP hostPort (== containerPort): only the address changes; its
+    // CRC32c does not cover the IP header, so the SCTP bytes stay as sent.
+    let sctp: Vec<u8> = [
+        &9132u16.to_be_bytes()[..],
+        &9132u16.to_be_bytes(),
+        &[0, 0, 0, 7, 0xde, 0xad, 0xbe, 0xef],
+        &[1, 0, 0, 4],
+    ]
+    .concat();
+    let (_, out) = run(
+        &t,
+        "from_netdev",
+        "up0",
+        frame(&ipv4(ext4, node4, 132, &sctp)),
+    );
+    assert_eq!(&out[30..34], &pod4.octets());
+    assert_eq!(&out[34..], &sctp[..]);
+    assert_ipv4_csum(&out);
 
     // A packet to another destination with the hostPort is not touched.
     let other = v4("198.51.100.7");
