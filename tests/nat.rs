@@ -453,3 +453,44 @@ fn a_reused_address_inherits_no_translation() {
     assert!(counters["nat_stale"].as_u64().unwrap() >= 1, "{counters}");
     t.del(&cb, "podB", Some(&pb), "eth0");
 }
+
+#[test]
+fn uplinks_from_config_and_added_later() {
+    let t = Topo::new("upl");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    // An empty list: no uplink programs, so no hostPort from outside.
+    let c1 = t.conf(json!({"uplinks": [], "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]}}));
+    t.add(&c1, "pod1", Some(&p1), "eth0");
+    let _s = TcpServer::start(&p1, "::", 80, "pod1");
+    assert!(tcp_get(&t.ext, ip(NODE_IP), 8080).is_err());
+    // A later ADD naming the uplink attaches it (twice is harmless: a third
+    // ADD with the same list changes nothing).
+    let c2 =
+        t.conf(json!({"uplinks": ["up0"], "ipMasq": true, "nonMasqueradeCIDRs": ["10.0.0.0/8"]}));
+    t.add(&c2, "pod2", Some(&p2), "eth0");
+    let p3 = t.pod("p3");
+    t.add(&c2, "pod3", Some(&p3), "eth0");
+    assert_reply(&t.ext, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{EXT_IP}"));
+    let filters = sh_in(&t.node, &["tc", "filter", "show", "dev", "up0", "ingress"]);
+    assert_eq!(
+        filters
+            .lines()
+            .filter(|l| l.contains("from_netdev"))
+            .count(),
+        1,
+        "{filters}"
+    );
+    // Every table is a pinned map with BTF: bpftool prints named fields.
+    assert_bpftool_fields(
+        &t,
+        "nat",
+        &["saddr", "daddr", "sport", "dport", "scope", "kind", "owner"],
+    );
+    assert_bpftool_fields(&t, "uplinks", &["addr4", "addr6"]);
+    assert_bpftool_fields(&t, "node_addrs", &["family", "addr"]);
+    assert_bpftool_fields(&t, "config", &["snat_min", "snat_max", "netns_cookie"]);
+    assert_bpftool_fields(&t, "no_masq", &["prefix_len", "family", "addr"]);
+    for (c, id, p) in [(&c1, "pod1", &p1), (&c2, "pod2", &p2), (&c2, "pod3", &p3)] {
+        t.del(c, id, Some(p), "eth0");
+    }
+}

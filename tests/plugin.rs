@@ -12,20 +12,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// Asserts that `bpftool map dump pinned` of `map` prints these field names
-/// (the maps carry BTF).
-#[track_caller]
-fn assert_bpftool_fields(t: &Topo, map: &str, fields: &[&str]) {
-    let path = t.dir.join(t.abi_dir()).join("maps").join(map);
-    let dump = sh(&["bpftool", "map", "dump", "pinned", path.to_str().unwrap()]);
-    for field in fields {
-        assert!(
-            dump.contains(&format!("\"{field}\"")),
-            "bpftool dump lacks {field}: {dump}"
-        );
-    }
-}
-
 /// Asserts that the pod namespace has nothing but its loopback.
 #[track_caller]
 fn assert_pod_untouched(ns: &str) {

@@ -780,3 +780,17 @@ pub fn node_tcp_get(t: &Topo, in_cgroup: bool, dst: IpAddr, port: u16) -> Result
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
+
+/// Asserts that `bpftool map dump pinned` of `map` prints these field names
+/// (the maps carry BTF).
+#[track_caller]
+pub fn assert_bpftool_fields(t: &Topo, map: &str, fields: &[&str]) {
+    let path = t.dir.join(t.abi_dir()).join("maps").join(map);
+    let dump = sh(&["bpftool", "map", "dump", "pinned", path.to_str().unwrap()]);
+    for field in fields {
+        assert!(
+            dump.contains(&format!("\"{field}\"")),
+            "bpftool dump lacks {field}: {dump}"
+        );
+    }
+}
