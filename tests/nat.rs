@@ -89,6 +89,13 @@ fn host_ports_from_outside() {
         );
         assert_eq!(from, sa(ip(node), 8053));
     }
+    // The same client port, first through the hostPort, then straight to
+    // the pod: the second flow's answers must not be translated as the
+    // first's were.
+    let (_, from) = udp_ask(&t.ext, 40100, sa(ip(NODE_IP), 8053)).unwrap();
+    assert_eq!(from, sa(ip(NODE_IP), 8053));
+    let (_, from) = udp_ask(&t.ext, 40100, sa(a1, 53)).unwrap();
+    assert_eq!(from, sa(a1, 53));
     // Same port, other protocol, other pod.
     let (text, from) = udp_ask(&t.ext, 0, sa(ip(NODE_IP), 8080)).unwrap();
     assert!(text.starts_with("pod2 "), "{text}");
@@ -493,4 +500,86 @@ fn uplinks_from_config_and_added_later() {
     for (c, id, p) in [(&c1, "pod1", &p1), (&c2, "pod2", &p2), (&c2, "pod3", &p3)] {
         t.del(c, id, Some(p), "eth0");
     }
+}
+
+/// New TCP connections per second (connect, 1-byte answer, close) from the
+/// external namespace to `dst:port` for `secs` seconds.
+fn conn_rate(ns: &str, dst: IpAddr, port: u16, secs: f64) -> f64 {
+    in_ns(ns, move || {
+        use std::io::Read;
+        let start = std::time::Instant::now();
+        let mut n = 0u64;
+        let mut b = [0u8; 1];
+        while start.elapsed().as_secs_f64() < secs {
+            let mut s = std::net::TcpStream::connect(sa(dst, port))
+                .unwrap_or_else(|e| panic!("connect {dst}:{port} after {n}: {e}"));
+            s.read_exact(&mut b).unwrap();
+            n += 1;
+        }
+        n as f64 / start.elapsed().as_secs_f64()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Not a test of speed (never asserted): prints the new-connection rate
+/// through a hostPort and straight to the pod, alternating, three rounds.
+/// `cargo test --release --test nat -- --ignored --nocapture connection_rate`
+#[test]
+#[ignore]
+fn connection_rate_through_host_port() {
+    let t = Topo::new("rate");
+    let p1 = t.pod("p1");
+    let conf = t.conf(mappings(json!([{"hostPort": 8080, "containerPort": 80}])));
+    let a = result_ip(&t.add(&conf, "pod1", Some(&p1), "eth0"), false);
+    // The client closes first: let it reuse ports in TIME_WAIT. The direct
+    // path uses another client address, so the pod's TIME_WAIT sockets of
+    // one path never meet the other path's SYNs (their timestamps differ).
+    sh_in(&t.ext, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"]);
+    ip_n(
+        &t.ext,
+        &["addr", "add", "192.0.2.3/24", "dev", "eth0", "nodad"],
+    );
+    ip_n(
+        &t.ext,
+        &[
+            "route",
+            "replace",
+            "10.0.0.0/8",
+            "via",
+            NODE_IP,
+            "src",
+            "192.0.2.3",
+        ],
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let srv = in_ns(&p1, move || {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("0.0.0.0:80").unwrap();
+        for c in l.incoming() {
+            if s2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(mut c) = c {
+                let _ = c.write_all(b"x");
+            }
+        }
+    });
+    let (mut nat, mut direct) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        direct.push(conn_rate(&t.ext, a, 80, 3.0));
+        nat.push(conn_rate(&t.ext, ip(NODE_IP), 8080, 3.0));
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    let (n, d) = (med(&mut nat), med(&mut direct));
+    println!("connections/s: hostPort {n:.0} (runs {nat:.0?}), pod IP {d:.0} (runs {direct:.0?}), ratio {:.3}", n / d);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::net::TcpStream::connect(sa(a, 80));
+    let _ = tcp_get(&t.ext, a, 80);
+    srv.join().unwrap();
+    t.del(&conf, "pod1", Some(&p1), "eth0");
 }

@@ -28,6 +28,8 @@ pub struct Flow {
     pub pseudo: bool,
     /// UDP: a zero checksum means "none" and must stay zero.
     pub udp: bool,
+    /// A TCP SYN without ACK: the first packet of a connection.
+    pub syn: bool,
     /// The tuple (scope 0; each hook sets its own).
     pub key: NatKey,
     /// Offset of the IP header.
@@ -133,6 +135,7 @@ fn l4_fields(ctx: &TcContext, f: &mut Flow, l3: usize, l4: usize) -> Option<()> 
     f.csum = 0;
     f.pseudo = false;
     f.udp = false;
+    f.syn = false;
     f.sport_off = l4;
     f.dport_off = l4 + 2;
     f.icmp_err = false;
@@ -146,6 +149,8 @@ fn l4_fields(ctx: &TcContext, f: &mut Flow, l3: usize, l4: usize) -> Option<()> 
                 proto::TCP => {
                     f.csum = l4 + 16;
                     f.pseudo = true;
+                    let flags: u8 = ctx.load(l4 + 13).ok()?;
+                    f.syn = flags & 0x12 == 0x02;
                 }
                 proto::UDP => {
                     f.csum = l4 + 6;

@@ -12,7 +12,7 @@ use crate::{
     flow::{parse, Flow},
     packet::EthHdr,
     rewrite::{rewrite, Target},
-    translate::{endpoint, hostport, is_loopback, live, remember_reply, translated},
+    translate::{endpoint, forget_reply, hostport, is_loopback, live, remember_reply, translated},
 };
 
 /// NAT for a packet the pod behind `ifindex` sent (already past
@@ -49,7 +49,12 @@ fn reply(ctx: &TcContext, f: &Flow, ifindex: u32) -> Option<i32> {
 #[inline(never)]
 fn new_flow(ctx: &TcContext, f: &Flow, ifindex: u32) -> Option<i32> {
     let key = &f.key;
-    let t = hostport(key)?;
+    let Some(t) = hostport(key) else {
+        if f.syn || f.udp {
+            forget_reply(key);
+        }
+        return None;
+    };
     let to = Target {
         saddr: if t.pod_ip == key.saddr {
             key.daddr

@@ -18,7 +18,8 @@ use crate::{
     maps::{count, nat, no_masq_hit, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
     translate::{
-        dropped, endpoint, hostport, is_loopback, live, remember_reply, reply_of, translated,
+        dropped, endpoint, forget_reply, hostport, is_loopback, live, remember_reply, reply_of,
+        translated,
     },
 };
 
@@ -41,8 +42,12 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         f.key.scope = scope::NETDEV;
         if f.icmp_err {
             icmp_error(ctx, &f);
-        } else if !known_flow(ctx, &f) && !is_loopback(f.key.family, &f.key.daddr) {
-            to_hostport(ctx, &f);
+        } else if !known_flow(ctx, &f)
+            && !is_loopback(f.key.family, &f.key.daddr)
+            && !to_hostport(ctx, &f)
+            && (f.syn || f.udp)
+        {
+            forget_reply(&f.key);
         }
     }
     TC_ACT_OK as i32
@@ -84,15 +89,16 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
     true
 }
 
-/// A packet to a hostPort: DNAT to the pod, remember the reply.
+/// A packet to a hostPort: DNAT to the pod, remember the reply. False if
+/// the packet is not for a hostPort.
 #[inline(never)]
-fn to_hostport(ctx: &TcContext, f: &Flow) {
+fn to_hostport(ctx: &TcContext, f: &Flow) -> bool {
     let key = &f.key;
     let Some(t) = hostport(key) else {
-        return;
+        return false;
     };
     let Some(ep) = endpoint(key.family, &t.pod_ip) else {
-        return;
+        return false;
     };
     let ifindex = ep.ifindex;
     let to = Target {
@@ -105,6 +111,7 @@ fn to_hostport(ctx: &TcContext, f: &Flow) {
     if rewrite(ctx, f, &to) {
         translated(Counter::NatHostPort, ifindex);
     }
+    true
 }
 
 /// True when `a` and `b` share the first `plen` bits.

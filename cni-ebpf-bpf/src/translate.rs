@@ -163,3 +163,26 @@ pub fn dropped(c: Counter, ifindex: u32) {
         st.drop_nat += 1;
     }
 }
+
+/// A packet that starts a flow the NAT does not translate (a TCP SYN, or any
+/// UDP datagram) straight to a pod: a reply translation left behind by an
+/// earlier translated flow with the same ports would capture this flow's
+/// replies, so it is dropped. (Reply entries carry no TCP state; this keeps
+/// a reused 4-tuple correct.)
+#[inline(never)]
+pub fn forget_reply(key: &NatKey) {
+    let rk = NatKey {
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport: key.dport,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        scope: key.scope,
+        pad: 0,
+    };
+    // SAFETY: only tested for presence.
+    if unsafe { nat.get(&rk) }.is_some() {
+        let _ = nat.remove(&rk);
+    }
+}
