@@ -33,6 +33,8 @@ struct Pod {
     ns: &'static str,
     id: &'static str,
     name: &'static str,
+    /// The node port that leads to the pod's server (`portMappings`).
+    host_port: u16,
 }
 
 const PODS: [Pod; 2] = [
@@ -40,21 +42,31 @@ const PODS: [Pod; 2] = [
         ns: "cedemo-pod1",
         id: "demo-pod1",
         name: "pod1",
+        host_port: 30080,
     },
     Pod {
         ns: "cedemo-pod2",
         id: "demo-pod2",
         name: "pod2",
+        host_port: 30081,
     },
 ];
+
+/// The node's uplink address and the external client's.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const EXT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// Port of the external server the pods reach through masquerade.
+const EXT_PORT: u16 = 9000;
 
 const USAGE: &str = "usage: cargo xtask demo
 
 As root: runs setup, builds the plugin, then inside network namespaces cedemo-node,
 cedemo-ext, cedemo-pod1 and cedemo-pod2 (bpffs, state and log under
-/run/cni-ebpf-demo) ADDs two pods the way a runtime does, talks to a TCP server in
-each pod from the ext namespace, shows `cni-ebpf inspect` and the endpoints map,
-DELs the pods and removes everything it created.";
+/run/cni-ebpf-demo) ADDs two pods the way a runtime does, each with a hostPort
+(30080, 30081 -> 8080), reaches each pod's TCP server from the ext namespace through
+the node's address, has pod1 reach a server in ext through masquerade (ext has no
+route to the pods), shows `cni-ebpf inspect` and the maps that made it happen, DELs
+the pods and removes everything it created.";
 
 fn netns_path(ns: &str) -> PathBuf {
     Path::new("/run/netns").join(ns)
@@ -228,15 +240,9 @@ fn topology() -> Result {
     ip(&["-n", NODE, "link", "set", "up0", "up"])?;
     ip(&["-n", EXT, "addr", "add", "192.0.2.2/24", "dev", "eth0"])?;
     ip(&["-n", EXT, "link", "set", "eth0", "up"])?;
-    ip(&[
-        "-n",
-        EXT,
-        "route",
-        "add",
-        "10.244.0.0/16",
-        "via",
-        "192.0.2.1",
-    ])?;
+    // The node's way out (its default route makes up0 the uplink); the
+    // outside has no route to the pods.
+    ip(&["-n", NODE, "route", "add", "default", "via", "192.0.2.2"])?;
     ip(&[
         "netns",
         "exec",
@@ -247,9 +253,16 @@ fn topology() -> Result {
     ])
 }
 
-fn config() -> String {
+/// The network config; `host_port` becomes the pod's `portMappings` (the
+/// runtime's capability argument).
+fn config(host_port: Option<u16>) -> String {
+    let rc = host_port.map_or(String::new(), |p| {
+        format!(
+            r#","runtimeConfig":{{"portMappings":[{{"hostPort":{p},"containerPort":{PORT},"protocol":"tcp"}}]}}"#
+        )
+    });
     format!(
-        r#"{{"cniVersion":"1.1.0","name":"demo","type":"cni-ebpf","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"pinPath":"{DIR}/bpf","stateDir":"{DIR}/state","logFile":"{DIR}/plugin.log","cgroupPath":"","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"dataDir":"{DIR}/ipam"}}}}"#
+        r#"{{"cniVersion":"1.1.0","name":"demo","type":"cni-ebpf","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"ipMasq":true,"pinPath":"{DIR}/bpf","stateDir":"{DIR}/state","logFile":"{DIR}/plugin.log","cgroupPath":"","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"dataDir":"{DIR}/ipam"}}{rc}}}"#
     )
 }
 
@@ -282,17 +295,17 @@ fn cni(plugin: &Path, command: &str, pod: &Pod, conf: &str) -> Result<(String, D
 fn demo(plugin: &Path) -> Result {
     topology()?;
     std::fs::create_dir_all(DIR).context(|| format!("mkdir {DIR}"))?;
-    let conf = config();
     println!(
-        "\nnetwork config (stdin of every call):\n{}",
-        pretty_json(&conf)
+        "\nnetwork config (stdin of pod1's ADD; pod2's maps hostPort {}):\n{}",
+        PODS[1].host_port,
+        pretty_json(&config(Some(PODS[0].host_port)))
     );
 
     let mut ips = Vec::new();
     let mut timings = Vec::new();
     for pod in &PODS {
-        sh::step(&format!("ADD {}", pod.name));
-        let (out, took) = cni(plugin, "ADD", pod, &conf)?;
+        sh::step(&format!("ADD {} (hostPort {})", pod.name, pod.host_port));
+        let (out, took) = cni(plugin, "ADD", pod, &config(Some(pod.host_port)))?;
         println!("{}", pretty_json(&out));
         println!("ADD {}: {} ms", pod.name, took.as_millis());
         timings.push(format!("ADD {} {} ms", pod.name, took.as_millis()));
@@ -303,13 +316,16 @@ fn demo(plugin: &Path) -> Result {
         ips.push(IpAddr::V4(ip));
     }
 
-    sh::step("traffic: ext -> each pod's TCP server on port 8080");
+    sh::step("hostPorts: ext -> nodeIP:hostPort -> each pod's TCP server on port 8080");
     let mut failures = Vec::new();
     let mut servers = Vec::new();
     for pod in &PODS {
-        servers.push(serve_once(pod.ns, pod.name)?);
+        servers.push(serve_once(pod.ns, pod.name, PORT)?);
     }
-    let targets: Vec<SocketAddr> = ips.iter().map(|ip| SocketAddr::new(*ip, PORT)).collect();
+    let targets: Vec<SocketAddr> = PODS
+        .iter()
+        .map(|p| SocketAddr::new(NODE_IP.into(), p.host_port))
+        .collect();
     let replies = thread::spawn(move || -> io::Result<Vec<(io::Result<String>, Duration)>> {
         enter_netns(EXT)?;
         Ok(targets.iter().map(|t| request(t, CLIENT_TIMEOUT)).collect())
@@ -320,7 +336,8 @@ fn demo(plugin: &Path) -> Result {
     for ((pod, ip), (reply, took)) in PODS.iter().zip(&ips).zip(replies) {
         match reply {
             Ok(r) if !r.trim().is_empty() => println!(
-                "ext -> {ip}:{PORT} ({}): {:?} in {} ms",
+                "ext -> {NODE_IP}:{} -> {ip}:{PORT} ({}): {:?} in {} ms",
+                pod.host_port,
                 pod.name,
                 r.trim_end(),
                 took.as_millis()
@@ -338,27 +355,70 @@ fn demo(plugin: &Path) -> Result {
     }
     for (pod, server) in PODS.iter().zip(servers) {
         match server.join() {
-            Ok(Ok(peer)) => println!("{} server saw the client as {peer}", pod.name),
+            Ok(Ok(peer)) if peer == IpAddr::V4(EXT_IP) => {
+                println!("{} server saw the client as {peer}", pod.name)
+            }
+            Ok(Ok(peer)) => failures.push(format!(
+                "{} server saw the client as {peer}, not {EXT_IP}",
+                pod.name
+            )),
             Ok(Err(e)) => failures.push(format!("{} server: {e}", pod.name)),
             Err(_) => failures.push(format!("{} server thread panicked", pod.name)),
         }
     }
 
+    sh::step(&format!(
+        "masquerade: pod1 -> ext {EXT_IP}:{EXT_PORT} (ext has no route to the pods)"
+    ));
+    let server = serve_once(EXT, "ext", EXT_PORT)?;
+    let to = SocketAddr::new(EXT_IP.into(), EXT_PORT);
+    let (reply, took) = thread::spawn(move || {
+        if let Err(e) = enter_netns(PODS[0].ns) {
+            return (Err(e), Duration::ZERO);
+        }
+        request(&to, CLIENT_TIMEOUT)
+    })
+    .join()
+    .map_err(|_| "the client thread panicked")?;
+    match reply {
+        Ok(r) => println!(
+            "pod1 -> {to}: {:?} in {} ms",
+            r.trim_end(),
+            took.as_millis()
+        ),
+        Err(e) => failures.push(format!("pod1 -> {to}: {e}")),
+    }
+    match server.join() {
+        Ok(Ok(peer)) if peer == IpAddr::V4(NODE_IP) => {
+            println!("ext server saw pod1 as {peer} (the node: masqueraded)")
+        }
+        Ok(Ok(peer)) => failures.push(format!("ext server saw pod1 as {peer}, not {NODE_IP}")),
+        Ok(Err(e)) => failures.push(format!("ext server: {e}")),
+        Err(_) => failures.push("ext server thread panicked".into()),
+    }
+
     sh::step("cni-ebpf inspect");
     inspect(plugin)?;
     let map = endpoints_map();
-    sh::step("bpftool map dump (endpoints)");
     match &map {
-        Some(m) => Cmd::new("bpftool")
-            .args(["map", "dump", "pinned"])
-            .arg(m)
-            .run()?,
+        Some(m) => {
+            for name in ["endpoints", "portmap", "nat"] {
+                sh::step(&format!(
+                    "bpftool map dump ({name}: the entries that made it happen)"
+                ));
+                Cmd::new("bpftool")
+                    .args(["map", "dump", "pinned"])
+                    .arg(m.with_file_name(name))
+                    .run()?;
+            }
+        }
         None => failures.push(format!("no pinned endpoints map under {DIR}/bpf")),
     }
 
     for pod in PODS.iter().rev() {
         sh::step(&format!("DEL {}", pod.name));
-        let (out, took) = cni(plugin, "DEL", pod, &conf)?;
+        // DEL needs no runtimeConfig: the mappings are found from the state.
+        let (out, took) = cni(plugin, "DEL", pod, &config(None))?;
         if !out.trim().is_empty() {
             println!("{}", pretty_json(&out));
         }
@@ -405,7 +465,7 @@ fn demo(plugin: &Path) -> Result {
 
     println!("\ntimings: {}", timings.join(", "));
     if failures.is_empty() {
-        println!("demo: every pod answered");
+        println!("demo: every pod answered through its hostPort, and pod1 was masqueraded");
         Ok(())
     } else {
         Err(format!("demo failed: {}", failures.join("; ")).into())
@@ -418,6 +478,8 @@ fn inspect(plugin: &Path) -> Result {
         .arg(plugin)
         .args(["inspect", "--pin-path"])
         .arg(format!("{DIR}/bpf"))
+        .arg("--state-dir")
+        .arg(format!("{DIR}/state"))
         .env_remove("CNI_COMMAND")
         .run()
 }
@@ -467,18 +529,19 @@ fn enter_netns(ns: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Starts a thread in `ns` that listens on :8080, answers one connection with
-/// `hello from <name>, you are <peer ip>` and returns the peer. Returns once
-/// the socket is listening.
+/// Starts a thread in `ns` that listens on `port`, answers one connection
+/// with `hello from <name>, you are <peer ip>` and returns the peer. Returns
+/// once the socket is listening.
 fn serve_once(
     ns: &'static str,
     name: &'static str,
+    port: u16,
 ) -> Result<thread::JoinHandle<io::Result<IpAddr>>> {
     let (tx, rx) = mpsc::channel();
     let handle = thread::spawn(move || -> io::Result<IpAddr> {
         let listener = (|| {
             enter_netns(ns)?;
-            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT))?;
+            let l = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
             l.set_nonblocking(true)?;
             Ok::<_, io::Error>(l)
         })();
@@ -515,7 +578,7 @@ fn serve_once(
     });
     match rx.recv() {
         Ok(Ok(())) => {
-            println!("{name}: listening on 0.0.0.0:{PORT} in {ns}");
+            println!("{name}: listening on 0.0.0.0:{port} in {ns}");
             Ok(handle)
         }
         Ok(Err(e)) => Err(format!("server in {ns}: {e}").into()),
@@ -651,8 +714,12 @@ mod tests {
 
     #[test]
     fn config_is_for_the_demo_dir() {
-        let c = config();
+        let c = config(Some(30080));
         assert!(c.contains(r#""pinPath":"/run/cni-ebpf-demo/bpf""#));
         assert!(c.contains(r#""dataDir":"/run/cni-ebpf-demo/ipam""#));
+        // Never the machine's root cgroup.
+        assert!(c.contains(r#""cgroupPath":"""#));
+        assert!(c.contains(r#""portMappings":[{"hostPort":30080,"containerPort":8080"#));
+        assert!(!config(None).contains("runtimeConfig"));
     }
 }
