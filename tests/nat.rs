@@ -144,7 +144,10 @@ fn host_ports_from_outside() {
 fn hairpin_and_node_local_access() {
     let t = Topo::new("hpl");
     let (p1, p2) = (t.pod("p1"), t.pod("p2"));
-    let c1 = t.conf(mappings(json!([{"hostPort": 8080, "containerPort": 80}])));
+    let c1 = t.conf(mappings(json!([
+        {"hostPort": 8080, "containerPort": 80},
+        {"hostPort": 8053, "containerPort": 53, "protocol": "udp"},
+    ])));
     let r1 = t.add(&c1, "pod1", Some(&p1), "eth0");
     let r2 = t.add(&t.conf(json!({})), "pod2", Some(&p2), "eth0");
     let (a2, b2) = (result_ip(&r2, false), result_ip(&r2, true));
@@ -173,6 +176,13 @@ fn hairpin_and_node_local_access() {
         let got = node_tcp_get(&t, true, ip(dst), 8080)
             .unwrap_or_else(|e| panic!("node -> {dst}:8080: {e}"));
         assert!(got.starts_with("pod1 "), "node -> {dst}: {got}");
+    }
+    // UDP from the node: the pod answers the node's gateway address.
+    let _u = UdpEcho::start(&p1, sa(ip("::"), 53), "pod1");
+    for dst in ["127.0.0.1", "::1"] {
+        let got = node_udp_ask(&t, ip(dst), 8053)
+            .unwrap_or_else(|e| panic!("node -> udp {dst}:8053: {e}"));
+        assert!(got.starts_with("pod1 "), "{got}");
     }
     // A process outside that cgroup is not affected (and loopback is not
     // reachable without the hooks: no route_localnet).

@@ -758,6 +758,27 @@ pub fn udp_ask(ns: &str, src_port: u16, dst: SocketAddr) -> Result<(String, Sock
     .unwrap()
 }
 
+/// A UDP question and answer from a process in the node namespace inside
+/// the topology's cgroup (a connected socket, as `/dev/udp` makes): the
+/// answer's text.
+pub fn node_udp_ask(t: &Topo, dst: IpAddr, port: u16) -> Result<String, String> {
+    let script = format!(
+        "echo $$ > {}/cgroup.procs; exec nsenter --net=/run/netns/{} bash -c 'exec 3<>/dev/udp/{dst}/{port} && echo hi >&3 && timeout 2 dd bs=1500 count=1 status=none <&3'",
+        t.cgroup.display(),
+        t.node
+    );
+    let out = Command::new("timeout")
+        .args(["5", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if text.is_empty() {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    } else {
+        Ok(text)
+    }
+}
+
 /// A TCP exchange from a process in the node namespace, optionally inside
 /// the topology's cgroup (where the socket hooks are): the server's line.
 pub fn node_tcp_get(t: &Topo, in_cgroup: bool, dst: IpAddr, port: u16) -> Result<String, String> {
