@@ -45,9 +45,8 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
         } else if !known_flow(ctx, &f)
             && !is_loopback(f.key.family, &f.key.daddr)
             && !to_hostport(ctx, &f)
-            && (f.syn || f.udp)
         {
-            forget_reply(&f.key);
+            inbound(&f);
         }
     }
     TC_ACT_OK as i32
@@ -78,6 +77,9 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
     let Some((v, ep)) = live(&f.key) else {
         return false;
     };
+    if v.kind == nat_kind::PASS {
+        return true;
+    }
     if rewrite(ctx, f, &Target::of(&v)) {
         let c = if v.kind == nat_kind::MASQ {
             Counter::NatMasq
@@ -87,6 +89,36 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
         translated(c, ep);
     }
     true
+}
+
+/// A packet from outside straight to an address (no translation). Its
+/// replies must leave untranslated: a new TCP connection drops any reply
+/// entry left by an earlier translated flow with the same ports (and
+/// masquerade only starts flows at a SYN); a UDP flow to a masquerading pod
+/// gets a pass-through entry, so its replies are not masqueraded.
+#[inline(never)]
+fn inbound(f: &Flow) {
+    if f.syn {
+        forget_reply(&f.key);
+        return;
+    }
+    if !f.udp {
+        return;
+    }
+    let key = &f.key;
+    match endpoint(key.family, &key.daddr) {
+        Some(ep) if ep.flags & EP_FLAG_MASQ != 0 => {
+            let owner = ep.owner;
+            let same = Target {
+                saddr: key.saddr,
+                daddr: key.daddr,
+                sport: key.sport,
+                dport: key.dport,
+            };
+            remember_reply(key, &same, nat_kind::PASS, owner);
+        }
+        _ => forget_reply(key),
+    }
 }
 
 /// A packet to a hostPort: DNAT to the pod, remember the reply. False if
@@ -165,7 +197,12 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
     }
     // Only flows with a port (or echo id) to allocate: TCP, UDP, echo requests.
     let icmp = key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6;
-    if !(key.proto == proto::TCP || key.proto == proto::UDP || (icmp && is_echo_request(ctx, f))) {
+    // A TCP flow is masqueraded from its SYN on: a segment without an entry
+    // is a reply of a connection that came in (or one whose entry is gone).
+    if !((key.proto == proto::TCP && f.syn)
+        || key.proto == proto::UDP
+        || (icmp && is_echo_request(ctx, f)))
+    {
         return ok;
     }
     let (pod_if, owner) = (ep.ifindex, ep.owner);

@@ -306,6 +306,9 @@ pub mod nat_kind {
     pub const MASQ: u8 = 3;
     /// Reply of a masqueraded flow, outside -> node port, back to the pod.
     pub const MASQ_REPLY: u8 = 4;
+    /// Reply of a flow that came in from outside straight to a masquerading
+    /// pod (UDP): left as it is, never masqueraded.
+    pub const PASS: u8 = 5;
 }
 
 /// A flow as one hook sees it: the key of [`map::NAT`]. Ports are in network

@@ -68,7 +68,7 @@ the node's address, has pod1 reach a server in ext through masquerade (ext has n
 route to the pods), shows `cni-ebpf inspect` and the maps that made it happen, DELs
 the pods and removes everything it created.";
 
-fn netns_path(ns: &str) -> PathBuf {
+pub(crate) fn netns_path(ns: &str) -> PathBuf {
     Path::new("/run/netns").join(ns)
 }
 
@@ -519,7 +519,7 @@ extern "C" {
 const CLONE_NEWNET: i32 = 0x4000_0000;
 
 /// Moves the calling thread (only) into network namespace `ns`.
-fn enter_netns(ns: &str) -> io::Result<()> {
+pub(crate) fn enter_netns(ns: &str) -> io::Result<()> {
     let f = File::open(netns_path(ns))?;
     // SAFETY: `f` is an open namespace file for the duration of the call;
     // setns with CLONE_NEWNET only changes this thread's network namespace.
@@ -600,7 +600,7 @@ fn request(to: &SocketAddr, timeout: Duration) -> (io::Result<String>, Duration)
 }
 
 /// The string values of every `"key": "..."` pair in a JSON text.
-fn string_values(json: &str, key: &str) -> Vec<String> {
+pub(crate) fn string_values(json: &str, key: &str) -> Vec<String> {
     let needle = format!("\"{key}\"");
     let mut out = Vec::new();
     let mut rest = json;

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | test | demo` (std only).
+//! Project tasks: `cargo xtask setup | test | demo | bench` (std only).
 
+mod bench;
 mod demo;
 mod setup;
 mod sh;
@@ -13,6 +14,7 @@ commands:
   setup [--dry-run]                 install/check the toolchain and tools (root)
   test [--dry-run] [-- ARGS...]     setup, fmt --check, clippy -D warnings, cargo test --workspace ARGS (root)
   demo                              ADD/DEL two pods in throwaway namespaces and talk to them (root)
+  bench [--quick] [--n 1,100,...]   side by side with the reference plugins at growing pod counts (root)
   help                              this text
 
 `cargo xtask <command> --help` describes a command.";
@@ -40,6 +42,7 @@ fn main() {
         Some(Some("setup")) => setup::main(rest),
         Some(Some("test")) => test::main(rest),
         Some(Some("demo")) => demo::main(rest),
+        Some(Some("bench")) => bench::main(rest),
         Some(Some("help" | "-h" | "--help")) => {
             println!("{USAGE}");
             Ok(())

@@ -114,6 +114,15 @@ pub fn run(dry_run: bool) -> Result {
     Ok(())
 }
 
+/// Installs the Debian packages `pkgs` that are missing (bench tools).
+pub fn ensure_packages(pkgs: &[&str]) -> Result {
+    Apt {
+        dry_run: false,
+        updated: false,
+    }
+    .ensure(pkgs)
+}
+
 /// Debian packages: checks with dpkg-query, installs what is missing.
 struct Apt {
     dry_run: bool,

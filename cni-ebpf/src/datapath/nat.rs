@@ -44,6 +44,7 @@ fn kind_name(k: u8) -> &'static str {
         nat_kind::HAIRPIN_REPLY => "hairpin-reply",
         nat_kind::MASQ => "masquerade",
         nat_kind::MASQ_REPLY => "masquerade-reply",
+        nat_kind::PASS => "pass",
         _ => "unknown",
     }
 }
