@@ -30,6 +30,8 @@ pub struct Flow {
     pub udp: bool,
     /// A TCP SYN without ACK: the first packet of a connection.
     pub syn: bool,
+    /// TCP flags (0 for other protocols).
+    pub tcp_flags: u8,
     /// The tuple (scope 0; each hook sets its own).
     pub key: NatKey,
     /// Offset of the IP header.
@@ -136,6 +138,7 @@ fn l4_fields(ctx: &TcContext, f: &mut Flow, l3: usize, l4: usize) -> Option<()> 
     f.pseudo = false;
     f.udp = false;
     f.syn = false;
+    f.tcp_flags = 0;
     f.sport_off = l4;
     f.dport_off = l4 + 2;
     f.icmp_err = false;
@@ -151,6 +154,7 @@ fn l4_fields(ctx: &TcContext, f: &mut Flow, l3: usize, l4: usize) -> Option<()> 
                     f.pseudo = true;
                     let flags: u8 = ctx.load(l4 + 13).ok()?;
                     f.syn = flags & 0x12 == 0x02;
+                    f.tcp_flags = flags;
                 }
                 proto::UDP => {
                     f.csum = l4 + 6;

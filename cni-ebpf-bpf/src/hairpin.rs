@@ -6,7 +6,7 @@
 //! through its host veth instead of staying inside the pod.
 
 use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
-use cni_ebpf_common::{nat_kind, scope, Counter};
+use cni_ebpf_common::{nat_kind, scope, Counter, NatValue};
 
 use crate::{
     flow::{parse, Flow},
@@ -36,7 +36,10 @@ pub fn from_pod(ctx: &TcContext, ifindex: u32) -> Option<i32> {
 /// A reply of a hairpin flow, back to the pod that dialled the hostPort.
 #[inline(never)]
 fn reply(ctx: &TcContext, f: &Flow, ifindex: u32) -> Option<i32> {
-    let (v, _) = live(&f.key)?;
+    let mut v = NatValue::default();
+    if live(&f.key, &mut v) == 0 {
+        return None;
+    }
     if !rewrite(ctx, f, &Target::of(&v)) {
         return None;
     }

@@ -8,9 +8,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use cni_ebpf_common::{
-    Config, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatValue, NoMasqKey, PortKey,
-    PortTarget, SockRevKey, SockRevValue, UplinkInfo, ENDPOINTS_MAX, EP_STATS_MAX, NAT_MAX,
-    NODE_ADDRS_MAX, NO_MASQ_MAX, NO_MASQ_PREFIX_BASE, PORTMAP_MAX, SOCK_REV_MAX, UPLINKS_MAX,
+    Config, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatScratch, NatValue, NoMasqKey,
+    PortKey, PortTarget, SockRevKey, SockRevValue, UplinkInfo, ENDPOINTS_MAX, EP_STATS_MAX,
+    NAT_MAX, NODE_ADDRS_MAX, NO_MASQ_MAX, NO_MASQ_PREFIX_BASE, PORTMAP_MAX, SOCK_REV_MAX,
+    UPLINKS_MAX,
 };
 
 /// Pod IP -> endpoint (see `cni_ebpf_common::map::ENDPOINTS`).
@@ -51,6 +52,10 @@ pub static config: Array<Config, 1> = Array::new();
 #[btf_map]
 pub static sock_rev: LruHashMap<SockRevKey, SockRevValue, { SOCK_REV_MAX as usize }> =
     LruHashMap::new();
+
+/// Scratch space of the masquerade port allocation (per CPU, not pinned).
+#[btf_map]
+pub static scratch: PerCpuArray<NatScratch, 1> = PerCpuArray::new();
 
 /// Node-wide counters indexed by `Counter`.
 #[btf_map]

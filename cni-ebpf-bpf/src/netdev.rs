@@ -11,22 +11,25 @@ use aya_ebpf::{
     helpers::bpf_get_prandom_u32,
     programs::TcContext,
 };
-use cni_ebpf_common::{nat_kind, proto, scope, Counter, NatKey, NatValue, EP_FLAG_MASQ, FAMILY_V4};
+use cni_ebpf_common::{
+    nat_flag, nat_kind, proto, scope, Counter, NatKey, NatScratch, NatValue, EP_FLAG_MASQ,
+    FAMILY_V4, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS,
+};
 
 use crate::{
     flow::{parse, parse_inner, Flow, Inner, IPPROTO_ICMP, IPPROTO_ICMPV6},
-    maps::{count, nat, no_masq_hit, settings, uplinks},
+    maps::{count, nat, no_masq_hit, scratch, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
     translate::{
-        dropped, endpoint, forget_reply, hostport, is_loopback, live, remember_reply, reply_of,
-        translated,
+        dropped, endpoint, forget_reply, hostport, is_loopback, live, now, remember_reply,
+        reply_of, touch, translated,
     },
 };
 
 /// `BPF_NOEXIST`.
 const BPF_NOEXIST: u64 = 1;
 /// Random probes for a free masquerade port before giving up on a packet.
-const PORT_PROBES: u32 = 16;
+const PORT_PROBES: u32 = 8;
 
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
@@ -74,11 +77,16 @@ pub fn to_netdev(ctx: &TcContext) -> i32 {
 /// way, a hostPort reply): translated. False if there is none.
 #[inline(never)]
 fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
-    let Some((v, ep)) = live(&f.key) else {
+    let mut v = NatValue::default();
+    let ep = live(&f.key, &mut v);
+    if ep == 0 {
         return false;
-    };
+    }
     if v.kind == nat_kind::PASS {
         return true;
+    }
+    if v.kind == nat_kind::MASQ || v.kind == nat_kind::MASQ_REPLY {
+        touch(&f.key, f.tcp_flags);
     }
     if rewrite(ctx, f, &Target::of(&v)) {
         let c = if v.kind == nat_kind::MASQ {
@@ -245,8 +253,10 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
         sport: to.sport,
         dport: to.dport,
         kind: nat_kind::MASQ,
-        pad: [0; 3],
+        flags: 0,
+        pad: [0; 2],
         owner,
+        stamp: now(),
     };
     let _ = nat.insert(key, &fwd, 0);
     count(Counter::NatMasqNew);
@@ -258,27 +268,81 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
 
 /// Claims a free masquerade source port for the flow `key` -> `to` (whose
 /// source port is ignored) by inserting its reply entry with `BPF_NOEXIST`
-/// at random ports of `lo .. lo + span`. Returns the port (network order),
-/// 0 if none was free.
+/// at random ports of `lo .. lo + span`, or by taking over a port whose flow
+/// is over. Returns the port (network order), 0 if none was free.
 #[inline(never)]
 fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 {
     if span == 0 {
         return 0;
     }
+    let Some(s) = scratch.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch entry; nothing else runs on it meanwhile.
+    let s = unsafe { &mut *s };
     let mut t = *to;
-    let mut rk = NatKey::default();
-    let mut rv = NatValue::default();
     for _ in 0..PORT_PROBES {
         // SAFETY: no preconditions.
         let r = unsafe { bpf_get_prandom_u32() };
         let port = ((lo + r % span) as u16).to_be();
         t.sport = port;
-        reply_of(key, &t, nat_kind::MASQ_REPLY, owner, &mut rk, &mut rv);
-        if nat.insert(&rk, &rv, BPF_NOEXIST).is_ok() {
+        reply_of(key, &t, nat_kind::MASQ_REPLY, owner, &mut s.rk, &mut s.rv);
+        if nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
+            return port;
+        }
+        // Taken: free again if its flow is over (closed, idle, or its pod gone).
+        if reusable(s) && nat.insert(&s.rk, &s.rv, 0).is_ok() {
             return port;
         }
     }
     0
+}
+
+/// True if the masquerade port of the reply entry `s.rk` may go to a new
+/// flow: the flow it belonged to is over. Its forward entry is removed then,
+/// so a straggler of the old flow is not sent out as the new one.
+#[inline(never)]
+fn reusable(s: &mut NatScratch) -> bool {
+    let rk = &s.rk;
+    // SAFETY: read in place; fields are copied before any map update.
+    let Some(e) = (unsafe { nat.get(rk) }) else {
+        return true;
+    };
+    if e.kind != nat_kind::MASQ_REPLY {
+        return false;
+    }
+    let (e_flags, e_stamp, e_owner) = (e.flags, e.stamp, e.owner);
+    s.fk.saddr = e.daddr;
+    s.fk.daddr = rk.saddr;
+    s.fk.sport = e.dport;
+    s.fk.dport = rk.sport;
+    s.fk.proto = rk.proto;
+    s.fk.family = rk.family;
+    s.fk.scope = rk.scope;
+    s.fk.pad = 0;
+    // SAFETY: copied out.
+    let (fstamp, fflags) = match unsafe { nat.get(&s.fk) } {
+        Some(f) => (f.stamp, f.flags),
+        None => (0, nat_flag::RST),
+    };
+    let last = if fstamp > e_stamp { fstamp } else { e_stamp };
+    let idle = now().wrapping_sub(last);
+    let gone = match endpoint(s.fk.family, &s.fk.saddr) {
+        Some(ep) => ep.owner != e_owner,
+        None => true,
+    };
+    let closed = (e_flags | fflags) & nat_flag::RST != 0
+        || (e_flags & nat_flag::FIN != 0 && fflags & nat_flag::FIN != 0);
+    let timeout = if s.rk.proto == proto::TCP {
+        NAT_IDLE_TCP_NS
+    } else {
+        NAT_IDLE_DGRAM_NS
+    };
+    let ok = gone || (closed && idle > NAT_CLOSED_REUSE_NS) || idle > timeout;
+    if ok {
+        let _ = nat.remove(&s.fk);
+    }
+    ok
 }
 
 /// True for an ICMP echo request (whose id may legitimately be 0).
@@ -302,9 +366,11 @@ fn icmp_error(ctx: &TcContext, f: &Flow) {
     core::mem::swap(&mut q.sport, &mut q.dport);
     q.scope = scope::NETDEV;
     let rkey = &inner.key;
-    let Some((v, ep)) = live(rkey) else {
+    let mut v = NatValue::default();
+    let ep = live(rkey, &mut v);
+    if ep == 0 {
         return;
-    };
+    }
     if rewrite_icmp_error(ctx, f, &inner, rkey, &v) {
         translated(Counter::NatIcmpError, ep);
     }

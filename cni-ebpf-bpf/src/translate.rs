@@ -3,8 +3,8 @@
 //! and per-endpoint counting.
 
 use cni_ebpf_common::{
-    nat_kind, proto, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatValue, PortKey,
-    PortTarget, FAMILY_V4,
+    nat_flag, nat_kind, proto, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatValue,
+    PortKey, PortTarget, FAMILY_V4, NAT_STAMP_NS,
 };
 
 use crate::{
@@ -78,20 +78,58 @@ fn pod_addr<'a>(key: &'a NatKey, v: &'a NatValue) -> &'a [u8; 16] {
     }
 }
 
-/// The translation of `key` and the host ifindex of its pod, if it is still
-/// valid: its pod's address still belongs to the owner that made it. A stale
-/// entry (pod deleted, address reused) is removed and counted.
+/// The translation of `key` (into `v`) and the host ifindex of its pod, if
+/// it is still valid: its pod's address still belongs to the owner that made
+/// it. 0 if there is none; a stale entry (pod deleted, address reused) is
+/// removed and counted. (An out-parameter: a returned `Option` would cost
+/// every caller a second copy of the limited stack.)
 #[inline(never)]
-pub fn live(key: &NatKey) -> Option<(NatValue, u32)> {
+pub fn live(key: &NatKey, v: &mut NatValue) -> u32 {
     // SAFETY: copied out at once; LRU entries may be replaced concurrently.
-    let v = *unsafe { nat.get(key) }?;
-    match endpoint(key.family, pod_addr(key, &v)) {
-        Some(ep) if ep.owner == v.owner => Some((v, ep.ifindex)),
+    let Some(cur) = (unsafe { nat.get(key) }) else {
+        return 0;
+    };
+    *v = *cur;
+    match endpoint(key.family, pod_addr(key, v)) {
+        Some(ep) if ep.owner == v.owner => ep.ifindex,
         _ => {
             let _ = nat.remove(key);
             count(Counter::NatStale);
-            None
+            0
         }
+    }
+}
+
+/// Monotonic time in ns.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() }
+}
+
+/// Records activity on the entry `key` (a packet of its flow just passed):
+/// the time (at most every `NAT_STAMP_NS`) and TCP FIN/RST.
+#[inline(never)]
+pub fn touch(key: &NatKey, tcp_flags: u8) {
+    let Some(p) = nat.get_ptr_mut(key) else {
+        return;
+    };
+    let t = now();
+    // SAFETY: a live map value; concurrent writers only store the same kind
+    // of monotonic time or set bits, so a lost update is harmless.
+    let v = unsafe { &mut *p };
+    if t.wrapping_sub(v.stamp) > NAT_STAMP_NS {
+        v.stamp = t;
+    }
+    let mut fl = 0;
+    if tcp_flags & 0x01 != 0 {
+        fl |= nat_flag::FIN;
+    }
+    if tcp_flags & 0x04 != 0 {
+        fl |= nat_flag::RST;
+    }
+    if fl != 0 && v.flags & fl != fl {
+        v.flags |= fl;
     }
 }
 
@@ -119,8 +157,10 @@ pub fn reply_of(
     rv.sport = key.dport;
     rv.dport = key.sport;
     rv.kind = kind;
-    rv.pad = [0; 3];
+    rv.flags = 0;
+    rv.pad = [0; 2];
     rv.owner = owner;
+    rv.stamp = now();
 }
 
 /// Makes sure the reply of `key` -> `to` is translated back (written only
@@ -133,7 +173,13 @@ pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) {
     reply_of(key, to, kind, owner, &mut rk, &mut rv);
     // SAFETY: compared by value.
     if let Some(cur) = unsafe { nat.get(&rk) } {
-        if *cur == rv {
+        if cur.saddr == rv.saddr
+            && cur.daddr == rv.daddr
+            && cur.sport == rv.sport
+            && cur.dport == rv.dport
+            && cur.kind == rv.kind
+            && cur.owner == rv.owner
+        {
             return;
         }
     }

@@ -189,6 +189,20 @@ pub const EP_FLAG_ACTIVE: u32 = 1;
 /// (`ipMasq`), unless its destination is exempt.
 pub const EP_FLAG_MASQ: u32 = 2;
 
+/// Per-CPU scratch space of the masquerade port allocation (entry 0 of the
+/// unpinned `scratch` map): the keys and value it builds do not fit the
+/// 512-byte stack of the call chain. Never read by the loader.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NatScratch {
+    /// Reply key being claimed.
+    pub rk: NatKey,
+    /// Its value.
+    pub rv: NatValue,
+    /// Forward key of the flow that holds a port (reuse check).
+    pub fk: NatKey,
+}
+
 /// What the node knows about one pod address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -349,13 +363,39 @@ pub struct NatValue {
     pub dport: u16,
     /// [`nat_kind`].
     pub kind: u8,
+    /// [`nat_flag`] bits: TCP FIN or RST seen in this entry's direction.
+    pub flags: u8,
     /// Explicit padding, always zero.
-    pub pad: [u8; 3],
+    pub pad: [u8; 2],
     /// [`owner_id`] of the pod the flow belongs to. The programs discard the
     /// entry when the pod's address no longer has this owner, so a reused
     /// address never inherits a translation (DEL needs no scan).
     pub owner: u64,
+    /// Last packet through this entry (`bpf_ktime_get_ns`, refreshed at most
+    /// every [`NAT_STAMP_NS`]): a masquerade port whose flow is idle or
+    /// closed can be given to a new flow.
+    pub stamp: u64,
 }
+
+/// [`NatValue::flags`] bits.
+pub mod nat_flag {
+    /// A TCP FIN passed in this direction.
+    pub const FIN: u8 = 1;
+    /// A TCP RST passed in this direction.
+    pub const RST: u8 = 2;
+}
+
+/// Granularity of [`NatValue::stamp`] updates (250 ms).
+pub const NAT_STAMP_NS: u64 = 250_000_000;
+/// A closed TCP flow's masquerade port is reused after this long (1 s: its
+/// last ACK has long passed).
+pub const NAT_CLOSED_REUSE_NS: u64 = 1_000_000_000;
+/// An idle UDP or ICMP flow's masquerade port is reused after 30 s (as
+/// conntrack's UDP timeout).
+pub const NAT_IDLE_DGRAM_NS: u64 = 30_000_000_000;
+/// An idle TCP flow without FIN/RST keeps its port for 2 h (conntrack's
+/// established timeout is 5 days; entries are LRU anyway).
+pub const NAT_IDLE_TCP_NS: u64 = 7_200_000_000_000;
 
 /// What the programs need to know about an uplink.
 #[repr(C)]
@@ -471,8 +511,9 @@ const _: () = assert!(core::mem::size_of::<IpKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointStats>() == 56);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 40);
-const _: () = assert!(core::mem::size_of::<NatValue>() == 48);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
 const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 24);
+const _: () = assert!(core::mem::size_of::<NatScratch>() == 136);
 const _: () = assert!(core::mem::size_of::<NoMasqKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
