@@ -572,7 +572,9 @@ fn connection_rate_through_host_port() {
                 break;
             }
             if let Ok(mut c) = c {
+                // Answer, then let the client close first (as TCP_CRR).
                 let _ = c.write_all(b"x");
+                let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
             }
         }
     });
@@ -590,6 +592,72 @@ fn connection_rate_through_host_port() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = std::net::TcpStream::connect(sa(a, 80));
     let _ = tcp_get(&t.ext, a, 80);
+    srv.join().unwrap();
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+}
+
+/// Not a test of speed (never asserted): prints the new-connection rate of a
+/// masquerading pod to an external server, and the NAT counters.
+/// `cargo test --release --test nat -- --ignored --nocapture masquerade_rate`
+#[test]
+#[ignore]
+fn masquerade_rate() {
+    let t = Topo::new("mrate");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({"ipMasq": true}));
+    t.add(&conf, "pod1", Some(&p1), "eth0");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let srv = in_ns(&t.ext, move || {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("0.0.0.0:9000").unwrap();
+        for c in l.incoming() {
+            if s2.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            if let Ok(mut c) = c {
+                // Answer, then let the client close first (as TCP_CRR).
+                let _ = c.write_all(b"x");
+                let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
+            }
+        }
+    });
+    for _ in 0..3 {
+        let r = conn_rate(&p1, ip(EXT_IP), 9000, 2.0);
+        println!("masquerade connections/s: {r:.0}");
+    }
+    println!("{}", t.inspect()["counters"]);
+    println!(
+        "{}",
+        sh_in(
+            &t.ext,
+            &[
+                "nstat",
+                "-az",
+                "TcpExtTW*",
+                "TcpExtPAWS*",
+                "TcpAttemptFails",
+                "TcpExtTCPTimeouts",
+                "TcpRetransSegs"
+            ]
+        )
+    );
+    println!(
+        "{}",
+        sh_in(
+            &p1,
+            &[
+                "nstat",
+                "-az",
+                "TcpExtTCPTimeouts",
+                "TcpRetransSegs",
+                "TcpAttemptFails",
+                "TcpOutRsts"
+            ]
+        )
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = tcp_get(&p1, ip(EXT_IP), 9000);
     srv.join().unwrap();
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }

@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{
     nat_flag, nat_kind, proto, scope, Counter, NatKey, NatScratch, NatValue, EP_FLAG_MASQ,
-    FAMILY_V4, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS,
+    FAMILY_V4, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS, NAT_TIME_WAIT_NS,
 };
 
 use crate::{
@@ -331,14 +331,21 @@ fn reusable(s: &mut NatScratch) -> bool {
         Some(ep) => ep.owner != e_owner,
         None => true,
     };
-    let closed = (e_flags | fflags) & nat_flag::RST != 0
-        || (e_flags & nat_flag::FIN != 0 && fflags & nat_flag::FIN != 0);
+    let both_fin = e_flags & nat_flag::FIN != 0 && fflags & nat_flag::FIN != 0;
+    // The outside closed first: it holds TIME_WAIT on the translated tuple.
+    let wait = if e_flags & nat_flag::FIN_FIRST != 0 {
+        NAT_TIME_WAIT_NS
+    } else {
+        NAT_CLOSED_REUSE_NS
+    };
+    let closed = ((e_flags | fflags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
+        || (both_fin && idle > wait);
     let timeout = if s.rk.proto == proto::TCP {
         NAT_IDLE_TCP_NS
     } else {
         NAT_IDLE_DGRAM_NS
     };
-    let ok = gone || (closed && idle > NAT_CLOSED_REUSE_NS) || idle > timeout;
+    let ok = gone || closed || idle > timeout;
     if ok {
         let _ = nat.remove(&s.fk);
     }

@@ -128,9 +128,30 @@ pub fn touch(key: &NatKey, tcp_flags: u8) {
     if tcp_flags & 0x04 != 0 {
         fl |= nat_flag::RST;
     }
-    if fl != 0 && v.flags & fl != fl {
-        v.flags |= fl;
+    if fl == 0 || v.flags & fl == fl {
+        return;
     }
+    if fl & nat_flag::FIN != 0 && v.flags & nat_flag::FIN == 0 && !peer_fin(key, v) {
+        fl |= nat_flag::FIN_FIRST;
+    }
+    v.flags |= fl;
+}
+
+/// True if the other direction of the flow of `key` -> `v` saw a FIN.
+#[inline(never)]
+fn peer_fin(key: &NatKey, v: &NatValue) -> bool {
+    let pk = NatKey {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        proto: key.proto,
+        family: key.family,
+        scope: key.scope,
+        pad: 0,
+    };
+    // SAFETY: only a flag is read.
+    unsafe { nat.get(&pk) }.is_some_and(|p| p.flags & nat_flag::FIN != 0)
 }
 
 /// The reply direction of a translation: `key` became `to`, so a reply to

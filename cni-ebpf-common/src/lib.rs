@@ -383,13 +383,21 @@ pub mod nat_flag {
     pub const FIN: u8 = 1;
     /// A TCP RST passed in this direction.
     pub const RST: u8 = 2;
+    /// This direction's FIN came before the other's: its sender closed
+    /// first and holds TIME_WAIT afterwards.
+    pub const FIN_FIRST: u8 = 4;
 }
 
 /// Granularity of [`NatValue::stamp`] updates (250 ms).
 pub const NAT_STAMP_NS: u64 = 250_000_000;
-/// A closed TCP flow's masquerade port is reused after this long (1 s: its
-/// last ACK has long passed).
+/// A closed TCP flow's masquerade port is reused after this long when the
+/// pod closed first (1 s: its last ACK has long passed, and the TIME_WAIT
+/// state is the pod's own, on its own port).
 pub const NAT_CLOSED_REUSE_NS: u64 = 1_000_000_000;
+/// ... and after this long when the outside closed first: the remote end
+/// holds TIME_WAIT (60 s on Linux) for the translated tuple, and a new SYN
+/// on it would be refused by PAWS (random timestamp offsets per connection).
+pub const NAT_TIME_WAIT_NS: u64 = 65_000_000_000;
 /// An idle UDP or ICMP flow's masquerade port is reused after 30 s (as
 /// conntrack's UDP timeout).
 pub const NAT_IDLE_DGRAM_NS: u64 = 30_000_000_000;

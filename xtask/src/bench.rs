@@ -502,7 +502,10 @@ fn crr_server(ns: String, port: u16, stop: Arc<AtomicBool>) -> Result<thread::Jo
                 break;
             }
             if let Ok(mut c) = c {
+                // Answer, then wait for the client to close first (as
+                // netperf's TCP_CRR): TIME_WAIT stays on the client side.
                 let _ = c.write_all(b"x");
+                let _ = c.read(&mut [0u8; 1]);
             }
         }
     });
