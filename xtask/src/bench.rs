@@ -38,7 +38,8 @@ new TCP connections/s (connect, 1-byte answer, close), TCP request/response p50/
 round trips/s (sockperf, 64 bytes), one-stream throughput (iperf3); masquerade
 connections/s from the pod to the external namespace; and ADD/DEL wall time of an extra
 pod. Prints a table per N with ratios, writes every sample to target/bench/results.json
-and a plot to target/bench/bench.svg (a full run also copies both to docs/bench/).
+and a plot to target/bench/bench.svg (--publish also writes them to docs/bench/, which the
+README links).
 --quick: N = 1,10, one 1-second run, 5 cycles (what CI runs). A configuration whose
 ADD takes more than 10 s stops early, and the table says so.";
 
@@ -83,6 +84,10 @@ struct Opts {
     secs: f64,
     cycles: usize,
     quick: bool,
+    /// Configurations to run (names); all by default.
+    configs: Vec<String>,
+    /// Also write the results to docs/bench/ (what the README links).
+    publish: bool,
 }
 
 /// One configuration's node.
@@ -131,6 +136,8 @@ pub fn main(args: &[OsString]) -> Result {
         secs: 3.0,
         cycles: 20,
         quick: false,
+        configs: vec!["reference".into(), "cni-ebpf".into(), "chained".into()],
+        publish: false,
     };
     let mut it = args.iter().map(|a| a.to_string_lossy().into_owned());
     while let Some(a) = it.next() {
@@ -148,6 +155,13 @@ pub fn main(args: &[OsString]) -> Result {
                     .split(',')
                     .map(|s| s.trim().parse::<usize>().map_err(|e| format!("--n: {e}")))
                     .collect::<std::result::Result<_, _>>()?
+            }
+            "--publish" => o.publish = true,
+            "--configs" => {
+                o.configs = val("--configs")?
+                    .split(',')
+                    .map(|c| c.trim().to_string())
+                    .collect()
             }
             "--runs" => o.runs = val("--runs")?.parse().map_err(|e| format!("--runs: {e}"))?,
             "--secs" => o.secs = val("--secs")?.parse().map_err(|e| format!("--secs: {e}"))?,
@@ -738,7 +752,11 @@ fn run(o: &Opts, plugin: &Path) -> Result {
     let mut nodes: Vec<Node> = Vec::new();
     for k in kinds {
         sh::step(&format!("topology: {}", k.name()));
-        nodes.push(Node::new(k, plugin)?);
+        let mut node = Node::new(k, plugin)?;
+        if !o.configs.iter().any(|c| c == k.name()) {
+            node.stopped = Some("not selected (--configs)".into());
+        }
+        nodes.push(node);
     }
     // results[n index][kind index]
     let mut results: Vec<Vec<Option<Figures>>> = Vec::new();
@@ -788,7 +806,7 @@ fn run(o: &Opts, plugin: &Path) -> Result {
     std::fs::create_dir_all(&out).context(|| format!("mkdir {}", out.display()))?;
     let json = to_json(o, &nodes, &results);
     let svg = plot(o, &results);
-    for dir in std::iter::once(out).chain((!o.quick).then(|| workspace_root().join("docs/bench"))) {
+    for dir in std::iter::once(out).chain(o.publish.then(|| workspace_root().join("docs/bench"))) {
         std::fs::create_dir_all(&dir).context(|| format!("mkdir {}", dir.display()))?;
         std::fs::write(dir.join("results.json"), &json).context(|| "write results.json")?;
         std::fs::write(dir.join("bench.svg"), &svg).context(|| "write bench.svg")?;

@@ -129,6 +129,11 @@ fn covered(have: &[(u16, u16)], want: (u16, u16)) -> bool {
     (want.0..=want.1).all(|p| have.iter().any(|(a, b)| *a <= p && p <= *b))
 }
 
+/// An IPv6 link-local address (fe80::/10).
+fn is_link_local6(a: &IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
+}
+
 /// One uplink as found now.
 #[derive(Debug, Clone)]
 pub struct Uplink {
@@ -180,10 +185,8 @@ impl Datapath {
                 for (_, n) in addrs.iter().filter(|(i, _)| *i == link.index) {
                     match n.addr() {
                         IpAddr::V4(a) if info.addr4 == [0; 4] => info.addr4 = a.octets(),
-                        IpAddr::V6(a)
-                            if info.addr6 == [0; 16] && (a.segments()[0] & 0xffc0) != 0xfe80 =>
-                        {
-                            info.addr6 = a.octets()
+                        a @ IpAddr::V6(v) if info.addr6 == [0; 16] && !is_link_local6(&a) => {
+                            info.addr6 = v.octets()
                         }
                         _ => {}
                     }
@@ -218,10 +221,18 @@ impl Datapath {
         Ok(())
     }
 
-    /// `node_addrs` := the addresses the node has now.
+    /// `node_addrs` := the addresses the node has now, without IPv6
+    /// link-local ones: every host veth has one, so they would make the set
+    /// (and this sync) grow with the number of pods, and a hostPort is never
+    /// reached through them.
     fn sync_node_addrs(&self, addrs: &[(u32, IpNet)]) -> Result<(), BpfError> {
         let mut m: HashMap<MapData, IpKey, u32> = self.map(map::NODE_ADDRS)?;
-        let want: Vec<IpKey> = addrs.iter().map(|(_, n)| ip_key(n.addr())).collect();
+        let want: Vec<IpKey> = addrs
+            .iter()
+            .map(|(_, n)| n.addr())
+            .filter(|a| !is_link_local6(a))
+            .map(ip_key)
+            .collect();
         let have: Vec<IpKey> = m.keys().filter_map(Result::ok).collect();
         for k in have.iter().filter(|k| !want.contains(k)) {
             let _ = m.remove(k);
