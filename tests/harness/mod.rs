@@ -741,8 +741,19 @@ pub fn udp_ask(ns: &str, src_port: u16, dst: SocketAddr) -> Result<(String, Sock
         } else {
             "::".parse().unwrap()
         };
-        let s =
-            UdpSocket::bind(SocketAddr::new(any, src_port)).map_err(|e| format!("bind: {e}"))?;
+        // A fixed port just released by an earlier ask can take a moment to
+        // be free again; retry briefly.
+        let mut tries = 0;
+        let s = loop {
+            match UdpSocket::bind(SocketAddr::new(any, src_port)) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(format!("bind: {e}")),
+            }
+        };
         s.set_read_timeout(Some(Duration::from_millis(500)))
             .unwrap();
         let mut buf = [0u8; 1500];
