@@ -512,6 +512,43 @@ fn uplinks_from_config_and_added_later() {
     }
 }
 
+/// A connection-rate server: answers each connection with one byte and lets
+/// the client close first (as TCP_CRR), until stopped.
+struct CrrServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl CrrServer {
+    fn start(ns: &str, port: u16) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s2 = stop.clone();
+        let handle = in_ns(ns, move || {
+            use std::io::{Read, Write};
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            for c in l.incoming() {
+                if s2.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(mut c) = c {
+                    let _ = c.write_all(b"x");
+                    let _ = c.read(&mut [0u8; 1]);
+                }
+            }
+        });
+        // Listening before the first client dials.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        Self { stop, handle }
+    }
+
+    /// Stops it: one last connection from `ns` to `at` wakes its accept.
+    fn stop(self, ns: &str, at: SocketAddr) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = tcp_get(ns, at.ip(), at.port());
+        self.handle.join().unwrap();
+    }
+}
+
 /// New TCP connections per second (connect, 1-byte answer, close) from the
 /// external namespace to `dst:port` for `secs` seconds.
 fn conn_rate(ns: &str, dst: IpAddr, port: u16, secs: f64) -> f64 {
@@ -562,22 +599,7 @@ fn connection_rate_through_host_port() {
             "192.0.2.3",
         ],
     );
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s2 = stop.clone();
-    let srv = in_ns(&p1, move || {
-        use std::io::Write;
-        let l = std::net::TcpListener::bind("0.0.0.0:80").unwrap();
-        for c in l.incoming() {
-            if s2.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
-            if let Ok(mut c) = c {
-                // Answer, then let the client close first (as TCP_CRR).
-                let _ = c.write_all(b"x");
-                let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
-            }
-        }
-    });
+    let srv = CrrServer::start(&p1, 80);
     let (mut nat, mut direct) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         direct.push(conn_rate(&t.ext, a, 80, 3.0));
@@ -589,10 +611,7 @@ fn connection_rate_through_host_port() {
     };
     let (n, d) = (med(&mut nat), med(&mut direct));
     println!("connections/s: hostPort {n:.0} (runs {nat:.0?}), pod IP {d:.0} (runs {direct:.0?}), ratio {:.3}", n / d);
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = std::net::TcpStream::connect(sa(a, 80));
-    let _ = tcp_get(&t.ext, a, 80);
-    srv.join().unwrap();
+    srv.stop(&t.ext, sa(a, 80));
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }
 
@@ -606,22 +625,7 @@ fn masquerade_rate() {
     let p1 = t.pod("p1");
     let conf = t.conf(json!({"ipMasq": true}));
     t.add(&conf, "pod1", Some(&p1), "eth0");
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let s2 = stop.clone();
-    let srv = in_ns(&t.ext, move || {
-        use std::io::Write;
-        let l = std::net::TcpListener::bind("0.0.0.0:9000").unwrap();
-        for c in l.incoming() {
-            if s2.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
-            if let Ok(mut c) = c {
-                // Answer, then let the client close first (as TCP_CRR).
-                let _ = c.write_all(b"x");
-                let _ = std::io::Read::read(&mut c, &mut [0u8; 1]);
-            }
-        }
-    });
+    let srv = CrrServer::start(&t.ext, 9000);
     for _ in 0..3 {
         let r = conn_rate(&p1, ip(EXT_IP), 9000, 2.0);
         println!("masquerade connections/s: {r:.0}");
@@ -656,8 +660,6 @@ fn masquerade_rate() {
             ]
         )
     );
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = tcp_get(&p1, ip(EXT_IP), 9000);
-    srv.join().unwrap();
+    srv.stop(&p1, sa(ip(EXT_IP), 9000));
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }
