@@ -6,14 +6,14 @@
 //! filter is used instead; such a filter lives as long as the device.
 
 use aya::programs::{
-    links::{FdLink, LinkOrder, PinnedLink},
+    links::{LinkOrder, PinnedLink},
     tc::{qdisc_add_clsact, NlOptions, TcAttachOptions, TcError, TcHandle},
     SchedClassifier, TcAttachType,
 };
 use cni_ebpf_common::prog;
 use serde::{Deserialize, Serialize};
 
-use super::pins::{BpfError, Datapath};
+use super::pins::{pin_link, BpfError, Datapath};
 
 /// How programs are attached.
 ///
@@ -144,17 +144,7 @@ impl Datapath {
                 source,
             })?;
             if use_tcx {
-                let pin = self.link_pin(sub, ifname, dir);
-                let fd: FdLink = link.try_into().map_err(|e| BpfError::Link {
-                    name: pin.display().to_string(),
-                    what: "tcx link to fd link",
-                    source: Box::new(e),
-                })?;
-                fd.pin(&pin).map_err(|e| BpfError::Link {
-                    name: pin.display().to_string(),
-                    what: "pin link",
-                    source: Box::new(e),
-                })?;
+                pin_link(link, &self.link_pin(sub, ifname, dir))?;
             } else {
                 // Dropping the link would remove the filter; it must stay.
                 std::mem::forget(link);

@@ -14,9 +14,7 @@ use std::{
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData},
     programs::{
-        cgroup_sock_addr::CgroupSockAddrAttachType,
-        links::{CgroupAttachMode, FdLink},
-        CgroupSockAddr,
+        cgroup_sock_addr::CgroupSockAddrAttachType, links::CgroupAttachMode, CgroupSockAddr,
     },
 };
 use cni_ebpf_common::{
@@ -27,7 +25,7 @@ use ipnet::IpNet;
 use super::{
     attach::AttachMode,
     endpoints::{ip_key, key_ip},
-    pins::{BpfError, Datapath},
+    pins::{pin_link, BpfError, Datapath},
 };
 use crate::netlink::{Link, Netlink};
 
@@ -365,11 +363,7 @@ impl Datapath {
                 what: "take link",
                 source,
             })?;
-            let fd: FdLink = link
-                .try_into()
-                .map_err(|e| other("cgroup link to fd link", name, e))?;
-            fd.pin(&pin)
-                .map_err(|e| other("pin link", pin.display().to_string(), e))?;
+            pin_link(link, &pin)?;
         }
         Ok(())
     }

@@ -213,6 +213,27 @@ impl Datapath {
     }
 }
 
+/// Pins an attachment's link at `pin` (TCX and cgroup links): the pin keeps
+/// it attached after this process exits; removing the pin detaches.
+pub(super) fn pin_link<L>(link: L, pin: &Path) -> Result<(), BpfError>
+where
+    L: TryInto<aya::programs::links::FdLink>,
+    L::Error: std::error::Error + Send + Sync + 'static,
+{
+    let err = |what| {
+        move |e: Box<dyn std::error::Error + Send + Sync>| BpfError::Link {
+            name: pin.display().to_string(),
+            what,
+            source: e,
+        }
+    };
+    let fd = link
+        .try_into()
+        .map_err(|e| err("link to fd link")(Box::new(e)))?;
+    fd.pin(pin).map_err(|e| err("pin link")(Box::new(e)))?;
+    Ok(())
+}
+
 /// Makes sure `path` is on a bpffs, mounting one there if it is not.
 pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     let err = |source: std::io::Error| BpfError::Bpffs {
