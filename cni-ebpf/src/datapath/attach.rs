@@ -115,11 +115,10 @@ impl Datapath {
         }
         for &(name, kind, dir) in hooks {
             let path = self.prog_path(name);
-            let mut p = SchedClassifier::from_pin(&path).map_err(|source| BpfError::Program {
-                name: path.display().to_string(),
-                what: "open pinned program",
-                source,
-            })?;
+            let mut p = SchedClassifier::from_pin(&path).map_err(BpfError::program(
+                path.display().to_string(),
+                "open pinned program",
+            ))?;
             let opts = if use_tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::default())
             } else {
@@ -133,16 +132,13 @@ impl Datapath {
             };
             let id = p
                 .attach_with_options(ifname, kind, opts)
-                .map_err(|source| BpfError::Program {
-                    name: format!("{name} on {ifname} {dir}"),
-                    what: "attach",
-                    source,
-                })?;
-            let link = p.take_link(id).map_err(|source| BpfError::Program {
-                name: name.into(),
-                what: "take link",
-                source,
-            })?;
+                .map_err(BpfError::program(
+                    format!("{name} on {ifname} {dir}"),
+                    "attach",
+                ))?;
+            let link = p
+                .take_link(id)
+                .map_err(BpfError::program(name, "take link"))?;
             if use_tcx {
                 pin_link(link, &self.link_pin(sub, ifname, dir))?;
             } else {

@@ -345,24 +345,17 @@ impl Datapath {
                 continue;
             }
             let mut p = CgroupSockAddr::from_pin(self.prog_path(name), sock_attach_type(name))
-                .map_err(|source| BpfError::Program {
-                    name: name.into(),
-                    what: "open pinned program",
-                    source,
-                })?;
+                .map_err(BpfError::program(name, "open pinned program"))?;
             // A link attach takes no flags (links always coexist with others).
-            let id = p
-                .attach(cg.as_fd(), CgroupAttachMode::default())
-                .map_err(|source| BpfError::Program {
-                    name: format!("{name} on {}", cgroup.display()),
-                    what: "attach",
-                    source,
-                })?;
-            let link = p.take_link(id).map_err(|source| BpfError::Program {
-                name: name.into(),
-                what: "take link",
-                source,
-            })?;
+            let id =
+                p.attach(cg.as_fd(), CgroupAttachMode::default())
+                    .map_err(BpfError::program(
+                        format!("{name} on {}", cgroup.display()),
+                        "attach",
+                    ))?;
+            let link = p
+                .take_link(id)
+                .map_err(BpfError::program(name, "take link"))?;
             pin_link(link, &pin)?;
         }
         Ok(())

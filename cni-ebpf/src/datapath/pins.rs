@@ -75,6 +75,17 @@ pub enum BpfError {
     },
 }
 
+impl BpfError {
+    /// A `map_err` adapter for a program operation on `name`.
+    pub(super) fn program(
+        name: impl Into<String>,
+        what: &'static str,
+    ) -> impl FnOnce(aya::programs::ProgramError) -> Self {
+        let name = name.into();
+        move |source| Self::Program { name, what, source }
+    }
+}
+
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> BpfError + 'a {
     move |source| BpfError::Io {
         what,
@@ -182,15 +193,12 @@ impl Datapath {
             .load(OBJECT)
             .map_err(|e| BpfError::Load(Box::new(e)))?;
         for name in prog::TC.iter().chain(prog::SOCK.iter()) {
-            let p = ebpf.program_mut(name).ok_or_else(|| BpfError::Program {
-                name: (*name).into(),
-                what: "missing from object",
-                source: aya::programs::ProgramError::NotLoaded,
+            let p = ebpf.program_mut(name).ok_or_else(|| {
+                BpfError::program(*name, "missing from object")(
+                    aya::programs::ProgramError::NotLoaded,
+                )
             })?;
-            let err = |what| {
-                let name = (*name).to_string();
-                move |source| BpfError::Program { name, what, source }
-            };
+            let err = |what| BpfError::program(*name, what);
             let path = self.prog_path(name);
             // A half-finished earlier load may have left a pin behind.
             let _ = std::fs::remove_file(&path);
