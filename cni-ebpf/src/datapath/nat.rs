@@ -54,8 +54,9 @@ impl Datapath {
         self.map(map::NAT)
     }
 
-    /// Every `nat` entry, with whether it is still live.
-    pub fn nat_entries(&self) -> Result<Vec<NatEntry>, BpfError> {
+    /// Every raw `nat` entry with whether it is still live: its pod's
+    /// address (as the programs pick it) still has the entry's owner.
+    fn raw_entries(&self) -> Result<Vec<(NatKey, NatValue, bool)>, BpfError> {
         let owners: std::collections::HashMap<IpAddr, u64> = self
             .endpoint_entries()?
             .into_iter()
@@ -66,14 +67,25 @@ impl Datapath {
             .iter()
             .filter_map(Result::ok)
             .map(|(k, v)| {
+                let pod = if v.kind == nat_kind::MASQ_REPLY {
+                    addr(k.family, &v.daddr)
+                } else {
+                    addr(k.family, &k.saddr)
+                };
+                let live = owners.get(&pod) == Some(&v.owner);
+                (k, v, live)
+            })
+            .collect())
+    }
+
+    /// Every `nat` entry, decoded, with whether it is still live.
+    pub fn nat_entries(&self) -> Result<Vec<NatEntry>, BpfError> {
+        Ok(self
+            .raw_entries()?
+            .into_iter()
+            .map(|(k, v, live)| {
                 let f = k.family;
                 let sock = |a: &[u8; 16], p: u16| SocketAddr::new(addr(f, a), u16::from_be(p));
-                // The pod a translation belongs to (as the programs check it).
-                let pod = if v.kind == nat_kind::MASQ_REPLY {
-                    addr(f, &v.daddr)
-                } else {
-                    addr(f, &k.saddr)
-                };
                 NatEntry {
                     kind: kind_name(v.kind),
                     scope: if k.scope == scope::POD {
@@ -85,7 +97,7 @@ impl Datapath {
                     from: (sock(&k.saddr, k.sport), sock(&k.daddr, k.dport)),
                     to: (sock(&v.saddr, v.sport), sock(&v.daddr, v.dport)),
                     owner: v.owner,
-                    live: owners.get(&pod) == Some(&v.owner),
+                    live,
                 }
             })
             .collect())
@@ -93,25 +105,13 @@ impl Datapath {
 
     /// Removes entries whose pod is gone (GC); returns how many.
     pub fn prune_nat(&self) -> Result<usize, BpfError> {
-        let owners: std::collections::HashMap<IpAddr, u64> = self
-            .endpoint_entries()?
+        let stale: Vec<NatKey> = self
+            .raw_entries()?
             .into_iter()
-            .map(|e| (e.ip, e.info.owner))
+            .filter(|(_, _, live)| !live)
+            .map(|(k, _, _)| k)
             .collect();
         let mut m = self.nat()?;
-        let stale: Vec<NatKey> = m
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(k, v)| {
-                let pod = if v.kind == nat_kind::MASQ_REPLY {
-                    addr(k.family, &v.daddr)
-                } else {
-                    addr(k.family, &k.saddr)
-                };
-                owners.get(&pod) != Some(&v.owner)
-            })
-            .map(|(k, _)| k)
-            .collect();
         for k in &stale {
             let _ = m.remove(k);
         }
