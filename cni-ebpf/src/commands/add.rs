@@ -182,7 +182,6 @@ fn prepare_node(dp: &Datapath, conf: &NetConf) -> Result<(), CniError> {
         attach_mode: conf.attach_mode,
     };
     dp.prepare_node(&s, &conf.state_dir)
-        .map(drop)
         .map_err(|e| bpf_err("node data path (uplinks, addresses, socket hooks)", e))
 }
 

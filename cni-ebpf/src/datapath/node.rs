@@ -134,21 +134,16 @@ fn is_link_local6(a: &IpAddr) -> bool {
 
 /// One uplink as found now.
 #[derive(Debug, Clone)]
-pub struct Uplink {
+struct Uplink {
     /// The device.
-    pub link: Link,
+    link: Link,
     /// Masquerade addresses (first global IPv4 and IPv6 address).
-    pub info: UplinkInfo,
+    info: UplinkInfo,
 }
 
 impl Datapath {
-    /// Brings the node-wide state up to date (every ADD). Returns the
-    /// uplinks in use.
-    pub fn prepare_node(
-        &self,
-        s: &NodeSettings<'_>,
-        state_dir: &Path,
-    ) -> Result<Vec<Uplink>, BpfError> {
+    /// Brings the node-wide state up to date (every ADD).
+    pub fn prepare_node(&self, s: &NodeSettings<'_>, state_dir: &Path) -> Result<(), BpfError> {
         let names = s.uplinks.map(<[String]>::to_vec);
         let (addrs, links) = Netlink::with(|nl| async move {
             let addrs = nl.all_addrs().await?;
@@ -196,7 +191,7 @@ impl Datapath {
         if let Some(cg) = s.cgroup {
             self.ensure_sock_hooks(cg, state_dir)?;
         }
-        Ok(uplinks)
+        Ok(())
     }
 
     fn set_config(&self, snat: (u16, u16)) -> Result<(), BpfError> {
