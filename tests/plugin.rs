@@ -15,17 +15,17 @@ fn ip(s: &str) -> IpAddr {
 /// Asserts that the pod namespace has nothing but its loopback.
 #[track_caller]
 fn assert_pod_untouched(ns: &str) {
-    let links = ip_n(ns, &["-o", "link", "show"]);
-    assert_eq!(links.lines().count(), 1, "pod should only have lo: {links}");
+    let links = links_when_gone(ns, |l| l != "lo");
+    assert_eq!(links, ["lo"], "pod should only have lo");
 }
 
 /// Asserts that nothing of (network) is left: no veths, no state, no
 /// reservations, no endpoint entries, no link pins.
 fn assert_clean(t: &Topo) {
-    let links: Vec<String> = t
-        .node_links()
+    let ours = |l: &str| l.starts_with("veth") || l.starts_with(TOMBSTONE_PREFIX);
+    let links: Vec<String> = links_when_gone(&t.node, ours)
         .into_iter()
-        .filter(|l| l.starts_with("veth"))
+        .filter(|l| ours(l))
         .collect();
     assert!(links.is_empty(), "veths left in node: {links:?}");
     let state: Vec<String> = t
@@ -530,6 +530,62 @@ fn chained_after_reference_bridge_and_before_reference_tuning() {
     t.conflist("DEL", &list2, "pod2", &p2, "eth0", Some(&res))
         .unwrap_or_else(|e| panic!("{e:?}"));
     assert_clean(&t);
+}
+
+/// DEL only retires the veth pair (down, renamed: cheap) and leaves the
+/// deletion, which waits for RCU grace periods, to a reaper process; GC
+/// deletes what a reaper left. The names are free at once: an ADD into the
+/// same namespace right after DEL (as podman's reconnect does) succeeds.
+#[test]
+fn del_frees_names_at_once_and_retired_veths_are_deleted() {
+    let t = Topo::new("reap");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.11.0.0/24"}]]}}));
+    let r1 = t.add(&conf, "pod1", Some(&p1), "eth0");
+    let host = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+    // No sleep: the reaper may still be at work.
+    assert!(!t.node_links().contains(&host), "{:?}", t.node_links());
+    assert!(
+        !links(&p1).contains(&"eth0".to_string()),
+        "{:?}",
+        links(&p1)
+    );
+    let r2 = t.add(&conf, "pod1", Some(&p1), "eth0");
+    let a2 = result_ip(&r2, false);
+    let _srv = TcpServer::start(&p1, "0.0.0.0", 7000, "again");
+    assert_reply(&t.ext, a2, 7000, &format!("again {EXT_IP}"));
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+    assert_clean(&t);
+    assert_pod_untouched(&p1);
+
+    // A retired pair whose reaper never ran: GC deletes it. Only veths with
+    // the prefix count; another kind of link with it is not ours.
+    let tomb = format!("{TOMBSTONE_PREFIX}0000beef");
+    ip_n(
+        &t.node,
+        &["link", "add", &tomb, "type", "veth", "peer", "name", "x0"],
+    );
+    ip_n(&t.node, &["link", "add", "cebzbr", "type", "bridge"]);
+    let gc = merged(
+        &conf,
+        json!({"cniVersion": "1.1.0", "cni.dev/valid-attachments": []}),
+    );
+    t.exec(
+        BIN,
+        &Call {
+            cmd: "GC",
+            ..Default::default()
+        },
+        gc.to_string().as_bytes(),
+    )
+    .ok();
+    let left = t.node_links();
+    assert!(
+        !left.contains(&tomb) && !left.contains(&"x0".to_string()),
+        "{left:?}"
+    );
+    assert!(left.contains(&"cebzbr".to_string()), "{left:?}");
 }
 
 #[test]

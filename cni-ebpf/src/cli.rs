@@ -38,6 +38,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Deletes retired veths (started by DEL; see reaper.rs).
+    #[command(hide = true)]
+    Reap {
+        /// Tombstone names.
+        names: Vec<String>,
+    },
 }
 
 /// Runs the CLI; returns the exit code.
@@ -49,6 +55,7 @@ pub fn run() -> i32 {
             state_dir,
             json,
         } => inspect(&pin_path, &state_dir, json),
+        Cmd::Reap { names } => i32::from(crate::reaper::reap(&names).is_err()),
     }
 }
 

@@ -436,14 +436,7 @@ impl Topo {
 
     /// Links in the node namespace (names).
     pub fn node_links(&self) -> Vec<String> {
-        ip_n(&self.node, &["-o", "link", "show"])
-            .lines()
-            .filter_map(|l| {
-                l.split(':')
-                    .nth(1)
-                    .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
-            })
-            .collect()
+        links(&self.node)
     }
 
     /// Files in a subdirectory of this topology's private dir.
@@ -500,6 +493,35 @@ impl Drop for Topo {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// Link names in netns `ns`.
+pub fn links(ns: &str) -> Vec<String> {
+    ip_n(ns, &["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| {
+            l.split(':')
+                .nth(1)
+                .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+        })
+        .collect()
+}
+
+/// Prefix of veths DEL retired and a reaper process deletes moments later.
+pub const TOMBSTONE_PREFIX: &str = "cebz";
+
+/// Waits (up to 5 s) until netns `ns` has no link that `gone` matches, and
+/// returns the links then: DEL leaves the deletion of its veths to a reaper
+/// process, so they vanish shortly after it returns.
+pub fn links_when_gone(ns: &str, gone: impl Fn(&str) -> bool) -> Vec<String> {
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let l = links(ns);
+        if !l.iter().any(|n| gone(n)) || std::time::Instant::now() > until {
+            return l;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

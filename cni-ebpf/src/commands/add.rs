@@ -12,7 +12,7 @@ use crate::{
     config::{Mode, NetConf},
     datapath::{AttachMode, Datapath, NodeSettings},
     info,
-    ipam::Ipam,
+    ipam::{host_local::Attempt, Ipam},
     netlink::{format_mac, parse_mac, sysctl, Link, Netlink},
     netns::Netns,
     state::{host_veth_name, Record, Store},
@@ -244,7 +244,19 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     let mut rb = begin(&store, conf, &record)?;
 
     // IPAM.
-    let ipres = ipam.add(conf, &env.container_id, &env.ifname, &requested, &env.path)?;
+    let attempt = if previous.is_some() {
+        Attempt::Retry
+    } else {
+        Attempt::First
+    };
+    let ipres = ipam.add(
+        conf,
+        &env.container_id,
+        &env.ifname,
+        &requested,
+        attempt,
+        &env.path,
+    )?;
     {
         let (conf2, cid, ifn, path) = (
             conf.clone(),
@@ -252,8 +264,10 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
             env.ifname.clone(),
             env.path.clone(),
         );
+        // Everything this attachment holds (a retry may hold more than this
+        // attempt's result names).
         rb.push("IPAM reservation", move || {
-            ipam.del(&conf2, &cid, &ifn, &path)
+            ipam.del(&conf2, &cid, &ifn, &[], &path)
                 .map_err(|e| e.to_string())
         });
     }
@@ -396,6 +410,19 @@ fn node_side(conf: &NetConf, host: &Link, ips: &[IpConfig]) -> Result<Option<Lin
     }
     if v6 {
         fwd("net/ipv6/conf/all/forwarding")?;
+    }
+    // No IPv6 on the host veth unless it routes IPv6 itself (routed mode): a
+    // bridge port needs no addresses, and each IPv6-enabled veth would add a
+    // link-local address and three routes to the node, which every later
+    // ADD's address and route dumps would then walk (O(N)).
+    if conf.mode == Mode::Bridge || !v6 {
+        let p = format!("net/ipv6/conf/{}/disable_ipv6", host.name);
+        if let Err(e) = sysctl(&p, "1") {
+            // A node without IPv6 has no such file: nothing to disable.
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(CniError::new(code::IO, format!("set {p}")).with_details(e.to_string()));
+            }
+        }
     }
     let hidx = host.index;
     if conf.mode == Mode::Routed {

@@ -6,7 +6,7 @@ use super::{addrs, nl_err};
 use crate::{
     cni::{CniEnv, CniError},
     config::{Mode, NetConf},
-    datapath::Datapath,
+    datapath::{AttachMode, Datapath},
     info,
     ipam::Ipam,
     netlink::Netlink,
@@ -56,27 +56,20 @@ pub fn teardown(
     let owner = crate::state::owner(container_id, ifname);
 
     // Interfaces we created.
+    let mut tomb = None;
     if mode != Mode::Chained {
-        let h = host.clone();
-        if let Err(e) = Netlink::with(|nl| async move { nl.del_veth(&h).await }) {
-            errors.push(nl_err("delete host veth", e).to_string());
-        }
-        // If the host side was already gone but the pod still has our veth
-        // (a half-finished ADD moved on), remove it inside the pod. A missing
-        // netns is normal for DEL.
         let ns_path = netns
             .or_else(|| record.as_ref().map(|r| r.netns.clone()))
             .filter(|p| !p.is_empty());
-        if let Some(p) = ns_path {
-            if let Ok(ns) = Netns::open(std::path::Path::new(&p)) {
-                if !ns.is_current() {
-                    let ifn = ifname.to_string();
-                    let r = ns.run(|| Netlink::with(|nl| async move { nl.del_veth(&ifn).await }));
-                    if let Ok(Err(e)) = r {
-                        errors.push(nl_err("delete container veth", e).to_string());
-                    }
-                }
-            }
+        // TCX links must be unpinned after their device is gone (detaching
+        // from a live device waits for RCU), so only netlink attachments
+        // can leave the deletion to the reaper.
+        let deferred = record
+            .as_ref()
+            .is_some_and(|r| r.attach_mode == Some(AttachMode::Netlink));
+        match remove_veth(&host, ifname, ns_path.as_deref(), deferred) {
+            Ok(t) => tomb = t,
+            Err(e) => errors.push(e),
         }
     }
 
@@ -111,7 +104,8 @@ pub fn teardown(
     if mode != Mode::Chained {
         match Ipam::from_conf(conf) {
             Ok(Some(ipam)) => {
-                if let Err(e) = ipam.del(conf, container_id, ifname, cni_path) {
+                let known = record.as_ref().map(|r| addrs(&r.ips)).unwrap_or_default();
+                if let Err(e) = ipam.del(conf, container_id, ifname, &known, cni_path) {
                     errors.push(format!("IPAM release: {e}"));
                 }
             }
@@ -120,9 +114,76 @@ pub fn teardown(
         }
     }
 
+    // Last, so its deletion (which holds the RTNL lock for a while) does not
+    // slow the steps above.
+    if let Some(t) = tomb {
+        reap(t);
+    }
     // The record stays while anything is left, so a retried DEL knows what.
     super::teardown_result(&format!("DEL {container_id}/{ifname}"), &errors)?;
     store.remove(container_id, ifname)?;
     info!("DEL done: {container_id}/{ifname} ({host})");
     Ok(())
+}
+
+/// Deletes a retired veth pair: in a reaper after DEL returns, or here if
+/// none starts.
+fn reap(tomb: String) {
+    if crate::reaper::spawn(std::slice::from_ref(&tomb)) {
+        return;
+    }
+    warn!("could not start the reaper: deleting {tomb} in place");
+    if let Err(e) = Netlink::with(|nl| async move { nl.del_veth(&tomb).await }) {
+        // Still down and renamed; GC deletes it.
+        warn!("{}", nl_err("delete retired veth", e));
+    }
+}
+
+/// Removes the veth pair of an attachment: the host side `host` in this
+/// namespace, the pod side `ifname` in `netns`. With `deferred`, both are
+/// only retired (down, renamed), which frees their names at once, and the
+/// tombstone name to [`reap`] is returned; otherwise they are deleted here.
+fn remove_veth(
+    host: &str,
+    ifname: &str,
+    netns: Option<&str>,
+    deferred: bool,
+) -> Result<Option<String>, String> {
+    let pod_ns = netns
+        .and_then(|p| Netns::open(std::path::Path::new(p)).ok())
+        .filter(|ns| !ns.is_current());
+    if deferred {
+        let h = host.to_string();
+        let retired = Netlink::with(|nl| async move { nl.retire_veth(&h).await })
+            .map_err(|e| nl_err("retire host veth", e).to_string())?;
+        if let Some(tomb) = retired {
+            // The pod side keeps its name until the pair is deleted: free it
+            // for an ADD into the same namespace (podman reconnects do that).
+            // If that fails, deleting the pair here frees it too.
+            if let Some(ns) = &pod_ns {
+                let ifn = ifname.to_string();
+                let r = ns.run(|| Netlink::with(|nl| async move { nl.retire_veth(&ifn).await }));
+                if !matches!(r, Ok(Ok(_))) {
+                    warn!("could not retire {ifname} in the container: deleting the pair");
+                    return Netlink::with(|nl| async move { nl.del_veth(&tomb).await })
+                        .map(|()| None)
+                        .map_err(|e| nl_err("delete host veth", e).to_string());
+                }
+            }
+            return Ok(Some(tomb));
+        }
+    }
+    let h = host.to_string();
+    Netlink::with(|nl| async move { nl.del_veth(&h).await })
+        .map_err(|e| nl_err("delete host veth", e).to_string())?;
+    // If the host side was already gone but the pod still has our veth (a
+    // half-finished ADD moved on), remove it inside the pod. A missing netns
+    // is normal for DEL.
+    if let Some(ns) = pod_ns {
+        let ifn = ifname.to_string();
+        if let Ok(Err(e)) = ns.run(|| Netlink::with(|nl| async move { nl.del_veth(&ifn).await })) {
+            return Err(nl_err("delete container veth", e).to_string());
+        }
+    }
+    Ok(None)
 }

@@ -82,6 +82,17 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             dp.detach_endpoint(&ifname);
         }
     }
+    // Retired veths a reaper did not get to (see reaper.rs).
+    match crate::netlink::Netlink::with(|nl| async move { nl.tombstones().await }) {
+        Ok(t) if !t.is_empty() => {
+            info!("GC: deleting {} retired veths", t.len());
+            if let Err(e) = crate::reaper::reap(&t) {
+                errors.push(super::nl_err("delete retired veths", e).to_string());
+            }
+        }
+        Ok(_) => {}
+        Err(e) => errors.push(super::nl_err("list retired veths", e).to_string()),
+    }
     // Translations whose pod is gone (the programs ignore them already;
     // this frees their slots).
     if dp.map_path(cni_ebpf_common::map::NAT).exists() {

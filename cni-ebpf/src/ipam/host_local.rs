@@ -377,6 +377,17 @@ impl Store {
     }
 }
 
+/// Whether (container, ifname) may already hold addresses: only a retried
+/// ADD can (its earlier attempt left a state record), so a first ADD skips
+/// reading every reservation file, which costs O(pods on the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attempt {
+    /// Nothing of this attachment exists yet.
+    First,
+    /// An earlier attempt may have reserved addresses: return them again.
+    Retry,
+}
+
 /// Allocates one address per range set to (`container_id`, `ifname`) in
 /// `network`, holding the store lock for the whole call.
 ///
@@ -395,12 +406,16 @@ impl Store {
 ///
 /// Returns one [`IpConfig`] per range set, in order: the address with the
 /// subnet's prefix length, the range's gateway, no interface index.
+///
+/// `attempt` says whether an earlier attempt may hold addresses (see
+/// [`Attempt`]).
 pub fn allocate(
     cfg: &HostLocalConfig,
     network: &str,
     container_id: &str,
     ifname: &str,
     requested: &[IpAddr],
+    attempt: Attempt,
 ) -> Result<Vec<IpConfig>, CniError> {
     // Map requested addresses to range sets before touching the disk, so a
     // bad request reserves nothing.
@@ -436,12 +451,15 @@ pub fn allocate(
 
     let store = Store::open(&cfg.data_dir, network)?;
     let key = owner_key(container_id, ifname);
-    let held: Vec<IpAddr> = store
-        .entries()?
-        .into_iter()
-        .filter(|e| e.owner == key)
-        .map(|e| e.ip)
-        .collect();
+    let held: Vec<IpAddr> = match attempt {
+        Attempt::First => Vec::new(),
+        Attempt::Retry => store
+            .entries()?
+            .into_iter()
+            .filter(|e| e.owner == key)
+            .map(|e| e.ip)
+            .collect(),
+    };
     let mut taken = store.names()?;
 
     let mut out = Vec::with_capacity(cfg.range_sets.len());
@@ -572,6 +590,36 @@ pub fn release(
     }
     for e in matched {
         Store::remove(&e.path)?;
+    }
+    Ok(())
+}
+
+/// Releases `known`, the addresses a state record says (`container_id`,
+/// `ifname`) holds, each only if its file still names that owner: one file
+/// each instead of reading every reservation. With nothing known, as
+/// [`release`].
+pub fn release_known(
+    cfg: &HostLocalConfig,
+    network: &str,
+    container_id: &str,
+    ifname: &str,
+    known: &[IpAddr],
+) -> Result<(), CniError> {
+    if known.is_empty() {
+        return release(cfg, network, container_id, ifname);
+    }
+    let Some(store) = Store::open_existing(&cfg.data_dir, network)? else {
+        return Ok(());
+    };
+    let key = owner_key(container_id, ifname);
+    for ip in known {
+        let path = store.dir.join(ip.to_canonical().to_string());
+        match fs::read(&path) {
+            Ok(data) if String::from_utf8_lossy(&data).trim() == key => Store::remove(&path)?,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("cannot read", &path, e)),
+        }
     }
     Ok(())
 }
@@ -1021,6 +1069,18 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// The conservative mode (an earlier attempt may hold addresses), which
+    /// most tests exercise.
+    fn allocate(
+        cfg: &HostLocalConfig,
+        network: &str,
+        id: &str,
+        ifname: &str,
+        requested: &[IpAddr],
+    ) -> Result<Vec<IpConfig>, CniError> {
+        super::allocate(cfg, network, id, ifname, requested, Attempt::Retry)
     }
 
     fn cfg_in(dir: &TempDir, mut ipam: Value) -> HostLocalConfig {
@@ -1538,6 +1598,37 @@ mod tests {
         // Non-reservation files are left alone.
         assert!(d.0.join("net/lock").exists());
         assert!(d.0.join("net/last_reserved_ip.0").exists());
+    }
+
+    #[test]
+    fn first_attempt_skips_held_addresses_and_retry_returns_them() {
+        let d = TempDir::new("attempt");
+        let cfg = cfg_in(&d, json!({"subnet": "10.0.0.0/24"}));
+        let first = super::allocate(&cfg, "net", "a", "eth0", &[], Attempt::First).unwrap();
+        let again = allocate(&cfg, "net", "a", "eth0", &[]).unwrap();
+        assert_eq!(first, again, "a retry converges on the held address");
+        // A first attempt trusts its caller that nothing is held.
+        let other = super::allocate(&cfg, "net", "a", "eth0", &[], Attempt::First).unwrap();
+        assert_ne!(first[0].address, other[0].address);
+    }
+
+    #[test]
+    fn release_known_removes_only_named_files_of_the_owner() {
+        let d = TempDir::new("known");
+        let cfg = cfg_in(&d, json!({"subnet": "10.0.0.0/24"}));
+        let a = alloc1(&cfg, "a");
+        let b = alloc1(&cfg, "b");
+        // b's address named for a: not a's, left alone.
+        release_known(&cfg, "net", "a", "eth0", &[b]).unwrap();
+        assert!(d.0.join("net").join(b.to_string()).exists());
+        assert!(d.0.join("net").join(a.to_string()).exists());
+        release_known(&cfg, "net", "a", "eth0", &[a, ip("10.0.0.200")]).unwrap();
+        assert!(!d.0.join("net").join(a.to_string()).exists());
+        // Nothing known: every file of the owner, by scanning.
+        release_known(&cfg, "net", "b", "eth0", &[]).unwrap();
+        assert!(!d.0.join("net").join(b.to_string()).exists());
+        release_known(&cfg, "never", "b", "eth0", &[b]).unwrap();
+        assert!(!d.0.join("never").exists());
     }
 
     #[test]

@@ -39,11 +39,13 @@ impl Ipam {
         container_id: &str,
         ifname: &str,
         requested: &[IpAddr],
+        attempt: host_local::Attempt,
         cni_path: &str,
     ) -> Result<CniResult, CniError> {
         match self {
             Self::HostLocal(c) => {
-                let ips = host_local::allocate(c, &conf.name, container_id, ifname, requested)?;
+                let ips =
+                    host_local::allocate(c, &conf.name, container_id, ifname, requested, attempt)?;
                 Ok(CniResult {
                     ips,
                     routes: c.routes.clone(),
@@ -70,16 +72,21 @@ impl Ipam {
         }
     }
 
-    /// Releases everything (container, ifname) holds. Idempotent.
+    /// Releases everything (container, ifname) holds; `known` is what its
+    /// state record lists, if anything (the built-in IPAM then releases just
+    /// those). Idempotent.
     pub fn del(
         &self,
         conf: &NetConf,
         container_id: &str,
         ifname: &str,
+        known: &[IpAddr],
         cni_path: &str,
     ) -> Result<(), CniError> {
         match self {
-            Self::HostLocal(c) => host_local::release(c, &conf.name, container_id, ifname),
+            Self::HostLocal(c) => {
+                host_local::release_known(c, &conf.name, container_id, ifname, known)
+            }
             Self::Delegate(t) => delegate::exec(t, "DEL", &conf.raw, cni_path).map(|_| ()),
         }
     }
