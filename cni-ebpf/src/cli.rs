@@ -38,6 +38,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy this binary into the CNI bin directory and write the conflist
+    /// (atomically; for a DaemonSet init container).
+    Install(crate::install::InstallArgs),
+    /// Remove from this node what the plugin left: filters, pins, state,
+    /// conflist and binary.
+    Uninstall(crate::install::UninstallArgs),
 }
 
 /// Runs the CLI; returns the exit code.
@@ -49,6 +55,8 @@ pub fn run() -> i32 {
             state_dir,
             json,
         } => inspect(&pin_path, &state_dir, json),
+        Cmd::Install(a) => crate::install::run_install(&a),
+        Cmd::Uninstall(a) => crate::install::run_uninstall(&a),
     }
 }
 
