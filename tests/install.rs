@@ -173,6 +173,10 @@ fn install_serve_uninstall(tag: &str, attach_mode: &str) {
                 conf_s,
                 "--conflist",
                 src.to_str().unwrap(),
+                "--load-pin-path",
+                t.pin().to_str().unwrap(),
+                "--state-dir",
+                t.dir.join("state").to_str().unwrap(),
             ],
         );
         assert_eq!(code, 0, "install failed: {out}{err}");
@@ -196,6 +200,12 @@ fn install_serve_uninstall(tag: &str, attach_mode: &str) {
         t.files("host/etc/cni/net.d"),
         vec![CONFLIST],
         "temporary files left"
+    );
+    // The data path is loaded before any pod: programs and maps pinned.
+    assert_eq!(
+        t.files(&format!("{}/maps", t.abi_dir())).len(),
+        cni_ebpf_common::map::ALL.len(),
+        "maps pinned by install"
     );
 
     // The installed binary serves an ADD with a hostPort and masquerade.

@@ -42,6 +42,14 @@ pub struct InstallArgs {
     /// File name of the conflist in the configuration directory.
     #[arg(long, default_value = DEFAULT_CONFLIST_NAME)]
     pub conflist_name: String,
+    /// Also load and pin the eBPF programs and maps under this bpffs
+    /// directory (`pinPath`), so the first ADD does not pay for the verifier
+    /// and an upgrade loads the new programs at rollout.
+    #[arg(long)]
+    pub load_pin_path: Option<PathBuf>,
+    /// State directory (`stateDir`) for the load lock, with --load-pin-path.
+    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 /// Arguments of `cni-ebpf uninstall`.
@@ -232,6 +240,11 @@ pub fn install(a: &InstallArgs) -> Result<(), InstallError> {
     text.push(b'\n');
     write_atomic(&a.conf_dir, &a.conflist_name, &text, 0o644)?;
     println!("installed {}", a.conf_dir.join(&a.conflist_name).display());
+    if let Some(pin) = &a.load_pin_path {
+        crate::datapath::Datapath::open_or_load(pin, &a.state_dir)
+            .map_err(|e| InstallError::Datapath(Box::new(e)))?;
+        println!("loaded the data path under {}", pin.display());
+    }
     Ok(())
 }
 
