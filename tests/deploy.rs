@@ -243,3 +243,120 @@ fn init_container_command_runs() {
     assert!(un_ok, "uninstall failed: {un_out}");
     assert!(!left, "pins left after uninstall");
 }
+
+/// The KinD cluster config keys bench/kind uses (`kind.x-k8s.io/v1alpha4`);
+/// an unknown key is an error, as in kind itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KindCluster {
+    kind: String,
+    api_version: String,
+    #[serde(default)]
+    networking: KindNetworking,
+    nodes: Vec<KindNode>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct KindNetworking {
+    #[serde(default, rename = "disableDefaultCNI")]
+    disable_default_cni: bool,
+    pod_subnet: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindNode {
+    role: String,
+}
+
+fn kind_file(name: &str) -> String {
+    std::fs::read_to_string(repo().join("bench/kind").join(name)).unwrap()
+}
+
+#[test]
+fn kind_suite_files_are_consistent() {
+    let script = kind_file("run.sh");
+    for (file, no_cni) in [("kind-cni-ebpf.yaml", true), ("kind-default.yaml", false)] {
+        let c: KindCluster = serde_yaml::from_str(&kind_file(file)).unwrap();
+        assert_eq!(
+            (c.kind.as_str(), c.api_version.as_str()),
+            ("Cluster", "kind.x-k8s.io/v1alpha4")
+        );
+        let roles: Vec<&str> = c.nodes.iter().map(|n| n.role.as_str()).collect();
+        assert_eq!(roles, ["control-plane", "worker"], "{file}");
+        assert_eq!(c.networking.disable_default_cni, no_cni, "{file}");
+        // flannel's manifest assumes 10.244.0.0/16.
+        assert_eq!(c.networking.pod_subnet.as_deref(), Some("10.244.0.0/16"));
+        let cluster = file.trim_start_matches("kind-").trim_end_matches(".yaml");
+        assert!(script.contains(cluster), "run.sh runs {cluster}");
+    }
+
+    // The pods: the server's hostPorts are the ports the script dials, and
+    // both use the image the script builds.
+    let text = kind_file("workload.yaml");
+    let pods: Vec<k8s_openapi::api::core::v1::Pod> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| k8s_openapi::api::core::v1::Pod::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(pods.len(), 2);
+    let spec = |name: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .and_then(|p| p.spec.clone())
+            .unwrap_or_else(|| panic!("pod {name}"))
+    };
+    let server = spec("bench-server");
+    let host_ports: Vec<i32> = server.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.host_port)
+        .collect();
+    assert_eq!(host_ports, [8080, 11111, 5201]);
+    for p in host_ports {
+        assert!(
+            script.contains(&format!("\"$node\" {p}")) || script.contains(&format!("-p {p}")),
+            "run.sh dials hostPort {p}"
+        );
+    }
+    for (pod, label) in [("bench-server", "server"), ("bench-client", "client")] {
+        let s = spec(pod);
+        let image = s.containers[0].image.clone().unwrap();
+        assert!(
+            script.contains(&format!("BENCH_IMAGE={image}")),
+            "{pod} image {image}"
+        );
+        assert_eq!(s.node_selector.unwrap()["bench"], label);
+        assert!(
+            script.contains(&format!("bench={label}")),
+            "run.sh labels a {label} node"
+        );
+    }
+    // The plugin image is the one the DaemonSet names.
+    let (_, ds) = manifest();
+    let ds_image = ds
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .init_containers
+        .unwrap()[0]
+        .image
+        .clone()
+        .unwrap();
+    assert!(script.contains(&format!("IMAGE={ds_image}")), "{ds_image}");
+    assert!(kind_file("Containerfile.bench").contains("COPY crr.py /crr.py"));
+
+    let path = repo().join("bench/kind/run.sh");
+    let st = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    assert!(st.success(), "bash -n run.sh");
+    // shellcheck where installed (`apt-get install shellcheck`).
+    if let Ok(out) = Command::new("shellcheck").arg(&path).output() {
+        assert!(
+            out.status.success(),
+            "shellcheck run.sh: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
