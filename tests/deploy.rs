@@ -351,12 +351,13 @@ fn kind_suite_files_are_consistent() {
     let path = repo().join("bench/kind/run.sh");
     let st = Command::new("bash").arg("-n").arg(&path).status().unwrap();
     assert!(st.success(), "bash -n run.sh");
-    // shellcheck where installed (`apt-get install shellcheck`).
-    if let Ok(out) = Command::new("shellcheck").arg(&path).output() {
-        assert!(
-            out.status.success(),
-            "shellcheck run.sh: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    let out = Command::new("shellcheck")
+        .arg(&path)
+        .output()
+        .expect("shellcheck (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "shellcheck run.sh: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
