@@ -38,6 +38,12 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Copy this binary into the CNI bin directory and write the conflist
+    /// (atomically; for a DaemonSet init container).
+    Install(crate::install::InstallArgs),
+    /// Remove from this node what the plugin left: filters, pins, state,
+    /// conflist and binary.
+    Uninstall(crate::install::UninstallArgs),
     /// Deletes retired veths (started by DEL; see reaper.rs).
     #[command(hide = true)]
     Reap {
@@ -55,6 +61,8 @@ pub fn run() -> i32 {
             state_dir,
             json,
         } => inspect(&pin_path, &state_dir, json),
+        Cmd::Install(a) => crate::install::run_install(&a),
+        Cmd::Uninstall(a) => crate::install::run_uninstall(&a),
         Cmd::Reap { names } => i32::from(crate::reaper::reap(&names).is_err()),
     }
 }

@@ -8,6 +8,7 @@ mod cni;
 mod commands;
 mod config;
 mod datapath;
+mod install;
 mod ipam;
 mod lockfile;
 mod log;

@@ -172,6 +172,17 @@ impl Netlink {
         }
     }
 
+    /// Every link of the namespace (`cni-ebpf uninstall` only: nothing on the
+    /// ADD/DEL path lists all links).
+    pub async fn all_links(&self) -> Result<Vec<Link>, NlError> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("list links"))? {
+            out.push(Link::from_msg(m));
+        }
+        Ok(out)
+    }
+
     /// Creates a veth pair `host` <-> `peer`, with the peer created directly in
     /// the namespace `peer_ns` (no move after creation, so the pod never sees a
     /// half-configured interface and the node never sees the peer).

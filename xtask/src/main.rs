@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench` (std only).
+//! Project tasks: `cargo xtask setup | test | demo | bench | image` (std only).
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod sh;
 mod test;
@@ -15,6 +16,7 @@ commands:
   test [--dry-run] [-- ARGS...]     setup, fmt --check, clippy -D warnings, cargo test --workspace ARGS (root)
   demo                              ADD/DEL two pods in throwaway namespaces and talk to them (root)
   bench [--quick] [--n 1,100,...]   side by side with the reference plugins at growing pod counts (root)
+  image [--no-build-image]          static release binary, checked, and the FROM scratch image (podman if present)
   help                              this text
 
 `cargo xtask <command> --help` describes a command.";
@@ -43,6 +45,7 @@ fn main() {
         Some(Some("test")) => test::main(rest),
         Some(Some("demo")) => demo::main(rest),
         Some(Some("bench")) => bench::main(rest),
+        Some(Some("image")) => image::main(rest),
         Some(Some("help" | "-h" | "--help")) => {
             println!("{USAGE}");
             Ok(())

@@ -28,6 +28,10 @@ const TOOL_PACKAGES: &[&str] = &[
     "iptables",
     "iputils-ping",
     "procps",
+    // tests/deploy.rs lints bench/kind/run.sh; `cargo xtask image` checks the
+    // static binary with `file`.
+    "shellcheck",
+    "file",
 ];
 /// Variables of an outer cargo that must not reach `cargo install`.
 const LEAKY_ENV: &[&str] = &[

@@ -165,6 +165,19 @@ impl Datapath {
         self.unpin_links(ifname, &ENDPOINT, None);
     }
 
+    /// Removes every cls_bpf filter of ours (pod and uplink programs, by
+    /// name) from `ifname`; returns how many hooks had one. TCX links are not
+    /// touched here: removing their pins detaches them.
+    pub fn detach_all_filters(ifname: &str) -> usize {
+        ENDPOINT
+            .iter()
+            .chain(UPLINK.iter())
+            .filter(|(name, kind, _)| {
+                aya::programs::tc::qdisc_detach_program(ifname, *kind, name).is_ok()
+            })
+            .count()
+    }
+
     fn unpin_links(&self, ifname: &str, hooks: &Hooks, sub: Option<&str>) {
         for (_, _, dir) in hooks {
             let pin = self.link_pin(sub, ifname, dir);

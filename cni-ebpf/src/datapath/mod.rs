@@ -20,8 +20,10 @@ mod nat;
 mod node;
 mod pins;
 mod ports;
+mod remove;
 
 pub use attach::AttachMode;
 pub use node::{cgroup2_root, NodeSettings};
 pub use pins::{BpfError, Datapath};
 pub use ports::{proto_name, PortError};
+pub use remove::remove_node;

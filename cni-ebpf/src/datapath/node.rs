@@ -374,6 +374,52 @@ fn reserve_ports(range: (u16, u16)) -> Result<(), BpfError> {
     std::fs::write(path, v).map_err(|e| other("write", path, e))
 }
 
+/// `have` without the ports of `range`.
+fn subtract(have: &[(u16, u16)], range: (u16, u16)) -> Vec<(u16, u16)> {
+    let mut out = Vec::new();
+    for &(a, b) in have {
+        if b < range.0 || a > range.1 {
+            out.push((a, b));
+            continue;
+        }
+        if a < range.0 {
+            out.push((a, range.0 - 1));
+        }
+        if b > range.1 {
+            out.push((range.1 + 1, b));
+        }
+    }
+    out
+}
+
+/// Takes `range` out of `net.ipv4.ip_local_reserved_ports` again (uninstall).
+pub(super) fn unreserve_ports(range: (u16, u16)) -> Result<(), BpfError> {
+    let path = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let cur = std::fs::read_to_string(path).map_err(|e| other("read", path, e))?;
+    let have = parse_port_list(&cur);
+    let left = subtract(&have, range);
+    if left == have {
+        return Ok(());
+    }
+    let v: Vec<String> = left
+        .iter()
+        .map(|(a, b)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        })
+        .collect();
+    // The kernel takes an empty write as "no reserved ports" but rejects "".
+    let v = if v.is_empty() {
+        "\n".to_string()
+    } else {
+        v.join(",")
+    };
+    std::fs::write(path, v).map_err(|e| other("write", path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -390,5 +436,13 @@ mod tests {
             (61000, 65535)
         ));
         assert!(!covered(&parse_port_list("61000-62000"), (61000, 65535)));
+        assert_eq!(
+            subtract(&parse_port_list("8080,61000-65535"), (61000, 65535)),
+            vec![(8080, 8080)]
+        );
+        assert_eq!(
+            subtract(&[(60000, 65535)], (61000, 62000)),
+            vec![(60000, 60999), (62001, 65535)]
+        );
     }
 }
