@@ -230,6 +230,10 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         ));
     }
 
+    // hostPorts another container holds: refused before IPAM moves even its
+    // round-robin cursor.
+    super::check_ports(&dp, conf, &ipam.families(), owner(env))?;
+
     let mut record = Record {
         network: conf.name.clone(),
         container_id: env.container_id.clone(),

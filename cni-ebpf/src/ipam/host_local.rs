@@ -193,7 +193,7 @@ impl HostLocalConfig {
             None => PathBuf::from(DEFAULT_DATA_DIR),
             Some(v) => match v.as_str() {
                 Some("") => PathBuf::from(DEFAULT_DATA_DIR),
-                Some(s) => PathBuf::from(s),
+                Some(s) => crate::config::absolute_path("ipam.dataDir", s)?,
                 None => return Err(bad("ipam.dataDir", v, "expected a string")),
             },
         };
