@@ -1,4 +1,6 @@
-//! Hostile and broken input: every case is answered by the spec's error JSON
+//! Hostile and broken input, and what the plugin leaves on disk.
+//!
+//! Bad input: every case is answered by the spec's error JSON
 //! with the right code and a message naming the offending key or value, and
 //! leaves the node exactly as it was (links, addresses, routes, filters,
 //! files with their modes and contents, map entries), next to a pod that
@@ -467,6 +469,7 @@ fn every_bad_input_is_a_spec_error_and_changes_nothing() {
             ifname: &case.ifname,
             args: case.args.as_deref(),
             path: case.path.clone(),
+            ..Default::default()
         };
         let out = t.exec(BIN, &call, &case.stdin);
         let what = format!("{} ({}): {}", case.what, case.cmd, out.stdout.trim());
@@ -502,4 +505,72 @@ fn every_bad_input_is_a_spec_error_and_changes_nothing() {
     t.del(&steady_conf, "steady", Some(&steady), "eth0");
     let eps = t.inspect()["endpoints"].as_array().unwrap().len();
     assert_eq!(eps, 0);
+}
+
+/// Everything the plugin creates on disk (state records, IPAM reservations,
+/// lock files, the log, the bpffs pin tree) is root's alone: directories
+/// 0700, files 0600, owned by root, even under a runtime's umask of 0.
+#[test]
+fn files_and_pins_are_private_to_root() {
+    use std::os::unix::fs::MetadataExt;
+    let t = Topo::new("perm");
+    let pod = t.pod("p");
+    let conf = t.conf(json!({
+        "ipMasq": true,
+        "runtimeConfig": {"portMappings": [{"hostPort": 8080, "containerPort": 80}]},
+    }));
+    let call = Call {
+        cmd: "ADD",
+        cid: "c1",
+        netns: Some(format!("/run/netns/{pod}")),
+        ifname: "eth0",
+        umask: Some(0),
+        ..Default::default()
+    };
+    t.exec(BIN, &call, conf.to_string().as_bytes()).ok();
+    let mut seen = (0, 0);
+    let mut wrong = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = ["state", "ipam", "bpf", "cni.log"]
+        .iter()
+        .map(|s| t.dir.join(s))
+        .collect();
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        let (want, kind) = if m.is_dir() {
+            seen.0 += 1;
+            stack.extend(std::fs::read_dir(&p).unwrap().flatten().map(|e| e.path()));
+            (0o700, "directory")
+        } else {
+            seen.1 += 1;
+            (0o600, "file")
+        };
+        // The kernel's own entries at the bpffs root: the mount root is
+        // sticky (1700 from mode=0700), `maps.debug`/`progs.debug` are its
+        // read-only iterators (0400). Neither lets anyone else in.
+        let kernel = p == t.pin()
+            || (p.parent() == Some(&t.pin()) && p.extension().is_some_and(|x| x == "debug"));
+        let ok = if kernel {
+            m.mode() & 0o077 == 0
+        } else {
+            m.mode() & 0o7777 == want
+        };
+        if !ok || m.uid() != 0 || m.gid() != 0 {
+            wrong.push(format!(
+                "{kind} {} mode {:o} uid {} gid {}",
+                p.display(),
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "not private to root:\n{}",
+        wrong.join("\n")
+    );
+    // The tree really was there: state, reservations, locks, maps, programs, links.
+    assert!(seen.0 >= 8 && seen.1 >= 20, "{seen:?}");
+    eprintln!("{} directories and {} files checked", seen.0, seen.1);
+    t.del(&conf, "c1", Some(&pod), "eth0");
 }

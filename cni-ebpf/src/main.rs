@@ -13,6 +13,7 @@ mod lockfile;
 mod log;
 mod netlink;
 mod netns;
+mod private;
 mod state;
 
 use std::io::{Read, Write};

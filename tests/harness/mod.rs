@@ -141,6 +141,8 @@ pub struct Call<'a> {
     pub args: Option<&'a str>,
     /// CNI_PATH (default: our bin dir + Debian's).
     pub path: Option<String>,
+    /// umask to run the plugin with (default: the test's).
+    pub umask: Option<u32>,
 }
 
 /// A test world: node + ext namespaces joined by a veth, a private pin dir,
@@ -291,7 +293,14 @@ impl Topo {
                 );
             }
         }
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = match call.umask {
+            None => Command::new("nsenter"),
+            Some(m) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("umask {m:03o}; exec nsenter \"$@\""), "sh"]);
+                c
+            }
+        };
         cmd.arg(format!("--net=/run/netns/{}", self.node)).arg(bin);
         // A relative path the plugin wrongly accepted lands in the
         // topology's directory (and in its snapshots), nowhere else.
