@@ -888,7 +888,7 @@ impl Snapshot {
                 .collect();
             eps.sort();
             sections.insert("map endpoints".into(), eps);
-            for key in ["portMappings", "nat"] {
+            for key in ["interfaces", "portMappings", "nat"] {
                 let mut v: Vec<String> = insp[key]
                     .as_array()
                     .unwrap()
