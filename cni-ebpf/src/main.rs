@@ -8,6 +8,7 @@ mod cni;
 mod commands;
 mod config;
 mod datapath;
+mod failpoint;
 mod ipam;
 mod lockfile;
 mod log;

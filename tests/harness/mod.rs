@@ -143,6 +143,8 @@ pub struct Call<'a> {
     pub path: Option<String>,
     /// umask to run the plugin with (default: the test's).
     pub umask: Option<u32>,
+    /// `CNI_EBPF_FAILPOINT`: the ADD step after which a debug build aborts.
+    pub failpoint: Option<&'a str>,
 }
 
 /// A test world: node + ext namespaces joined by a veth, a private pin dir,
@@ -323,6 +325,9 @@ impl Topo {
         }
         if let Some(a) = call.args {
             cmd.env("CNI_ARGS", a);
+        }
+        if let Some(f) = call.failpoint {
+            cmd.env("CNI_EBPF_FAILPOINT", f);
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
