@@ -9,6 +9,7 @@
 //! is installed on nodes) contains no trace of it (see docs/architecture.md).
 
 /// The ADD steps a fail point can follow, in order (main mode).
+#[cfg(debug_assertions)]
 pub const STEPS: [&str; 9] = [
     "after-state",
     "after-ipam",
