@@ -43,6 +43,8 @@ fn assert_clean(t: &Topo) {
     if t.dir.join(t.abi_dir()).join("maps/endpoints").exists() {
         let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
         assert!(eps.is_empty(), "endpoint entries left: {eps:?}");
+        let ifaces = t.inspect()["interfaces"].as_array().unwrap().clone();
+        assert!(ifaces.is_empty(), "interface entries left: {ifaces:?}");
         let ports = t.inspect()["portMappings"].as_array().unwrap().clone();
         assert!(ports.is_empty(), "hostPort mappings left: {ports:?}");
         let pins = t.endpoint_link_pins();
@@ -50,8 +52,10 @@ fn assert_clean(t: &Topo) {
     }
 }
 
+/// VERSION, and DEL with arguments it does not use; the battery of bad
+/// inputs is in tests/badinput.rs.
 #[test]
-fn version_and_bad_inputs_change_nothing() {
+fn version_and_del_ignore_what_they_do_not_use() {
     let t = Topo::new("bad");
     let pod = t.pod("p");
     let conf = t.conf(json!({}));
@@ -73,50 +77,6 @@ fn version_and_bad_inputs_change_nothing() {
         json!(["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"])
     );
 
-    let netns = Some(format!("/run/netns/{pod}"));
-    let add = |cid: &'static str, ifname: &'static str| Call {
-        cmd: "ADD",
-        cid,
-        netns: netns.clone(),
-        ifname,
-        ..Default::default()
-    };
-    let regular_file = t.dir.join("not-a-netns");
-    std::fs::write(&regular_file, "x").unwrap();
-    let cases: Vec<(Call, Vec<u8>, u64, &str)> = vec![
-        (add("c1", "eth0"), b"{not json".to_vec(), 6, "decode"),
-        (add("c1", "eth0"), vec![0xff, 0xfe, 0x00], 6, "UTF-8"),
-        (add("c1", "eth0"), format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into_bytes(), 6, "decode"),
-        (add("c1", "eth0"), vec![b' '; (1 << 20) + 10], 6, "bytes"),
-        (add("c1", "eth0"), br#"{"cniVersion":"9.9.9","name":"n"}"#.to_vec(), 1, "incompatible"),
-        (add("c1", "eth0"), t.conf(json!({"name": "bad/name"})).to_string().into_bytes(), 7, "network name"),
-        (add("c1", "eth0"), t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.1.0.0/33"}]]}})).to_string().into_bytes(), 7, "10.1.0.0/33"),
-        (add("bad/id", "eth0"), conf.to_string().into_bytes(), 4, "CNI_CONTAINERID"),
-        (add("c1", "../x"), conf.to_string().into_bytes(), 4, "CNI_IFNAME"),
-        (add("c1", "waytoolonginterface"), conf.to_string().into_bytes(), 4, "CNI_IFNAME"),
-        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", ..Default::default() }, conf.to_string().into_bytes(), 4, "CNI_NETNS"),
-        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", netns: Some("/nonexistent/ns".into()), ..Default::default() }, conf.to_string().into_bytes(), 4, "CNI_NETNS"),
-        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", netns: Some(regular_file.display().to_string()), ..Default::default() }, conf.to_string().into_bytes(), 4, "not a network namespace"),
-        (Call { cmd: "ADD", cid: "c1", ifname: "eth0", netns: Some(format!("/run/netns/{}", t.node)), ..Default::default() }, conf.to_string().into_bytes(), 4, "own network namespace"),
-        (Call { path: Some("relative/bin".into()), ..add("c1", "eth0") }, conf.to_string().into_bytes(), 4, "CNI_PATH"),
-        (add("c1", "eth0"), t.conf(json!({"ipam": {"type": "no-such-ipam"}})).to_string().into_bytes(), 7, "no-such-ipam"),
-        (add("c1", "eth0"), t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 0, "containerPort": 80}]}})).to_string().into_bytes(), 7, "hostPort"),
-        (add("c1", "eth0"), t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "icmp"}]}})).to_string().into_bytes(), 7, "protocol"),
-        (add("c1", "eth0"), t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 9000, "containerPort": 80, "protocol": "sctp"}]}})).to_string().into_bytes(), 7, "SCTP"),
-        (Call { cmd: "CHECK", ..add("c1", "eth0") }, t.conf(json!({"cniVersion": "0.3.1"})).to_string().into_bytes(), 1, "CHECK"),
-        (Call { cmd: "STATUS", ..Default::default() }, conf.to_string().into_bytes(), 1, "STATUS"),
-        (Call { cmd: "BOGUS", ..add("c1", "eth0") }, conf.to_string().into_bytes(), 4, "CNI_COMMAND"),
-    ];
-    for (call, stdin, code, needle) in cases {
-        let out = t.exec(BIN, &call, &stdin);
-        assert_eq!(out.err_code(), code, "{call:?}: {}", out.stdout);
-        let whole = out.stdout.clone();
-        assert!(
-            whole.contains(needle),
-            "{call:?}: message should mention {needle:?}: {whole}"
-        );
-        assert!(out.json.as_ref().unwrap()["cniVersion"].is_string());
-    }
     // DEL never fails on capability arguments it does not use.
     let bad_rc = t.conf(json!({"runtimeConfig": {"portMappings": [{"hostPort": 9000, "containerPort": 80, "protocol": "sctp"}]}}));
     t.del(&bad_rc, "c1", Some(&pod), "eth0");
@@ -821,5 +781,407 @@ fn host_ports_are_owned_by_one_container() {
     t.del(&c2, "intruder", Some(&p2), "eth0");
     t.del(&c3, "other", Some(&p3), "eth0");
     assert!(t.inspect()["portMappings"].as_array().unwrap().is_empty());
+    assert_clean(&t);
+}
+
+/// Frames built byte by byte for the anti-spoofing test.
+mod frames {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    pub const BCAST: [u8; 6] = [0xff; 6];
+
+    pub fn eth(src: [u8; 6], ty: u16, body: &[u8]) -> Vec<u8> {
+        let mut f = BCAST.to_vec();
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ty.to_be_bytes());
+        f.extend_from_slice(body);
+        f
+    }
+
+    pub fn ipv4_udp(src: Ipv4Addr, marker: &[u8]) -> Vec<u8> {
+        let len = (20 + 8 + marker.len()) as u16;
+        let mut p = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+        p[2..4].copy_from_slice(&len.to_be_bytes());
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&[255, 255, 255, 255]);
+        // A valid header checksum: a bridge with br_netfilter drops bad ones.
+        let sum: u32 = p
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum();
+        let sum = (sum & 0xffff) + (sum >> 16);
+        let csum = !((sum & 0xffff) + (sum >> 16)) as u16;
+        p[10..12].copy_from_slice(&csum.to_be_bytes());
+        p.extend_from_slice(&[0x30, 0x39, 0x30, 0x39]);
+        p.extend_from_slice(&((8 + marker.len()) as u16).to_be_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p.extend_from_slice(marker);
+        p
+    }
+
+    pub fn ipv6(src: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[next, 255]);
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    pub fn udp(marker: &[u8]) -> Vec<u8> {
+        let mut u = vec![0x30, 0x39, 0x30, 0x39];
+        u.extend_from_slice(&((8 + marker.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(marker);
+        u
+    }
+
+    /// A neighbour advertisement for `target` (RFC 4861 4.4), marker after it.
+    pub fn na(target: Ipv6Addr, marker: &[u8]) -> Vec<u8> {
+        let mut n = vec![136, 0, 0, 0, 0x20, 0, 0, 0];
+        n.extend_from_slice(&target.octets());
+        n.extend_from_slice(marker);
+        n
+    }
+
+    /// ARP for IPv4 over Ethernet; `op` 1 request, 2 reply; marker as padding.
+    pub fn arp(op: u16, sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr, marker: &[u8]) -> Vec<u8> {
+        let mut a = vec![0, 1, 8, 0, 6, 4];
+        a.extend_from_slice(&op.to_be_bytes());
+        a.extend_from_slice(&sha);
+        a.extend_from_slice(&spa.octets());
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&tpa.octets());
+        a.extend_from_slice(marker);
+        a
+    }
+
+    pub fn vlan(tpid: u16, src: [u8; 6], inner: &[u8]) -> Vec<u8> {
+        let mut body = vec![0, 7, 0x08, 0x00];
+        body.extend_from_slice(inner);
+        eth(src, tpid, &body)
+    }
+}
+
+/// Opens an AF_PACKET socket in the current netns bound to `ifname`.
+fn packet_socket(ifname: &str, proto: u16) -> (i32, libc::sockaddr_ll) {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: plain socket syscalls on a fresh descriptor with a zeroed,
+    // fully initialised sockaddr_ll.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be()));
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto.to_be();
+        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        sll.sll_halen = 6;
+        assert!(sll.sll_ifindex > 0, "no {ifname}");
+        (fd, sll)
+    }
+}
+
+/// Sends raw frames from `ifname` in `ns`.
+fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
+    let ifname = ifname.to_string();
+    in_ns(ns, move || {
+        let (fd, sll) = packet_socket(&ifname, 0);
+        for f in &frames {
+            // SAFETY: `f` and `sll` outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    std::ptr::addr_of!(sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+    })
+    .join()
+    .unwrap();
+}
+
+/// Captures on `ifname` in `ns` for `window`: the markers (`SPOOFnn`) seen.
+fn capture_markers(
+    ns: &str,
+    ifname: &str,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ifname = ifname.to_string();
+    let h = in_ns(ns, move || {
+        let (fd, sll) = packet_socket(&ifname, libc::ETH_P_ALL as u16);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid descriptor, option value and sockaddr of the right sizes.
+        unsafe {
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    std::ptr::addr_of!(sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32
+                ),
+                0
+            );
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + window;
+        let mut buf = [0u8; 2048];
+        while std::time::Instant::now() < end {
+            // SAFETY: `buf` is writable for its whole length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if let Some(i) = f.windows(5).position(|w| w == b"SPOOF") {
+                if let Some(m) = f.get(i..i + 7) {
+                    seen.push(String::from_utf8_lossy(m).into_owned());
+                }
+            }
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        seen
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("capture did not start");
+    h
+}
+
+/// A pod cannot send IPv6 from another address, use another MAC, send ARP
+/// (request or reply) whose sender is not its own, advertise a neighbour
+/// address that is not its own, or send VLAN-tagged frames; each drop is
+/// counted by reason, node-wide and on the endpoint.
+#[test]
+fn anti_spoofing_covers_ipv6_mac_arp_nd_and_vlan() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    let t = Topo::new("sp2");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let conf = t.conf(json!({}));
+    let r1 = t.add(&conf, "victim", Some(&p1), "eth0");
+    let r2 = t.add(&conf, "attacker", Some(&p2), "eth0");
+    let mac_of = |r: &Value| -> [u8; 6] {
+        let s = r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["sandbox"].is_string())
+            .unwrap()["mac"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let v: Vec<u8> = s
+            .split(':')
+            .map(|x| u8::from_str_radix(x, 16).unwrap())
+            .collect();
+        v.try_into().unwrap()
+    };
+    let (m1, m2) = (mac_of(&r1), mac_of(&r2));
+    let v4 = |r: &Value| match result_ip(r, false) {
+        IpAddr::V4(a) => a,
+        _ => unreachable!(),
+    };
+    let v6 = |r: &Value| match result_ip(r, true) {
+        IpAddr::V6(a) => a,
+        _ => unreachable!(),
+    };
+    let (victim4, victim6, own4, own6) = (v4(&r1), v6(&r1), v4(&r2), v6(&r2));
+    let ll: Ipv6Addr = "fe80::1234".parse().unwrap();
+    let stranger4: Ipv4Addr = "10.1.0.250".parse().unwrap();
+    use frames::*;
+    // (what, frame builder input, arrives?, counter of the drop)
+    let mk = |i: usize| format!("SPOOF{i:02}").into_bytes();
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("own IPv4", eth(m2, 0x0800, &ipv4_udp(own4, &mk(0))), None),
+        (
+            "own IPv6",
+            eth(m2, 0x86dd, &ipv6(own6, 17, &udp(&mk(1)))),
+            None,
+        ),
+        (
+            "IPv6 from the victim's address",
+            eth(m2, 0x86dd, &ipv6(victim6, 17, &udp(&mk(2)))),
+            Some("drop_spoofed_ip"),
+        ),
+        (
+            "IPv6 from an unassigned address",
+            eth(
+                m2,
+                0x86dd,
+                &ipv6("fd00:1::99".parse().unwrap(), 17, &udp(&mk(3))),
+            ),
+            Some("drop_spoofed_ip"),
+        ),
+        (
+            "own IPv4 with the victim's MAC",
+            eth(m1, 0x0800, &ipv4_udp(own4, &mk(4))),
+            Some("drop_spoofed_mac"),
+        ),
+        (
+            "non-IP frame with another MAC",
+            eth([2, 0, 0, 0, 0, 0x99], 0x88b5, &mk(5)),
+            Some("drop_spoofed_mac"),
+        ),
+        (
+            "IPv6 link-local with the victim's MAC",
+            eth(m1, 0x86dd, &ipv6(ll, 17, &udp(&mk(6)))),
+            Some("drop_spoofed_mac"),
+        ),
+        (
+            "own ARP request",
+            eth(m2, 0x0806, &arp(1, m2, own4, victim4, &mk(7))),
+            None,
+        ),
+        (
+            "ARP probe (sender 0.0.0.0)",
+            eth(m2, 0x0806, &arp(1, m2, Ipv4Addr::UNSPECIFIED, own4, &mk(8))),
+            None,
+        ),
+        (
+            "ARP reply for the victim's IP",
+            eth(m2, 0x0806, &arp(2, m2, victim4, own4, &mk(9))),
+            Some("drop_spoofed_arp"),
+        ),
+        (
+            "gratuitous ARP request for the victim's IP",
+            eth(m2, 0x0806, &arp(1, m2, victim4, victim4, &mk(10))),
+            Some("drop_spoofed_arp"),
+        ),
+        (
+            "ARP request for an unassigned IP",
+            eth(m2, 0x0806, &arp(1, m2, stranger4, victim4, &mk(11))),
+            Some("drop_spoofed_arp"),
+        ),
+        (
+            "ARP whose sender MAC is the victim's",
+            eth(m2, 0x0806, &arp(2, m1, own4, victim4, &mk(12))),
+            Some("drop_spoofed_arp"),
+        ),
+        (
+            "NA for its own address",
+            eth(m2, 0x86dd, &ipv6(ll, 58, &na(own6, &mk(13)))),
+            None,
+        ),
+        (
+            "NA for the victim's address",
+            eth(m2, 0x86dd, &ipv6(ll, 58, &na(victim6, &mk(14)))),
+            Some("drop_spoofed_nd"),
+        ),
+        (
+            "NA for the victim's address behind a hop-by-hop header",
+            eth(
+                m2,
+                0x86dd,
+                &ipv6(
+                    ll,
+                    0,
+                    &[&[58u8, 0, 5, 2, 0, 0, 1, 0][..], &na(victim6, &mk(15))].concat(),
+                ),
+            ),
+            Some("drop_spoofed_nd"),
+        ),
+        (
+            "802.1Q tagged own IPv4",
+            vlan(0x8100, m2, &ipv4_udp(own4, &mk(16))),
+            Some("drop_vlan"),
+        ),
+        (
+            "802.1ad tagged own IPv4",
+            vlan(0x88a8, m2, &ipv4_udp(own4, &mk(17))),
+            Some("drop_vlan"),
+        ),
+        (
+            "802.1ad + 802.1Q (QinQ)",
+            vlan(
+                0x88a8,
+                m2,
+                &[&[0u8, 9, 0x81, 0][..], &ipv4_udp(own4, &mk(18))].concat(),
+            ),
+            Some("drop_vlan"),
+        ),
+    ];
+    let before = t.inspect();
+    let cap = capture_markers(&t.node, "cni0", Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(100));
+    send_frames(&p2, "eth0", cases.iter().map(|c| c.1.clone()).collect());
+    let seen = cap.join().unwrap();
+    let after = t.inspect();
+    let mut failures = Vec::new();
+    let mut expected: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (i, (what, _, drop)) in cases.iter().enumerate() {
+        let marker = format!("SPOOF{i:02}");
+        let arrived = seen.contains(&marker);
+        if arrived != drop.is_none() {
+            failures.push(format!(
+                "{what}: arrived={arrived}, want {}",
+                drop.is_none()
+            ));
+        }
+        if let Some(c) = drop {
+            *expected.entry(c).or_default() += 1;
+        }
+    }
+    let delta =
+        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
+    for (c, n) in &expected {
+        if delta(c) != *n {
+            failures.push(format!("counter {c}: +{}, want +{n}", delta(c)));
+        }
+    }
+    let ep_drops = |j: &Value| -> u64 {
+        j["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["container"] == "attacker")
+            .map(|e| e["dropSpoofed"].as_u64().unwrap())
+            .max()
+            .unwrap()
+    };
+    let total: u64 = expected.values().sum();
+    if ep_drops(&after) - ep_drops(&before) != total {
+        failures.push(format!(
+            "attacker endpoint dropSpoofed +{}, want +{total}",
+            ep_drops(&after) - ep_drops(&before)
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    eprintln!(
+        "{} crafted frames, {total} dropped by reason {expected:?}",
+        cases.len()
+    );
+    // Honest traffic still flows both ways.
+    let _srv = TcpServer::start(&p1, "::", 7000, "victim");
+    assert_reply(&p2, IpAddr::V6(victim6), 7000, &format!("victim {own6}"));
+    assert_reply(
+        &p2,
+        IpAddr::V4(victim4),
+        7000,
+        &format!("victim ::ffff:{own4}"),
+    );
+    t.del(&conf, "victim", Some(&p1), "eth0");
+    t.del(&conf, "attacker", Some(&p2), "eth0");
     assert_clean(&t);
 }

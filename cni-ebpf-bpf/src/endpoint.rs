@@ -1,4 +1,10 @@
-//! Per-endpoint work on the host veth: source anti-spoofing and counters.
+//! Per-endpoint work on the host veth: anti-spoofing and counters.
+//!
+//! A pod may send only frames that are its own: its MAC as Ethernet source
+//! (every frame), its addresses as IPv4/IPv6 source, its IPv4 address and
+//! MAC as ARP sender (requests and replies), its addresses as the target of
+//! IPv6 neighbour advertisements, and no VLAN tags (which would let it reach
+//! VLANs behind the bridge or uplink). Each refusal is counted by reason.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -7,8 +13,11 @@ use aya_ebpf::{
 use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey};
 
 use crate::{
-    maps::{count, endpoints, ep_stats},
-    packet::{EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_IP, ETH_P_IPV6},
+    maps::{count, endpoints, ep_ifaces, ep_stats},
+    packet::{
+        ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP,
+        ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV6_LEN, ND_NEIGHBOR_ADVERT,
+    },
 };
 
 #[inline(always)]
@@ -24,10 +33,35 @@ fn stats(ifindex: u32) -> Option<&'static mut EndpointStats> {
     ep_stats.get_ptr_mut(ifindex).map(|p| unsafe { &mut *p })
 }
 
-/// Why a packet from a container is refused.
-enum Spoof {
+/// Why a frame from a container is refused.
+#[derive(Clone, Copy)]
+enum Refused {
+    /// Source IP not the endpoint's.
     Ip,
+    /// Source MAC not the endpoint's.
     Mac,
+    /// ARP sender IP or MAC not the endpoint's, or not IPv4-over-Ethernet ARP.
+    Arp,
+    /// Neighbour advertisement for an address that is not the endpoint's.
+    Nd,
+    /// 802.1Q / 802.1ad tagged.
+    Vlan,
+    /// Truncated header.
+    Malformed,
+}
+
+impl Refused {
+    #[inline(always)]
+    fn counter(self) -> Counter {
+        match self {
+            Self::Ip => Counter::DropSpoofedIp,
+            Self::Mac => Counter::DropSpoofedMac,
+            Self::Arp => Counter::DropSpoofedArp,
+            Self::Nd => Counter::DropSpoofedNd,
+            Self::Vlan => Counter::DropVlan,
+            Self::Malformed => Counter::DropMalformed,
+        }
+    }
 }
 
 /// Verdict for a packet the container sent.
@@ -35,7 +69,7 @@ enum Spoof {
 pub fn from_container(ctx: &TcContext) -> i32 {
     let ifindex = ifindex(ctx);
     let st = stats(ifindex);
-    match check_source(ctx, ifindex) {
+    match check_frame(ctx, ifindex) {
         Ok(()) => {
             if let Some(st) = st {
                 st.from_packets += 1;
@@ -48,11 +82,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
             if let Some(st) = st {
                 st.drop_spoofed += 1;
             }
-            count(match reason {
-                Some(Spoof::Ip) => Counter::DropSpoofedIp,
-                Some(Spoof::Mac) => Counter::DropSpoofedMac,
-                None => Counter::DropMalformed,
-            });
+            count(reason.counter());
             TC_ACT_SHOT
         }
     }
@@ -68,42 +98,129 @@ pub fn to_container(ctx: &TcContext) {
     count(Counter::ToContainerPass);
 }
 
-/// Ok if the packet's source belongs to the endpoint behind `ifindex`, or is not
-/// IP (ARP is left to the kernel). `Err(None)` is a truncated IP header.
-#[inline(never)]
-fn check_source(ctx: &TcContext, ifindex: u32) -> Result<(), Option<Spoof>> {
-    let eth: EthHdr = ctx.load(0).map_err(|_| None)?;
-    let (proto, src_mac) = (u16::from_be_bytes(eth.proto), eth.src);
-    let key = match proto {
-        ETH_P_IP => {
-            let ip: Ipv4Hdr = ctx.load(ETH_LEN).map_err(|_| None)?;
-            let src = ip.src;
-            // DHCP clients send from 0.0.0.0 before they have an address.
-            if src == [0, 0, 0, 0] {
-                return Ok(());
-            }
-            IpKey::v4(src)
-        }
-        ETH_P_IPV6 => {
-            let ip: Ipv6Hdr = ctx.load(ETH_LEN).map_err(|_| None)?;
-            let src = ip.src;
-            // Link-local (fe80::/10) and unspecified (::, duplicate address
-            // detection) sources are needed by neighbour discovery and never
-            // leave the link.
-            if (src[0] == 0xfe && src[1] & 0xc0 == 0x80) || src == [0; 16] {
-                return Ok(());
-            }
-            IpKey::v6(src)
-        }
-        _ => return Ok(()),
-    };
+/// True if `key` is an address of the endpoint behind `ifindex`.
+#[inline(always)]
+fn owned(key: &IpKey, ifindex: u32) -> bool {
     // SAFETY: the map value is only read.
-    let ep: &EndpointInfo = unsafe { endpoints.get(&key) }.ok_or(Some(Spoof::Ip))?;
-    if ep.ifindex != ifindex {
-        return Err(Some(Spoof::Ip));
+    unsafe { endpoints.get(key) }.is_some_and(|ep: &EndpointInfo| ep.ifindex == ifindex)
+}
+
+/// True for fe80::/10 (link-local) and :: (unspecified).
+#[inline(always)]
+fn link_local_or_unspecified(a: &[u8; 16]) -> bool {
+    (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || *a == [0; 16]
+}
+
+/// Ok if the whole frame is the endpoint's own.
+#[inline(never)]
+fn check_frame(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
+    // The kernel moves the outer tag into the skb before TC ingress
+    // (skb_vlan_untag in __netif_receive_skb_core), so a tag shows here as
+    // vlan_present rather than in the frame; an inner (QinQ) tag stays in
+    // the frame and is caught by its EtherType below.
+    // SAFETY: a context field read, rewritten by the verifier.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 {
+        return Err(Refused::Vlan);
     }
-    if ep.mac != [0; 6] && ep.mac != src_mac {
-        return Err(Some(Spoof::Mac));
+    let eth: EthHdr = ctx.load(0).map_err(|_| Refused::Malformed)?;
+    let proto = u16::from_be_bytes(eth.proto);
+    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+        return Err(Refused::Vlan);
     }
-    Ok(())
+    // SAFETY: the map value is only read.
+    let mac = unsafe { ep_ifaces.get(&ifindex) }.map_or([0; 6], |i| i.mac);
+    if mac != [0; 6] && eth.src != mac {
+        return Err(Refused::Mac);
+    }
+    match proto {
+        ETH_P_IP => check_ipv4(ctx, ifindex),
+        ETH_P_IPV6 => check_ipv6(ctx, ifindex),
+        ETH_P_ARP => check_arp(ctx, ifindex),
+        _ => Ok(()),
+    }
+}
+
+/// IPv4: the source is the endpoint's (or 0.0.0.0, a DHCP client).
+#[inline(never)]
+fn check_ipv4(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
+    let ip: Ipv4Hdr = ctx.load(ETH_LEN).map_err(|_| Refused::Malformed)?;
+    let src = ip.src;
+    if src == [0, 0, 0, 0] || owned(&IpKey::v4(src), ifindex) {
+        Ok(())
+    } else {
+        Err(Refused::Ip)
+    }
+}
+
+/// ARP: IPv4 over Ethernet only; the sender MAC is the frame's source (so
+/// the endpoint's), the sender IP the endpoint's (or 0.0.0.0, an RFC 5227
+/// probe). Requests and replies alike: a gratuitous request poisons caches
+/// as well as a reply does.
+#[inline(never)]
+fn check_arp(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
+    let arp: ArpHdr = ctx.load(ETH_LEN).map_err(|_| Refused::Arp)?;
+    if arp.htype != [0, 1] || arp.ptype != [0x08, 0x00] || arp.hlen != 6 || arp.plen != 4 {
+        return Err(Refused::Arp);
+    }
+    let eth_src: [u8; 6] = ctx.load(6).map_err(|_| Refused::Malformed)?;
+    if arp.sha != eth_src {
+        return Err(Refused::Arp);
+    }
+    let spa = arp.spa;
+    if spa == [0, 0, 0, 0] || owned(&IpKey::v4(spa), ifindex) {
+        Ok(())
+    } else {
+        Err(Refused::Arp)
+    }
+}
+
+/// IPv6: the source is the endpoint's, or link-local / unspecified (needed
+/// by neighbour discovery, never routed); a neighbour advertisement's
+/// target is the endpoint's.
+#[inline(never)]
+fn check_ipv6(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
+    let ip: Ipv6Hdr = ctx.load(ETH_LEN).map_err(|_| Refused::Malformed)?;
+    let src = ip.src;
+    if !link_local_or_unspecified(&src) && !owned(&IpKey::v6(src), ifindex) {
+        return Err(Refused::Ip);
+    }
+    check_nd(ctx, ifindex, ip.next_hdr)
+}
+
+/// Finds ICMPv6 behind at most four hop-by-hop / destination-options /
+/// routing headers (MLD reports come behind a hop-by-hop header; a longer
+/// chain is refused rather than walked) and checks a neighbour
+/// advertisement's target. Link-local targets are not tracked per endpoint
+/// and pass (they matter only on the pod's own link).
+#[inline(never)]
+fn check_nd(ctx: &TcContext, ifindex: u32, next_hdr: u8) -> Result<(), Refused> {
+    let mut nh = next_hdr;
+    let mut off = ETH_LEN + IPV6_LEN;
+    for _ in 0..4 {
+        if nh != 0 && nh != 43 && nh != 60 {
+            break;
+        }
+        let ext: [u8; 2] = ctx.load(off).map_err(|_| Refused::Malformed)?;
+        nh = ext[0];
+        off += (usize::from(ext[1]) + 1) * 8;
+    }
+    match nh {
+        IPPROTO_ICMPV6 => {}
+        0 | 43 | 60 => return Err(Refused::Malformed),
+        _ => return Ok(()),
+    }
+    let icmp: Icmp6Nd = match ctx.load(off) {
+        Ok(h) => h,
+        // Shorter than a neighbour advertisement: some other message.
+        Err(_) => return Ok(()),
+    };
+    if icmp.ty != ND_NEIGHBOR_ADVERT {
+        return Ok(());
+    }
+    let target = icmp.target;
+    if link_local_or_unspecified(&target) || owned(&IpKey::v6(target), ifindex) {
+        Ok(())
+    } else {
+        Err(Refused::Nd)
+    }
 }

@@ -8,15 +8,19 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use cni_ebpf_common::{
-    Config, Counter, EndpointInfo, EndpointStats, IpKey, NatKey, NatScratch, NatValue, NoMasqKey,
-    PortKey, PortTarget, SockRevKey, SockRevValue, UplinkInfo, ENDPOINTS_MAX, EP_STATS_MAX,
-    NAT_MAX, NODE_ADDRS_MAX, NO_MASQ_MAX, NO_MASQ_PREFIX_BASE, PORTMAP_MAX, SOCK_REV_MAX,
-    UPLINKS_MAX,
+    Config, Counter, EndpointIface, EndpointInfo, EndpointStats, IpKey, NatKey, NatScratch,
+    NatValue, NoMasqKey, PortKey, PortTarget, SockRevKey, SockRevValue, UplinkInfo, ENDPOINTS_MAX,
+    EP_IFACES_MAX, EP_STATS_MAX, NAT_MAX, NODE_ADDRS_MAX, NO_MASQ_MAX, NO_MASQ_PREFIX_BASE,
+    PORTMAP_MAX, SOCK_REV_MAX, UPLINKS_MAX,
 };
 
 /// Pod IP -> endpoint (see `cni_ebpf_common::map::ENDPOINTS`).
 #[btf_map]
 pub static endpoints: HashMap<IpKey, EndpointInfo, { ENDPOINTS_MAX as usize }> = HashMap::new();
+
+/// Host veth ifindex -> the pod interface's MAC (see `cni_ebpf_common::map::EP_IFACES`).
+#[btf_map]
+pub static ep_ifaces: HashMap<u32, EndpointIface, { EP_IFACES_MAX as usize }> = HashMap::new();
 
 /// Host veth ifindex -> counters (see `cni_ebpf_common::map::EP_STATS`).
 #[btf_map]

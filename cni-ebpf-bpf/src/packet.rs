@@ -9,6 +9,18 @@ pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 /// EtherType IPv6 (host order).
 pub const ETH_P_IPV6: u16 = 0x86DD;
+/// EtherType ARP (host order).
+pub const ETH_P_ARP: u16 = 0x0806;
+/// EtherType of an 802.1Q VLAN tag (host order).
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// EtherType of an 802.1ad (QinQ) service tag (host order).
+pub const ETH_P_8021AD: u16 = 0x88A8;
+/// IPv6 header length.
+pub const IPV6_LEN: usize = 40;
+/// IPv6 next header: ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 type of a neighbour advertisement.
+pub const ND_NEIGHBOR_ADVERT: u8 = 136;
 
 /// Ethernet header.
 #[repr(C)]
@@ -43,4 +55,34 @@ pub struct Ipv6Hdr {
     pub hop_limit: u8,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+}
+
+/// ARP for IPv4 over Ethernet (RFC 826): the only kind a pod may send.
+#[repr(C)]
+pub struct ArpHdr {
+    /// Hardware type, big-endian (1 = Ethernet).
+    pub htype: [u8; 2],
+    /// Protocol type, big-endian (0x0800).
+    pub ptype: [u8; 2],
+    pub hlen: u8,
+    pub plen: u8,
+    pub op: [u8; 2],
+    /// Sender hardware address.
+    pub sha: [u8; 6],
+    /// Sender protocol address.
+    pub spa: [u8; 4],
+    pub tha: [u8; 6],
+    pub tpa: [u8; 4],
+}
+
+/// The first 24 bytes of an ICMPv6 message: enough for a neighbour
+/// advertisement's target address (RFC 4861 4.4).
+#[repr(C)]
+pub struct Icmp6Nd {
+    pub ty: u8,
+    pub code: u8,
+    pub csum: [u8; 2],
+    pub flags: [u8; 4],
+    /// Target address (NS and NA).
+    pub target: [u8; 16],
 }

@@ -10,7 +10,7 @@
 
 /// Version of the pinned layout (`<pin root>/v<N>/...`). Bumped whenever a map
 /// key or value changes size or meaning, so an old pin is never reused blindly.
-pub const PIN_ABI_VERSION: u32 = 2;
+pub const PIN_ABI_VERSION: u32 = 3;
 
 /// Names of the eBPF programs (ELF symbol names, at most 15 bytes each).
 pub mod prog {
@@ -78,9 +78,13 @@ pub mod map {
     /// [`SockRevKey`](crate::SockRevKey) -> [`SockRevValue`](crate::SockRevValue):
     /// what a node-local socket originally asked for (LRU).
     pub const SOCK_REV: &str = "sock_rev";
+    /// Host veth ifindex -> [`EndpointIface`](crate::EndpointIface): the
+    /// only source MAC its pod may use.
+    pub const EP_IFACES: &str = "ep_ifaces";
     /// Every map.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG, SOCK_REV,
+        EP_IFACES,
     ];
 }
 
@@ -90,6 +94,8 @@ pub const ENDPOINTS_MAX: u32 = 65536;
 pub const PORTMAP_MAX: u32 = 65536;
 /// Default capacity of [`map::EP_STATS`] (pod interfaces per node).
 pub const EP_STATS_MAX: u32 = 32768;
+/// Capacity of [`map::EP_IFACES`] (pod interfaces per node).
+pub const EP_IFACES_MAX: u32 = 32768;
 /// Capacity of [`map::NAT`]: two entries per translated flow.
 pub const NAT_MAX: u32 = 262144;
 /// Capacity of [`map::NODE_ADDRS`].
@@ -223,6 +229,20 @@ pub struct EndpointInfo {
     pub pad: u8,
 }
 
+/// What the node knows about one pod interface (by host veth ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointIface {
+    /// MAC address of the pod's interface: every frame the pod sends must
+    /// carry it as source (and ARP as sender hardware address). All zero:
+    /// unknown (chained after a plugin that reported none), not checked.
+    pub mac: [u8; 6],
+    /// Explicit padding, always zero.
+    pub pad: [u8; 2],
+    /// [`owner_id`] of the attachment.
+    pub owner: u64,
+}
+
 /// Per-endpoint traffic counters (per CPU; userspace sums them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -235,7 +255,9 @@ pub struct EndpointStats {
     pub to_packets: u64,
     /// Bytes delivered to the container.
     pub to_bytes: u64,
-    /// Packets from the container dropped because their source was not its own.
+    /// Packets from the container dropped because they were not its own
+    /// (source IP or MAC, ARP sender, neighbour advertisement target) or
+    /// VLAN-tagged; the node counters say which.
     pub drop_spoofed: u64,
     /// Packets of this endpoint whose addresses or ports were translated
     /// (hostPort, hairpin, masquerade, either direction).
@@ -276,11 +298,18 @@ pub enum Counter {
     NatStale = 12,
     /// A node-local socket's connect/sendmsg was redirected to a pod.
     SockTranslated = 13,
+    /// Dropped: ARP from a container whose sender IP or MAC is not its own.
+    DropSpoofedArp = 14,
+    /// Dropped: IPv6 neighbour advertisement from a container for a target
+    /// address that is not its own.
+    DropSpoofedNd = 15,
+    /// Dropped: an 802.1Q or 802.1ad tagged frame from a container.
+    DropVlan = 16,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 17;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -297,6 +326,9 @@ impl Counter {
         (Counter::DropNatNoPort, "drop_nat_no_port"),
         (Counter::NatStale, "nat_stale"),
         (Counter::SockTranslated, "sock_translated"),
+        (Counter::DropSpoofedArp, "drop_spoofed_arp"),
+        (Counter::DropSpoofedNd, "drop_spoofed_nd"),
+        (Counter::DropVlan, "drop_vlan"),
     ];
 }
 
@@ -518,6 +550,7 @@ impl Default for Fnv1a {
 const _: () = assert!(core::mem::size_of::<IpKey>() == 20);
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<EndpointStats>() == 56);
+const _: () = assert!(core::mem::size_of::<EndpointIface>() == 16);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 40);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
 const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 24);
@@ -538,6 +571,8 @@ mod pod {
     unsafe impl aya::Pod for super::EndpointInfo {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::EndpointStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::EndpointIface {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortKey {}
     // SAFETY: as above.

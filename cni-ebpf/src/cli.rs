@@ -136,13 +136,24 @@ fn inspect(pin_path: &std::path::Path, state_dir: &std::path::Path, json: bool) 
                 })
             })
             .collect();
+        let ifaces: Vec<Value> = dp
+            .iface_entries()
+            .unwrap_or_default()
+            .iter()
+            .map(|(ifindex, i)| {
+                json!({
+                    "ifindex": ifindex, "mac": format_mac(&i.mac),
+                    "owner": format!("{:016x}", i.owner), "container": who(&owners, i.owner).0,
+                })
+            })
+            .collect();
         let c: serde_json::Map<String, Value> = counters
             .iter()
             .map(|(k, v)| (k.to_string(), (*v).into()))
             .collect();
         println!(
             "{}",
-            json!({"endpoints": eps, "portMappings": ports, "nat": nat, "counters": c})
+            json!({"endpoints": eps, "interfaces": ifaces, "portMappings": ports, "nat": nat, "counters": c})
         );
         return 0;
     }

@@ -170,6 +170,13 @@ fn get_path(
     default: &str,
 ) -> Result<PathBuf, CniError> {
     let p = get_str(obj, key)?.unwrap_or_else(|| default.to_string());
+    absolute_path(key, &p)
+}
+
+/// A directory the config names (`pinPath`, `stateDir`, `ipam.dataDir`...):
+/// absolute, so it does not depend on the runtime's working directory, and
+/// without `..`, so it cannot climb out of where it points.
+pub fn absolute_path(key: &str, p: &str) -> Result<PathBuf, CniError> {
     if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
         return Err(invalid(format!(
             "invalid {key} {p:?}: must be an absolute path without '..'"
@@ -198,18 +205,28 @@ impl NetConf {
             ));
         }
         let text = std::str::from_utf8(raw).map_err(|e| {
-            CniError::new(code::DECODE, "network config is not valid UTF-8")
-                .with_details(e.to_string())
+            CniError::new(
+                code::DECODE,
+                format!(
+                    "network config is not valid UTF-8 (at byte {})",
+                    e.valid_up_to()
+                ),
+            )
+            .with_details(e.to_string())
         })?;
-        if text.contains('\0') {
+        if let Some(at) = text.find('\0') {
             return Err(CniError::new(
                 code::DECODE,
-                "network config contains a NUL byte",
+                format!("network config contains a NUL byte (at byte {at})"),
             ));
         }
+        // serde_json refuses nesting deeper than 128 levels ("recursion limit
+        // exceeded"), so a hostile document cannot exhaust the stack.
         let v: Value = serde_json::from_str(text).map_err(|e| {
-            CniError::new(code::DECODE, "failed to decode network config")
-                .with_details(e.to_string())
+            CniError::new(
+                code::DECODE,
+                format!("failed to decode network config: {e}"),
+            )
         })?;
         let obj = v
             .as_object()

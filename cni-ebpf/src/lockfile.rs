@@ -1,25 +1,20 @@
 //! Advisory file locks (`flock`), the one way this plugin serialises
 //! processes: host-local's `lock`, the network's state lock, the load lock.
 
-use std::{
-    fs::{File, OpenOptions},
-    os::unix::fs::OpenOptionsExt,
-    path::Path,
-};
+use std::{fs::File, path::Path};
 
 use rustix::fs::{flock, FlockOperation};
 
-/// Opens (creating, mode 0644) `path` and locks it, blocking until the lock
+/// Opens (creating, mode 0600) `path` and locks it, blocking until the lock
 /// is granted. The lock lasts as long as the returned file is open; each call
 /// opens its own file description, so threads of one process exclude each
 /// other too.
 pub fn lock(path: &Path, exclusive: bool) -> std::io::Result<File> {
-    let file = OpenOptions::new()
+    let file = crate::private::options()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .mode(0o644)
         .open(path)?;
     let op = if exclusive {
         FlockOperation::LockExclusive

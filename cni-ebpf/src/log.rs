@@ -11,9 +11,9 @@ static PREFIX: Mutex<String> = Mutex::new(String::new());
 pub fn init(path: Option<&Path>, prefix: String) {
     if let Some(p) = path {
         if let Some(d) = p.parent() {
-            let _ = std::fs::create_dir_all(d);
+            let _ = crate::private::create_dir(d);
         }
-        if let Ok(f) = File::options().create(true).append(true).open(p) {
+        if let Ok(f) = crate::private::options().create(true).append(true).open(p) {
             *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
         }
     }

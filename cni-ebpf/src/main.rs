@@ -8,12 +8,14 @@ mod cni;
 mod commands;
 mod config;
 mod datapath;
+mod failpoint;
 mod install;
 mod ipam;
 mod lockfile;
 mod log;
 mod netlink;
 mod netns;
+mod private;
 mod reaper;
 mod state;
 

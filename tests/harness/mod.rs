@@ -141,6 +141,10 @@ pub struct Call<'a> {
     pub args: Option<&'a str>,
     /// CNI_PATH (default: our bin dir + Debian's).
     pub path: Option<String>,
+    /// umask to run the plugin with (default: the test's).
+    pub umask: Option<u32>,
+    /// `CNI_EBPF_FAILPOINT`: the ADD step after which a debug build aborts.
+    pub failpoint: Option<&'a str>,
 }
 
 /// A test world: node + ext namespaces joined by a veth, a private pin dir,
@@ -291,8 +295,18 @@ impl Topo {
                 );
             }
         }
-        let mut cmd = Command::new("nsenter");
+        let mut cmd = match call.umask {
+            None => Command::new("nsenter"),
+            Some(m) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("umask {m:03o}; exec nsenter \"$@\""), "sh"]);
+                c
+            }
+        };
         cmd.arg(format!("--net=/run/netns/{}", self.node)).arg(bin);
+        // A relative path the plugin wrongly accepted lands in the
+        // topology's directory (and in its snapshots), nowhere else.
+        cmd.current_dir(&self.dir);
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CNI_COMMAND", call.cmd)
@@ -311,6 +325,9 @@ impl Topo {
         }
         if let Some(a) = call.args {
             cmd.env("CNI_ARGS", a);
+        }
+        if let Some(f) = call.failpoint {
+            cmd.env("CNI_EBPF_FAILPOINT", f);
         }
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -846,5 +863,200 @@ pub fn assert_bpftool_fields(t: &Topo, map: &str, fields: &[&str]) {
             dump.contains(&format!("\"{field}\"")),
             "bpftool dump lacks {field}: {dump}"
         );
+    }
+}
+
+/// Everything a plugin call could change on the node, as comparable text:
+/// links, addresses, routes and TC filters of the node and the given pods,
+/// every file under the topology's directory (path, mode, owner and, outside
+/// bpffs, content; the log file excepted), and the map entries `inspect`
+/// shows (endpoints without their counters, hostPorts, translations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// One section per aspect, by name.
+    pub sections: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Snapshot {
+    /// Takes a snapshot of `t` and the pod namespaces `pods`.
+    pub fn take(t: &Topo, pods: &[&str]) -> Self {
+        let all: Vec<&str> = std::iter::once(t.node.as_str())
+            .chain(pods.iter().copied())
+            .collect();
+        // IPv6 duplicate address detection adds local routes when it ends:
+        // compare settled states only.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && all
+                .iter()
+                .any(|ns| !ip_n(ns, &["-6", "addr", "show", "tentative"]).is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut sections = std::collections::BTreeMap::new();
+        for ns in std::iter::once(t.node.as_str()).chain(pods.iter().copied()) {
+            for (name, lines) in netns_state(ns) {
+                sections.insert(format!("{ns} {name}"), lines);
+            }
+        }
+        sections.insert("files".into(), t.file_tree());
+        if t.dir.join(t.abi_dir()).join("maps/endpoints").exists() {
+            let insp = t.inspect();
+            let mut eps: Vec<String> = insp["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    format!(
+                        "{} if{} {} {} masq={}",
+                        e["ip"], e["ifindex"], e["mac"], e["owner"], e["masquerade"]
+                    )
+                })
+                .collect();
+            eps.sort();
+            sections.insert("map endpoints".into(), eps);
+            for key in ["interfaces", "portMappings", "nat"] {
+                let mut v: Vec<String> = insp[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect();
+                v.sort();
+                sections.insert(format!("map {key}"), v);
+            }
+        }
+        Snapshot { sections }
+    }
+
+    /// Every difference between `self` (before) and `after`, one per line.
+    pub fn diff(&self, after: &Snapshot) -> Option<String> {
+        let mut diffs = Vec::new();
+        let keys: std::collections::BTreeSet<&String> =
+            self.sections.keys().chain(after.sections.keys()).collect();
+        for k in keys {
+            let (a, b) = (self.sections.get(k), after.sections.get(k));
+            if a == b {
+                continue;
+            }
+            let (a, b) = (
+                a.cloned().unwrap_or_default(),
+                b.cloned().unwrap_or_default(),
+            );
+            for gone in a.iter().filter(|l| !b.contains(l)) {
+                diffs.push(format!("  {k}: - {gone}"));
+            }
+            for new in b.iter().filter(|l| !a.contains(l)) {
+                diffs.push(format!("  {k}: + {new}"));
+            }
+        }
+        (!diffs.is_empty()).then(|| diffs.join("\n"))
+    }
+
+    /// Panics with every difference between `self` (before) and `after`.
+    #[track_caller]
+    pub fn assert_same(&self, after: &Snapshot, what: &str) {
+        if let Some(d) = self.diff(after) {
+            panic!("{what}: the node changed:\n{d}");
+        }
+    }
+}
+
+/// Links (name, kind, master, MAC), addresses, routes and TC filters of `ns`.
+fn netns_state(ns: &str) -> Vec<(&'static str, Vec<String>)> {
+    let links: Value = serde_json::from_str(&ip_n(ns, &["-d", "-j", "link", "show"])).unwrap();
+    let mut names = Vec::new();
+    let mut l: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let name = x["ifname"].as_str().unwrap_or("").to_string();
+            names.push(name.clone());
+            format!(
+                "{name} kind={} master={} mac={}",
+                x["linkinfo"]["info_kind"].as_str().unwrap_or("-"),
+                x["master"].as_str().unwrap_or("-"),
+                x["address"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    l.sort();
+    let strip = |s: String| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .lines()
+            .map(|l| {
+                l.split_whitespace()
+                    .take_while(|w| !w.ends_with("_lft") && *w != "expires")
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let addrs = strip(ip_n(ns, &["-o", "addr", "show"]));
+    let mut routes = strip(ip_n(ns, &["route", "show", "table", "all"]));
+    routes.extend(strip(ip_n(ns, &["-6", "route", "show", "table", "all"])));
+    let mut filters = Vec::new();
+    for n in &names {
+        for dir in ["ingress", "egress"] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "tc", "filter", "show", "dev", n, dir])
+                .output()
+                .unwrap();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                // The program's name and tag, without the ever-changing ids.
+                let w: Vec<&str> = line.split_whitespace().collect();
+                let after = |k: &str| w.iter().position(|x| *x == k).and_then(|i| w.get(i + 1));
+                if let (Some(name), Some(tag)) = (after("name"), after("tag")) {
+                    filters.push(format!("{n} {dir} {name} {tag}"));
+                }
+            }
+        }
+    }
+    filters.sort();
+    vec![
+        ("links", l),
+        ("addrs", addrs),
+        ("routes", routes),
+        ("tc", filters),
+    ]
+}
+
+impl Topo {
+    /// Every file and directory under the topology's directory: path, type,
+    /// mode, owner, and (outside bpffs) a hash of the content. The log file
+    /// is left out: it grows with every call.
+    pub fn file_tree(&self) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut stack = vec![self.dir.clone()];
+        let pin = self.pin();
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p == self.dir.join("cni.log") {
+                    continue;
+                }
+                let Ok(m) = std::fs::symlink_metadata(&p) else {
+                    continue;
+                };
+                let rel = p.strip_prefix(&self.dir).unwrap().display().to_string();
+                let content = if m.is_file() && !p.starts_with(&pin) {
+                    let mut h = cni_ebpf_common::Fnv1a::new();
+                    h.write(&std::fs::read(&p).unwrap_or_default());
+                    format!(" {:016x}", h.finish())
+                } else {
+                    String::new()
+                };
+                out.push(format!("{rel} {:o} uid={}{content}", m.mode(), m.uid()));
+                if m.is_dir() {
+                    stack.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
     }
 }

@@ -11,7 +11,7 @@ use crate::{
     cni::{code, CniEnv, CniError, CniResult, Interface, IpConfig, Route},
     config::{Mode, NetConf},
     datapath::{AttachMode, Datapath, NodeSettings},
-    info,
+    failpoint, info,
     ipam::{host_local::Attempt, Ipam},
     netlink::{format_mac, parse_mac, sysctl, Link, Netlink},
     netns::Netns,
@@ -159,6 +159,7 @@ fn publish(
     let mode = dp
         .attach_endpoint(&host.name, conf.attach_mode)
         .map_err(|e| bpf_err("attach programs", e))?;
+    failpoint::hit("after-attach");
     let (dp2, idx) = (dp.clone(), host.index);
     rb.push("endpoint map entries", move || {
         dp2.remove_endpoint(&ips, Some(idx), owner)
@@ -167,6 +168,7 @@ fn publish(
     dp.add_endpoint(nets, host.index, pod_mac, owner, conf.ip_masq)
         .map_err(|e| bpf_err("endpoint map entries", e))?;
     prepare_node(dp, conf)?;
+    failpoint::hit("after-maps");
     Ok(mode)
 }
 
@@ -230,6 +232,10 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         ));
     }
 
+    // hostPorts another container holds: refused before IPAM moves even its
+    // round-robin cursor.
+    super::check_ports(&dp, conf, &ipam.families(), owner(env))?;
+
     let mut record = Record {
         network: conf.name.clone(),
         container_id: env.container_id.clone(),
@@ -242,6 +248,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         ..Default::default()
     };
     let mut rb = begin(&store, conf, &record)?;
+    failpoint::hit("after-state");
 
     // IPAM.
     let attempt = if previous.is_some() {
@@ -289,10 +296,12 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         .collect();
     record.ips = pod_nets.clone();
     store.save(&record)?;
+    failpoint::hit("after-ipam");
 
     // hostPorts: claimed before any interface exists, so a conflict changes nothing.
     let ips: Vec<IpAddr> = pod_nets.iter().map(|n| n.addr()).collect();
     claim_ports(&mut rb, &dp, conf, &ips, owner(env))?;
+    failpoint::hit("after-ports");
 
     // The veth pair, peer created inside the pod.
     let (h, ifn, mtu, ns_fd) = (host.clone(), env.ifname.clone(), conf.mtu, ns.fd());
@@ -311,9 +320,11 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     }
     record.host_ifindex = Some(host_link.index);
     store.save(&record)?;
+    failpoint::hit("after-veth");
 
     // Node side.
     let bridge = node_side(conf, &host_link, &ipres.ips)?;
+    failpoint::hit("after-node-side");
 
     // Pod side.
     let pod = pod_side(&ns, env, conf, &host_link, &ipres, &pod_nets)?;
@@ -329,6 +340,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         })
         .map_err(|e| nl_err("routes to the pod", e))?;
     }
+    failpoint::hit("after-netns");
 
     // Programs and map entries.
     let pod_mac: [u8; 6] = pod.mac.as_slice().try_into().unwrap_or([0; 6]);
@@ -345,6 +357,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     record.attach_mode = Some(mode);
     record.complete = true;
     store.save(&record)?;
+    failpoint::hit("after-state-write");
     rb.commit();
     info!(
         "ADD done: {host} ifindex {} ips {:?} attach {:?}",

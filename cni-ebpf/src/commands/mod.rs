@@ -33,22 +33,39 @@ pub fn claim_ports(
     ips: &[IpAddr],
     owner: u64,
 ) -> Result<(), CniError> {
-    use crate::datapath::PortError;
     dp.claim_ports(&conf.runtime.port_mappings, ips, owner)
-        .map_err(|e| match e {
-            PortError::Conflict { owner: holder, .. } => {
-                let who = match crate::state::find_owner(&conf.state_dir, holder) {
-                    Some(r) => format!(
-                        "container {} (ifname {}, network {})",
-                        r.container_id, r.ifname, r.network
-                    ),
-                    None => format!("attachment {holder:016x}"),
-                };
-                let msg = e.to_string().replace("another container", &who);
-                CniError::new(code::PORT_CONFLICT, msg)
-            }
-            PortError::Bpf(b) => bpf_err("hostPort mappings", *b),
-        })
+        .map_err(|e| port_err(conf, e))
+}
+
+/// Checks, without claiming anything, that no other container holds the
+/// hostPorts for a pod with addresses of the families of `ips`.
+pub fn check_ports(
+    dp: &crate::datapath::Datapath,
+    conf: &crate::config::NetConf,
+    ips: &[IpAddr],
+    owner: u64,
+) -> Result<(), CniError> {
+    dp.check_ports(&conf.runtime.port_mappings, ips, owner)
+        .map_err(|e| port_err(conf, e))
+}
+
+/// A port conflict is error 102 naming the holder.
+fn port_err(conf: &crate::config::NetConf, e: crate::datapath::PortError) -> CniError {
+    use crate::datapath::PortError;
+    match e {
+        PortError::Conflict { owner: holder, .. } => {
+            let who = match crate::state::find_owner(&conf.state_dir, holder) {
+                Some(r) => format!(
+                    "container {} (ifname {}, network {})",
+                    r.container_id, r.ifname, r.network
+                ),
+                None => format!("attachment {holder:016x}"),
+            };
+            let msg = e.to_string().replace("another container", &who);
+            CniError::new(code::PORT_CONFLICT, msg)
+        }
+        PortError::Bpf(b) => bpf_err("hostPort mappings", *b),
+    }
 }
 
 /// The result of a best-effort teardown (DEL, GC) that collected `errors`:

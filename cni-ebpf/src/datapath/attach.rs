@@ -94,7 +94,7 @@ impl Datapath {
         if use_tcx {
             self.unpin_links(ifname, hooks, sub);
             if let Some(parent) = self.link_pin(sub, ifname, "x").parent() {
-                std::fs::create_dir_all(parent).map_err(|e| BpfError::Link {
+                crate::private::create_dir(parent).map_err(|e| BpfError::Link {
                     name: parent.display().to_string(),
                     what: "create link pin dir",
                     source: Box::new(e),

@@ -1,11 +1,11 @@
-//! The map entries an attachment owns: its addresses in `endpoints` and its
-//! counters in `ep_stats`.
+//! The map entries an attachment owns: its addresses in `endpoints`, its
+//! interface's MAC in `ep_ifaces` and its counters in `ep_stats`.
 
 use std::net::IpAddr;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use cni_ebpf_common::{
-    map, Counter, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE, EP_FLAG_MASQ,
+    map, Counter, EndpointIface, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE, EP_FLAG_MASQ,
 };
 use ipnet::IpNet;
 
@@ -40,6 +40,10 @@ pub(super) fn key_ip(k: &IpKey) -> IpAddr {
 impl Datapath {
     fn endpoints(&self) -> Result<HashMap<MapData, IpKey, EndpointInfo>, BpfError> {
         self.map(map::ENDPOINTS)
+    }
+
+    fn ep_ifaces(&self) -> Result<HashMap<MapData, u32, EndpointIface>, BpfError> {
+        self.map(map::EP_IFACES)
     }
 
     fn ep_stats(&self) -> Result<PerCpuHashMap<MapData, u32, EndpointStats>, BpfError> {
@@ -79,6 +83,18 @@ impl Datapath {
                 what: format!("insert {ifindex}"),
                 source,
             })?;
+        let iface = EndpointIface {
+            mac,
+            pad: [0; 2],
+            owner,
+        };
+        self.ep_ifaces()?
+            .insert(ifindex, iface, 0)
+            .map_err(|source| BpfError::Map {
+                name: map::EP_IFACES,
+                what: format!("insert {ifindex}"),
+                source,
+            })?;
         let mut eps = self.endpoints()?;
         for net in nets {
             let ip = net.addr();
@@ -101,8 +117,8 @@ impl Datapath {
     }
 
     /// Removes `ips` from `endpoints` where `owner` still owns them (an address
-    /// already handed to another container is left alone), and the counters
-    /// of `ifindex`. Missing entries are fine.
+    /// already handed to another container is left alone), and the interface
+    /// entry and counters of `ifindex`. Missing entries are fine.
     pub fn remove_endpoint(
         &self,
         ips: &[IpAddr],
@@ -119,9 +135,18 @@ impl Datapath {
             }
         }
         if let Some(ifindex) = ifindex {
+            let mut ifs = self.ep_ifaces()?;
+            if ifs.get(&ifindex, 0).is_ok_and(|i| i.owner == owner) {
+                let _ = ifs.remove(&ifindex);
+            }
             let _ = self.ep_stats()?.remove(&ifindex);
         }
         Ok(())
+    }
+
+    /// Every `ep_ifaces` entry: (host veth ifindex, value) (inspect).
+    pub fn iface_entries(&self) -> Result<Vec<(u32, EndpointIface)>, BpfError> {
+        Ok(self.ep_ifaces()?.iter().filter_map(Result::ok).collect())
     }
 
     /// Every endpoint entry (inspect, GC, DEL without state).
@@ -137,7 +162,8 @@ impl Datapath {
             .collect())
     }
 
-    /// Removes every `endpoints` entry of `owner` (DEL when its state is lost).
+    /// Removes every `endpoints` and `ep_ifaces` entry of `owner` (DEL when
+    /// its state is lost).
     pub fn remove_owner(&self, owner: u64) -> Result<Vec<IpAddr>, BpfError> {
         let gone: Vec<EndpointEntry> = self
             .endpoint_entries()?
@@ -148,6 +174,15 @@ impl Datapath {
         for e in &gone {
             let _ = eps.remove(&ip_key(e.ip));
             let _ = self.ep_stats()?.remove(&e.info.ifindex);
+        }
+        let mut ifs = self.ep_ifaces()?;
+        for (ifindex, _) in self
+            .iface_entries()?
+            .iter()
+            .filter(|(_, i)| i.owner == owner)
+        {
+            let _ = ifs.remove(ifindex);
+            let _ = self.ep_stats()?.remove(ifindex);
         }
         Ok(gone.into_iter().map(|e| e.ip).collect())
     }

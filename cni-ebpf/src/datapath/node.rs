@@ -330,7 +330,7 @@ impl Datapath {
         let p = state_dir.join("bpf.lock");
         let _lock = crate::lockfile::lock(&p, true)
             .map_err(|e| other("lock", p.display().to_string(), e))?;
-        std::fs::create_dir_all(&dir)
+        crate::private::create_dir(&dir)
             .map_err(|e| other("create link pin dir", dir.display().to_string(), e))?;
         let cg = std::fs::File::open(cgroup)
             .map_err(|e| other("open cgroup", cgroup.display().to_string(), e))?;

@@ -166,7 +166,7 @@ impl Datapath {
         if dp.is_loaded() {
             return Ok(dp);
         }
-        std::fs::create_dir_all(state_dir).map_err(io("create state dir", state_dir))?;
+        crate::private::create_dir(state_dir).map_err(io("create state dir", state_dir))?;
         let lock_path = state_dir.join("bpf.lock");
         let _lock = crate::lockfile::lock(&lock_path, true).map_err(io("lock", &lock_path))?;
         // Under the lock: concurrent first ADDs must not each mount a bpffs on
@@ -182,7 +182,7 @@ impl Datapath {
     fn load(&self) -> Result<(), BpfError> {
         let maps_dir = self.dir.join("maps");
         for d in [&maps_dir, &self.progs, &self.links_dir()] {
-            std::fs::create_dir_all(d).map_err(io("create pin dir", d))?;
+            crate::private::create_dir(d).map_err(io("create pin dir", d))?;
         }
         let paths: Vec<(&str, PathBuf)> = map::ALL.iter().map(|m| (*m, self.map_path(m))).collect();
         let mut loader = EbpfLoader::new();
@@ -248,7 +248,7 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
         path: path.display().to_string(),
         source,
     };
-    std::fs::create_dir_all(path).map_err(err)?;
+    crate::private::create_dir(path).map_err(err)?;
     let st = rustix::fs::statfs(path).map_err(|e| err(e.into()))?;
     if st.f_type as u64 == BPF_FS_MAGIC {
         return Ok(());

@@ -171,6 +171,36 @@ impl Datapath {
         result
     }
 
+    /// The first of `mappings` that another attachment holds for a pod with
+    /// addresses of the families of `pod_ips` (only their family matters):
+    /// ADD asks before it allocates addresses, so a port conflict leaves even
+    /// the IPAM round-robin cursor alone. [`Datapath::claim_ports`] remains
+    /// the authoritative check against a concurrent ADD.
+    pub fn check_ports(
+        &self,
+        mappings: &[PortMapping],
+        pod_ips: &[IpAddr],
+        owner: u64,
+    ) -> Result<(), PortError> {
+        if mappings.is_empty() {
+            return Ok(());
+        }
+        let pm = self.portmap().map_err(Box::new)?;
+        for (k, _, m) in entries(mappings, pod_ips, owner) {
+            if let Ok(cur) = pm.get(&k, 0) {
+                if cur.owner != owner {
+                    return Err(PortError::Conflict {
+                        protocol: m.protocol.clone(),
+                        host_port: m.host_port,
+                        host_ip: m.host_ip.clone(),
+                        owner: cur.owner,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every mapping `owner` holds among `mappings` (or, without
     /// them, found by scanning the map). Entries of other owners stay.
     pub fn release_ports(

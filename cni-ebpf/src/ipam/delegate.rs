@@ -101,7 +101,11 @@ fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
             format!("invalid IPAM plugin type {plugin:?}: must be a plain file name"),
         ));
     }
-    let dirs: Vec<&str> = cni_path.split(':').filter(|d| !d.is_empty()).collect();
+    // Only absolute directories: a relative entry would make the binary that
+    // runs as root depend on the runtime's working directory. The
+    // environment check refuses such a CNI_PATH already; this keeps the rule
+    // where the binary is chosen.
+    let dirs: Vec<&str> = cni_path.split(':').filter(|d| d.starts_with('/')).collect();
     for dir in &dirs {
         let candidate = Path::new(dir).join(plugin);
         if std::fs::metadata(&candidate).is_ok_and(|m| m.is_file()) {
@@ -237,6 +241,26 @@ printf '{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.2/24"}],"cmd":"%s","in":
         assert_eq!(out["cmd"], "ADD");
         assert_eq!(out["in"], conf);
         assert_eq!(out["ips"][0]["address"], "10.0.0.2/24");
+    }
+
+    #[test]
+    fn relative_path_entries_are_never_searched() {
+        let d = TempDir::new("rel");
+        d.plugin("fake-ipam", ECHO);
+        let cwd = std::env::current_dir().unwrap();
+        let rel = d.0.strip_prefix(&cwd).map_or_else(
+            |_| {
+                // The temp dir is outside the working directory: reach it
+                // through enough `..` components.
+                let ups = "../".repeat(cwd.components().count());
+                format!("{ups}{}", d.path().trim_start_matches('/'))
+            },
+            |r| r.display().to_string(),
+        );
+        assert!(std::path::Path::new(&rel).join("fake-ipam").is_file());
+        let e = exec("fake-ipam", "ADD", b"{}", &rel).unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG, "{e}");
+        assert!(e.msg.contains("failed to find plugin"), "{e}");
     }
 
     #[test]

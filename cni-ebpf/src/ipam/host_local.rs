@@ -21,10 +21,9 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -193,7 +192,7 @@ impl HostLocalConfig {
             None => PathBuf::from(DEFAULT_DATA_DIR),
             Some(v) => match v.as_str() {
                 Some("") => PathBuf::from(DEFAULT_DATA_DIR),
-                Some(s) => PathBuf::from(s),
+                Some(s) => crate::config::absolute_path("ipam.dataDir", s)?,
                 None => return Err(bad("ipam.dataDir", v, "expected a string")),
             },
         };
@@ -242,14 +241,11 @@ struct Entry {
 }
 
 impl Store {
-    /// Creates `<data_dir>/<network>/` (mode 0755) if needed and takes the
+    /// Creates `<data_dir>/<network>/` (mode 0700) if needed and takes the
     /// exclusive lock, blocking until it is available.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, CniError> {
         let dir = network_dir(data_dir, network)?;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(&dir)
+        crate::private::create_dir(&dir)
             .map_err(|e| io_error("cannot create directory", &dir, e))?;
         Self::lock(dir)
     }
@@ -319,7 +315,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Creates the reservation file for `ip` (`O_CREAT|O_EXCL`, mode 0644).
+    /// Creates the reservation file for `ip` (`O_CREAT|O_EXCL`, mode 0600).
     /// `Ok(false)` when it already exists. On success also records `ip` in
     /// `last_reserved_ip.<range_set>`, as the reference's `Reserve` does.
     fn reserve(
@@ -330,11 +326,10 @@ impl Store {
         range_set: usize,
     ) -> Result<bool, CniError> {
         let path = self.dir.join(ip.to_string());
-        let mut f = match OpenOptions::new()
+        let mut f = match crate::private::options()
             .read(true)
             .write(true)
             .create_new(true)
-            .mode(0o644)
             .open(&path)
         {
             Ok(f) => f,
@@ -348,11 +343,10 @@ impl Store {
         }
         drop(f);
         let last = self.dir.join(format!("{LAST_IP_PREFIX}{range_set}"));
-        OpenOptions::new()
+        crate::private::options()
             .write(true)
             .create(true)
             .truncate(true)
-            .mode(0o644)
             .open(&last)
             .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
             .map_err(|e| io_error("cannot write", &last, e))?;

@@ -32,6 +32,27 @@ impl Ipam {
         }
     }
 
+    /// One address of each family an allocation may return (the built-in
+    /// IPAM knows from its ranges; a delegate may return either).
+    pub fn families(&self) -> Vec<IpAddr> {
+        let (v4, v6) = (IpAddr::from([0u8; 4]), IpAddr::from([0u8; 16]));
+        match self {
+            Self::HostLocal(c) => {
+                let has = |want_v4: bool| {
+                    c.range_sets
+                        .iter()
+                        .flatten()
+                        .any(|r| r.subnet.addr().is_ipv4() == want_v4)
+                };
+                [(has(true), v4), (has(false), v6)]
+                    .into_iter()
+                    .filter_map(|(h, a)| h.then_some(a))
+                    .collect()
+            }
+            Self::Delegate(_) => vec![v4, v6],
+        }
+    }
+
     /// Allocates addresses for (container, ifname).
     pub fn add(
         &self,
