@@ -663,3 +663,98 @@ fn masquerade_rate() {
     srv.stop(&p1, sa(ip(EXT_IP), 9000));
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }
+
+/// `cni-ebpf monitor` streams a new hostPort flow and a drop with its reason
+/// from the pinned ring buffer, then puts the level back (no events are
+/// written while no monitor runs).
+#[test]
+fn monitor_streams_new_flows_and_drops() {
+    use std::io::{BufRead, BufReader};
+    let t = Topo::new("mon");
+    let p1 = t.pod("p1");
+    let c1 = t.conf(mappings(json!([{"hostPort": 8080, "containerPort": 80}])));
+    let r1 = t.add(&c1, "pod1", Some(&p1), "eth0");
+    let a1 = result_ip(&r1, false);
+    let host = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let _s = TcpServer::start(&p1, "::", 80, "pod1");
+    let level = || {
+        let out = sh(&[
+            "bpftool",
+            "map",
+            "dump",
+            "pinned",
+            t.dir
+                .join(t.abi_dir())
+                .join("maps/monitor")
+                .to_str()
+                .unwrap(),
+            "-j",
+        ]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        // The u32 value as bytes, little-endian.
+        v[0]["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .fold(0u32, |acc, b| {
+                acc << 8
+                    | u32::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+            })
+    };
+    assert_eq!(level(), 0, "no monitor: level off");
+
+    let mut mon = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", t.node))
+        .arg(BIN)
+        .args(["monitor", "--json", "--level", "flows", "--count", "2"])
+        .arg("--pin-path")
+        .arg(t.pin())
+        .arg("--state-dir")
+        .arg(t.dir.join("state"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the monitor has set its level, events are not written.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while level() != 2 && std::time::Instant::now() < until {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(level(), 2);
+    assert_reply(&t.ext, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{EXT_IP}"));
+    ip_n(&p1, &["addr", "add", "10.0.0.200/8", "dev", "eth0"]);
+    udp_send(&p1, Some(ip("10.0.0.200")), sa(ip(EXT_IP), 9999), "forged");
+
+    let lines: Vec<Value> = BufReader::new(mon.stdout.take().unwrap())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(mon.wait().unwrap().success());
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let flow = &lines[0];
+    assert_eq!(flow["kind"], "flow", "{flow}");
+    assert_eq!(flow["reason"], "nat_hostport", "{flow}");
+    assert_eq!(flow["proto"], "tcp", "{flow}");
+    assert_eq!(flow["dst"], format!("{NODE_IP}:8080"), "{flow}");
+    assert_eq!(flow["toDst"], format!("{a1}:80"), "{flow}");
+    assert!(
+        flow["src"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{EXT_IP}:")),
+        "{flow}"
+    );
+    assert_eq!(flow["container"], "pod1/eth0", "{flow}");
+    let drop = &lines[1];
+    assert_eq!(drop["kind"], "drop", "{drop}");
+    assert_eq!(drop["reason"], "drop_spoofed_ip", "{drop}");
+    assert_eq!(drop["ifname"], host, "{drop}");
+    assert_eq!(drop["proto"], "udp", "{drop}");
+    assert!(
+        drop["src"].as_str().unwrap().starts_with("10.0.0.200:"),
+        "{drop}"
+    );
+    assert_eq!(drop["dst"], format!("{EXT_IP}:9999"), "{drop}");
+    assert_eq!(level(), 0, "the monitor put the level back");
+    t.del(&c1, "pod1", Some(&p1), "eth0");
+}

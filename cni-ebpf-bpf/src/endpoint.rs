@@ -83,6 +83,7 @@ pub fn from_container(ctx: &TcContext) -> i32 {
                 st.drop_spoofed += 1;
             }
             count(reason.counter());
+            crate::events::drop_event(ctx, reason.counter(), ifindex);
             TC_ACT_SHOT
         }
     }

@@ -9,6 +9,7 @@ use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use cni_ebpf_common::{nat_kind, scope, Counter, NatValue};
 
 use crate::{
+    events::flow_event,
     flow::{parse, Flow},
     packet::EthHdr,
     rewrite::{rewrite, Target},
@@ -68,7 +69,9 @@ fn new_flow(ctx: &TcContext, f: &Flow, ifindex: u32) -> Option<i32> {
         sport: key.sport,
         dport: t.container_port,
     };
-    remember_reply(key, &to, nat_kind::HAIRPIN_REPLY, t.owner);
+    if remember_reply(key, &to, nat_kind::HAIRPIN_REPLY, t.owner) {
+        flow_event(Counter::NatHairpin, ifindex, key, &to);
+    }
     if !rewrite(ctx, f, &to) {
         return None;
     }

@@ -10,6 +10,7 @@
 #![allow(non_upper_case_globals)]
 
 mod endpoint;
+mod events;
 mod flow;
 mod hairpin;
 mod maps;

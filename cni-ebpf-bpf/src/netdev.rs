@@ -17,6 +17,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
+    events::{drop_event, flow_event},
     flow::{parse, parse_inner, Flow, Inner, IPPROTO_ICMP, IPPROTO_ICMPV6},
     maps::{count, nat, no_masq_hit, scratch, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
@@ -123,7 +124,7 @@ fn inbound(f: &Flow) {
                 sport: key.sport,
                 dport: key.dport,
             };
-            remember_reply(key, &same, nat_kind::PASS, owner);
+            let _ = remember_reply(key, &same, nat_kind::PASS, owner);
         }
         _ => forget_reply(key),
     }
@@ -147,7 +148,9 @@ fn to_hostport(ctx: &TcContext, f: &Flow) -> bool {
         sport: key.sport,
         dport: t.container_port,
     };
-    remember_reply(key, &to, nat_kind::HOSTPORT_REPLY, t.owner);
+    if remember_reply(key, &to, nat_kind::HOSTPORT_REPLY, t.owner) {
+        flow_event(Counter::NatHostPort, ifindex, key, &to);
+    }
     if rewrite(ctx, f, &to) {
         translated(Counter::NatHostPort, ifindex);
     }
@@ -245,6 +248,7 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
     to.sport = alloc_port(key, &to, owner, lo, span);
     if to.sport == 0 {
         dropped(Counter::DropNatNoPort, pod_if);
+        drop_event(ctx, Counter::DropNatNoPort, pod_if);
         return TC_ACT_SHOT as i32;
     }
     let fwd = NatValue {
@@ -260,6 +264,7 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
     };
     let _ = nat.insert(key, &fwd, 0);
     count(Counter::NatMasqNew);
+    flow_event(Counter::NatMasqNew, pod_if, key, &to);
     if rewrite(ctx, f, &to) {
         translated(Counter::NatMasq, pod_if);
     }

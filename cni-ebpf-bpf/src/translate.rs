@@ -186,9 +186,9 @@ pub fn reply_of(
 
 /// Makes sure the reply of `key` -> `to` is translated back (written only
 /// when missing or different, so established flows cost a lookup, not an
-/// update).
+/// update). True when it was written: a new translation.
 #[inline(never)]
-pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) {
+pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) -> bool {
     let mut rk = NatKey::default();
     let mut rv = NatValue::default();
     reply_of(key, to, kind, owner, &mut rk, &mut rv);
@@ -201,10 +201,11 @@ pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) {
             && cur.kind == rv.kind
             && cur.owner == rv.owner
         {
-            return;
+            return false;
         }
     }
     let _ = nat.insert(&rk, &rv, BPF_ANY);
+    true
 }
 
 #[inline(always)]

@@ -81,11 +81,75 @@ pub mod map {
     /// Host veth ifindex -> [`EndpointIface`](crate::EndpointIface): the
     /// only source MAC its pod may use.
     pub const EP_IFACES: &str = "ep_ifaces";
+    /// Ring buffer of [`Event`](crate::Event)s for `cni-ebpf monitor`.
+    pub const EVENTS: &str = "events";
+    /// One-entry array: the [`monitor`](crate::monitor) level the programs
+    /// report events at (0 = none: no ring buffer writes at all).
+    pub const MONITOR: &str = "monitor";
     /// Every map.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG, SOCK_REV,
-        EP_IFACES,
+        EP_IFACES, EVENTS, MONITOR,
     ];
+}
+
+/// Size in bytes of [`map::EVENTS`] (a power of two, as ring buffers must be).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+
+/// Levels of [`map::MONITOR`]: what the programs report while a monitor runs.
+pub mod monitor {
+    /// Nothing (no monitor running).
+    pub const OFF: u32 = 0;
+    /// Dropped packets, with their reason.
+    pub const DROPS: u32 = 1;
+    /// Drops and every new translated flow.
+    pub const FLOWS: u32 = 2;
+}
+
+/// [`Event::kind`] values.
+pub mod event_kind {
+    /// A packet was dropped; [`Event::head`](crate::Event::head) holds its first bytes.
+    pub const DROP: u8 = 1;
+    /// A new translation; [`Event::flow`](crate::Event::flow) and the `to_*`
+    /// fields hold the flow before and after.
+    pub const FLOW: u8 = 2;
+}
+
+/// Bytes of a dropped packet an [`Event`] carries, from its Ethernet header.
+pub const EVENT_HEAD: usize = 64;
+
+/// One data-path event in [`map::EVENTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Event {
+    /// `bpf_ktime_get_ns()` when it happened.
+    pub ktime: u64,
+    /// The [`Counter`] it was counted under (the reason).
+    pub reason: u32,
+    /// Interface: the host veth of the pod involved, or the uplink.
+    pub ifindex: u32,
+    /// Packet length.
+    pub len: u32,
+    /// [`event_kind`].
+    pub kind: u8,
+    /// Valid bytes in `head` (drops).
+    pub head_len: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 2],
+    /// Flows: the flow as it arrived.
+    pub flow: NatKey,
+    /// Flows: the new source address.
+    pub to_saddr: [u8; 16],
+    /// Flows: the new destination address.
+    pub to_daddr: [u8; 16],
+    /// Flows: the new source port (network order).
+    pub to_sport: u16,
+    /// Flows: the new destination port (network order).
+    pub to_dport: u16,
+    /// Explicit padding, always zero.
+    pub pad2: u32,
+    /// Drops: the first `head_len` bytes of the packet.
+    pub head: [u8; EVENT_HEAD],
 }
 
 /// Default capacity of [`map::ENDPOINTS`] (pod addresses per node).
@@ -557,6 +621,7 @@ const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 24);
 const _: () = assert!(core::mem::size_of::<NatScratch>() == 136);
 const _: () = assert!(core::mem::size_of::<NoMasqKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Event>() == 168);
 const _: () = assert!(core::mem::size_of::<SockRevKey>() == 32);
 const _: () = assert!(core::mem::size_of::<SockRevValue>() == 24);
 const _: () = assert!(core::mem::size_of::<PortKey>() == 20);

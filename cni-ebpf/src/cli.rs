@@ -44,6 +44,25 @@ enum Cmd {
     /// Remove from this node what the plugin left: filters, pins, state,
     /// conflist and binary.
     Uninstall(crate::install::UninstallArgs),
+    /// Stream data-path events (drops with their reason, new translations)
+    /// until interrupted.
+    Monitor {
+        /// bpffs directory the plugin pins into (`pinPath` in the config).
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// State directory (`stateDir`), to name the container of each event.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// What to report.
+        #[arg(long, value_enum, default_value = "drops")]
+        level: crate::monitor::Level,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Deletes retired veths (started by DEL; see reaper.rs).
     #[command(hide = true)]
     Reap {
@@ -63,6 +82,13 @@ pub fn run() -> i32 {
         } => inspect(&pin_path, &state_dir, json),
         Cmd::Install(a) => crate::install::run_install(&a),
         Cmd::Uninstall(a) => crate::install::run_uninstall(&a),
+        Cmd::Monitor {
+            pin_path,
+            state_dir,
+            level,
+            json,
+            count,
+        } => crate::monitor::run(&pin_path, &state_dir, level, json, count),
         Cmd::Reap { names } => i32::from(crate::reaper::reap(&names).is_err()),
     }
 }

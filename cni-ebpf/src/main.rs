@@ -13,6 +13,7 @@ mod install;
 mod ipam;
 mod lockfile;
 mod log;
+mod monitor;
 mod netlink;
 mod netns;
 mod private;

@@ -16,6 +16,7 @@
 
 mod attach;
 mod endpoints;
+mod events;
 mod nat;
 mod node;
 mod pins;
