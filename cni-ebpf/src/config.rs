@@ -129,7 +129,11 @@ pub struct NetConf {
     pub cgroup_path: Option<PathBuf>,
     /// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) for GC.
     pub valid_attachments: Option<Vec<Attachment>>,
-    /// The raw bytes from stdin (for delegated IPAM plugins).
+    /// `subnetFile` (or the default with `"flannel": true`): flanneld's
+    /// `subnet.env`, already folded into the keys above.
+    pub subnet_file: Option<PathBuf>,
+    /// The raw bytes from stdin (for delegated IPAM plugins), with flannel's
+    /// keys folded in.
     pub raw: Vec<u8>,
 }
 
@@ -222,14 +226,14 @@ impl NetConf {
         }
         // serde_json refuses nesting deeper than 128 levels ("recursion limit
         // exceeded"), so a hostile document cannot exhaust the stack.
-        let v: Value = serde_json::from_str(text).map_err(|e| {
+        let mut v: Value = serde_json::from_str(text).map_err(|e| {
             CniError::new(
                 code::DECODE,
                 format!("failed to decode network config: {e}"),
             )
         })?;
         let obj = v
-            .as_object()
+            .as_object_mut()
             .ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
 
         let cni_version = get_str(obj, "cniVersion")?.unwrap_or_else(|| "0.1.0".to_string());
@@ -242,13 +246,28 @@ impl NetConf {
             )));
         }
 
+        // flannel: the file's subnet, MTU and masquerade setting become
+        // ordinary keys of this config before anything else reads them.
+        let subnet_file = crate::flannel::subnet_file(obj)?;
+        if let Some(file) = &subnet_file {
+            if get_str(obj, "mode")?.as_deref() == Some("chained") {
+                return Err(invalid(
+                    "flannel/subnetFile need mode bridge or routed: in chained mode the plugin before cni-ebpf allocates the addresses".into(),
+                ));
+            }
+            let state_dir = get_path(obj, "stateDir", DEFAULT_STATE_DIR)?;
+            crate::flannel::resolve(obj, file, command, &state_dir, &name)?;
+        }
+        let obj = &*obj;
+
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(pr) => Some(CniResult::from_value(pr)?),
         };
         // libcni passes prevResult to every plugin on CHECK and DEL too, so a
         // prevResult alone does not mean chained: a main-mode config has ipam.
-        let has_ipam = matches!(obj.get("ipam"), Some(Value::Object(m)) if !m.is_empty());
+        let has_ipam = matches!(obj.get("ipam"), Some(Value::Object(m)) if !m.is_empty())
+            || subnet_file.is_some();
         let mode = match get_str(obj, "mode")?.as_deref() {
             None if prev_result.is_some() && !has_ipam => Mode::Chained,
             None | Some("bridge") => Mode::Bridge,
@@ -355,6 +374,7 @@ impl NetConf {
             Some(_) => Some(get_path(obj, "cgroupPath", "")?),
             None => crate::datapath::cgroup2_root(),
         };
+        let subnet_file_applied = subnet_file.is_some();
         Ok(Self {
             cni_version,
             name,
@@ -381,7 +401,13 @@ impl NetConf {
             non_masquerade_cidrs,
             snat_ports,
             cgroup_path,
-            raw: raw.to_vec(),
+            subnet_file,
+            // A delegated IPAM plugin must see the ranges flannel's file gave.
+            raw: if subnet_file_applied {
+                serde_json::to_vec(obj).expect("a JSON object serializes")
+            } else {
+                raw.to_vec()
+            },
         })
     }
 }
@@ -451,6 +477,10 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
     use super::*;
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
@@ -493,6 +523,59 @@ mod tests {
         assert_eq!(c.runtime.port_mappings.len(), 2);
         assert_eq!(c.runtime.port_mappings[0].protocol, "tcp");
         assert_eq!(c.runtime.ips.len(), 2);
+    }
+
+    #[test]
+    fn flannel_subnet_file() {
+        let dir = std::env::temp_dir().join(format!("cni-ebpf-flannel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("subnet.env");
+        std::fs::write(
+            &file,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let conf = |cmd: &str, file: &Path| {
+            NetConf::parse(
+                json!({"cniVersion": "1.1.0", "name": "fl", "subnetFile": file, "stateDir": dir.join("state"),
+                    "prevResult": {"cniVersion": "1.0.0", "ips": []}})
+                .to_string()
+                .as_bytes(),
+                cmd,
+            )
+        };
+        let c = conf("ADD", &file).unwrap();
+        // prevResult (as libcni passes on DEL) does not make it chained.
+        assert_eq!(c.mode, Mode::Bridge);
+        assert_eq!((c.mtu, c.ip_masq, c.is_gateway), (Some(1450), true, true));
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        assert_eq!(
+            c.ipam.as_ref().unwrap()["ranges"],
+            json!([[{"subnet": "10.244.2.0/24"}]])
+        );
+        assert_eq!(
+            c.non_masquerade_cidrs,
+            vec!["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+        );
+        // A delegated IPAM plugin gets the same ranges on stdin.
+        let raw: Value = serde_json::from_slice(&c.raw).unwrap();
+        assert_eq!(raw["ipam"]["ranges"], c.ipam.as_ref().unwrap()["ranges"]);
+
+        // flanneld gone: ADD is "try again later", DEL falls back to ADD's copy.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(conf("ADD", &file).unwrap_err().code, code::TRY_AGAIN);
+        assert_eq!(conf("STATUS", &file).unwrap_err().code, code::NOT_AVAILABLE);
+        let d = conf("DEL", &file).unwrap();
+        assert_eq!(
+            d.ipam.unwrap()["ranges"],
+            json!([[{"subnet": "10.244.2.0/24"}]])
+        );
+        // Without a copy either, DEL still parses (and skips IPAM).
+        let other = dir.join("state/fl");
+        std::fs::remove_dir_all(&other).unwrap();
+        let d = conf("DEL", &file).unwrap();
+        assert!(d.ipam.is_none() && d.mode == Mode::Bridge);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

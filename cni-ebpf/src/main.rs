@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod datapath;
 mod failpoint;
+mod flannel;
 mod install;
 mod ipam;
 mod lockfile;

@@ -190,6 +190,9 @@ fn prepare_node(dp: &Datapath, conf: &NetConf) -> Result<(), CniError> {
 /// Main mode: veth pair, IPAM, addresses and routes, programs, map entries.
 fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     // Validate everything before the first change.
+    if let Some(f) = &conf.subnet_file {
+        info!("pod subnet, MTU and ipMasq from flannel's {}", f.display());
+    }
     let ns = open_pod_netns(env)?;
     let mac = requested_mac(env, conf)?;
     let ipam = Ipam::from_conf(conf)?.ok_or_else(|| {
