@@ -10,6 +10,7 @@ mod config;
 mod datapath;
 mod failpoint;
 mod flannel;
+mod inspect;
 mod install;
 mod ipam;
 mod lockfile;

@@ -444,18 +444,31 @@ impl Topo {
 
     /// `cni-ebpf inspect --json` in the node.
     pub fn inspect(&self) -> Value {
-        let out = sh(&[
-            "nsenter",
-            &format!("--net=/run/netns/{}", self.node),
-            BIN,
-            "inspect",
-            "--json",
+        self.inspect_json(&[])
+    }
+
+    /// `cni-ebpf inspect ARGS --json` in the node, parsed.
+    pub fn inspect_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.inspect_text(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("inspect {args:?} output {out:?}: {e}"))
+    }
+
+    /// `cni-ebpf inspect ARGS` in the node: its stdout.
+    pub fn inspect_text(&self, args: &[&str]) -> String {
+        let node = format!("--net=/run/netns/{}", self.node);
+        let (pin, state) = (self.pin(), self.dir.join("state"));
+        let mut v = vec!["nsenter", &node, BIN, "inspect"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&[
             "--pin-path",
-            self.pin().to_str().unwrap(),
+            pin.to_str().unwrap(),
             "--state-dir",
-            self.dir.join("state").to_str().unwrap(),
+            state.to_str().unwrap(),
         ]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect output {out:?}: {e}"))
+        sh(&v)
     }
 
     /// Links in the node namespace (names).
@@ -996,13 +1009,13 @@ impl Snapshot {
                 .map(|e| {
                     format!(
                         "{} if{} {} {} masq={}",
-                        e["ip"], e["ifindex"], e["mac"], e["owner"], e["masquerade"]
+                        e["ips"], e["ifindex"], e["mac"], e["owner"], e["masquerade"]
                     )
                 })
                 .collect();
             eps.sort();
             sections.insert("map endpoints".into(), eps);
-            for key in ["interfaces", "portMappings", "nat"] {
+            for key in ["interfaces", "portmaps", "nat"] {
                 let mut v: Vec<String> = insp[key]
                     .as_array()
                     .unwrap()
