@@ -1191,3 +1191,71 @@ fn anti_spoofing_covers_ipv6_mac_arp_nd_and_vlan() {
     t.del(&conf, "attacker", Some(&p2), "eth0");
     assert_clean(&t);
 }
+
+/// The log lines of one call: every line of the log file with its pid.
+fn summary_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(" cni command="))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn one_summary_line_per_call_and_nothing_else_on_stdout() {
+    let t = Topo::new("log");
+    let p1 = t.pod("p1");
+    let log = t.dir.join("cni.log");
+    let conf = t.conf(json!({"logLevel": "warn"}));
+
+    let out = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0").ok();
+    // stdout is the result and nothing else.
+    assert_eq!(out.stdout.trim().lines().count(), 1, "{}", out.stdout);
+    assert!(out.json.is_some(), "{}", out.stdout);
+    let bad = merged(&conf, json!({"mtu": 10}));
+    let failed = t.cni("ADD", &bad, "pod2", Some(&t.pod("p2")), "eth1");
+    assert_eq!(failed.err_code(), 7);
+    assert_eq!(failed.stdout.trim().lines().count(), 1, "{}", failed.stdout);
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+
+    let text = read(&log);
+    let lines = summary_lines(&text);
+    assert_eq!(lines.len(), 3, "{text}");
+    let field = |line: &str, key: &str| -> String {
+        let start = line
+            .find(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            + key.len()
+            + 2;
+        let rest = &line[start..];
+        if let Some(q) = rest.strip_prefix('"') {
+            q[..q.find('"').unwrap()].to_string()
+        } else {
+            rest.split(' ').next().unwrap().to_string()
+        }
+    };
+    for (line, (cmd, cid, ifname, result)) in lines.iter().zip([
+        ("ADD", "pod1", "eth0", "ok"),
+        ("ADD", "pod2", "eth1", "error"),
+        ("DEL", "pod1", "eth0", "ok"),
+    ]) {
+        assert_eq!(field(line, "command"), cmd, "{line}");
+        assert_eq!(field(line, "container"), cid, "{line}");
+        assert_eq!(field(line, "ifname"), ifname, "{line}");
+        assert_eq!(field(line, "result"), result, "{line}");
+        let ms: f64 = field(line, "duration_ms").parse().unwrap();
+        assert!((0.0..60_000.0).contains(&ms), "{line}");
+    }
+    assert!(lines[0].contains(" INFO ") && lines[1].contains(" ERROR "));
+    assert_eq!(field(&lines[1], "code"), "7");
+    assert_eq!(field(&lines[1], "msg"), "invalid mtu 10: want 68..65535");
+    // logLevel warn: the step lines of ADD (info) are not written.
+    assert!(!text.contains("ADD done"), "{text}");
+    // At the default level they are.
+    let p3 = t.pod("p3");
+    t.add(&t.conf(json!({})), "pod3", Some(&p3), "eth0");
+    let text = read(&log);
+    assert!(text.contains("ADD done"), "{text}");
+    assert_eq!(summary_lines(&text).len(), 4);
+    t.del(&conf, "pod3", Some(&p3), "eth0");
+    assert_clean(&t);
+}

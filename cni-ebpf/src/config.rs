@@ -112,8 +112,6 @@ pub struct NetConf {
     /// `attachMode`: `netlink` (clsact + cls_bpf, default), `tcx`, or `auto`
     /// (TCX on 6.6+, else netlink).
     pub attach_mode: crate::datapath::AttachMode,
-    /// `logFile`: where logs go (never stdout). Empty string disables.
-    pub log_file: Option<PathBuf>,
     /// `uplinks`: devices that get the node-edge programs (hostPort from
     /// outside, masquerade). None = the devices holding default routes;
     /// empty = none.
@@ -311,11 +309,9 @@ impl NetConf {
             Err(_) if command != "ADD" => RuntimeConfig::default(),
             r => r?,
         };
-        let log_file = match get_str(obj, "logFile")? {
-            Some(s) if s.is_empty() => None,
-            Some(s) => Some(PathBuf::from(s)),
-            None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
-        };
+        // main set logging up from these before parsing; a bad value is
+        // still an error of the config.
+        let (_log_file, _log_level) = log_settings(obj)?;
         let valid_attachments = match obj
             .get("cni.dev/valid-attachments")
             .or_else(|| obj.get("cni.dev/attachments"))
@@ -395,7 +391,6 @@ impl NetConf {
             pin_path: get_path(obj, "pinPath", DEFAULT_PIN_PATH)?,
             state_dir: get_path(obj, "stateDir", DEFAULT_STATE_DIR)?,
             attach_mode,
-            log_file,
             valid_attachments,
             uplinks,
             non_masquerade_cidrs,
@@ -410,6 +405,31 @@ impl NetConf {
             },
         })
     }
+}
+
+/// `logFile` (None: `""`, logging off) and `logLevel` of a config object.
+pub fn log_settings(
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(Option<PathBuf>, crate::log::Level), CniError> {
+    let file = match get_str(obj, "logFile")? {
+        Some(s) if s.is_empty() => None,
+        Some(s) if s.starts_with('/') => Some(PathBuf::from(s)),
+        Some(s) => {
+            return Err(invalid(format!(
+                "invalid logFile {s:?}: want an absolute path, or \"\" for no log file"
+            )))
+        }
+        None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
+    };
+    let level = match get_str(obj, "logLevel")? {
+        None => crate::log::Level::default(),
+        Some(l) => crate::log::Level::parse(&l).ok_or_else(|| {
+            invalid(format!(
+                "invalid logLevel {l:?}: want error, warn, info or debug"
+            ))
+        })?,
+    };
+    Ok((file, level))
 }
 
 /// Parses `"min-max"` (unprivileged ports only).
@@ -591,6 +611,16 @@ mod tests {
                 "network name",
             ),
             (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, 7, "mtu"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","logLevel":"loud"}"#,
+                7,
+                "logLevel",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","logFile":"cni.log"}"#,
+                7,
+                "logFile",
+            ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","mode":"foo"}"#,
                 7,
