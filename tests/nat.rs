@@ -299,12 +299,18 @@ fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
     let conf = t.conf(mappings(
         json!([{"hostPort": 8053, "containerPort": 53, "protocol": "udp"}]),
     ));
-    // A client already sending to the hostPort before the pod exists.
+    // A client already sending to the hostPort before the pod exists, until
+    // the pod got a datagram (the first ADD can take seconds on a loaded
+    // machine: it loads the programs; at most 20 s).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
-        let ext = t.ext.clone();
+        let (ext, done) = (t.ext.clone(), done.clone());
         in_ns(&ext, move || {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            for _ in 0..150 {
+            for _ in 0..1000 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 let _ = s.send_to(b"early", (NODE_IP, 8053));
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -319,9 +325,10 @@ fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
     )
     .join()
     .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
     let (text, from) = got.expect("the early flow reaches the pod once mapped");
     assert_eq!((text.as_str(), from), ("early", ip(EXT_IP)));
-    sender.join().unwrap();
 
     // Nothing listens on 53 now: the pod's port unreachable must reach the
     // client with the quoted header translated back, or the client's
