@@ -197,6 +197,16 @@ fn parse_requested_ip(s: &str) -> Option<IpAddr> {
 impl NetConf {
     /// Parses the config; `command` decides which parts are required.
     pub fn parse(raw: &[u8], command: &str) -> Result<Self, CniError> {
+        Self::parse_with(raw, command, true)
+    }
+
+    /// Checks a config as ADD would, without reading anything on the node
+    /// (flanneld's subnet file need not exist yet): for `install`.
+    pub fn parse_offline(raw: &[u8]) -> Result<Self, CniError> {
+        Self::parse_with(raw, "ADD", false)
+    }
+
+    fn parse_with(raw: &[u8], command: &str, read_files: bool) -> Result<Self, CniError> {
         if raw.len() > MAX_STDIN {
             return Err(CniError::new(
                 code::DECODE,
@@ -254,7 +264,9 @@ impl NetConf {
                 ));
             }
             let state_dir = get_path(obj, "stateDir", DEFAULT_STATE_DIR)?;
-            crate::flannel::resolve(obj, file, command, &state_dir, &name)?;
+            if read_files {
+                crate::flannel::resolve(obj, file, command, &state_dir, &name)?;
+            }
         }
         let obj = &*obj;
 
@@ -584,6 +596,9 @@ mod tests {
         // flanneld gone: ADD is "try again later", DEL falls back to ADD's copy.
         std::fs::remove_file(&file).unwrap();
         assert_eq!(conf("ADD", &file).unwrap_err().code, code::TRY_AGAIN);
+        // install checks a conflist before flanneld runs.
+        let offline = json!({"cniVersion": "1.0.0", "name": "fl", "subnetFile": file});
+        NetConf::parse_offline(offline.to_string().as_bytes()).unwrap();
         assert_eq!(conf("STATUS", &file).unwrap_err().code, code::NOT_AVAILABLE);
         let d = conf("DEL", &file).unwrap();
         assert_eq!(
