@@ -138,6 +138,21 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     // Pod to pod across the bridge keeps the pod source.
     assert_reply(&p1, a2, 8080, &format!("pod2 ::ffff:{a1}"));
     assert_reply(&p2, b1, 8080, &format!("pod1 {b2}"));
+    // Counters moved (checked here: a retried ADD below makes a new veth
+    // whose counters start from zero).
+    let insp = t.inspect();
+    let ep = insp["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ips"][0] == a1.to_string())
+        .unwrap()
+        .clone();
+    assert!(
+        ep["counters"]["fromPackets"].as_u64().unwrap() > 0
+            && ep["counters"]["toPackets"].as_u64().unwrap() > 0,
+        "{ep}"
+    );
 
     // CHECK passes.
     let prev = json!({"prevResult": r1.clone()});
@@ -158,20 +173,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     let cc = merged(&conf, json!({"prevResult": r1.clone()}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
 
-    // Counters moved; bpftool shows named fields of the pinned maps.
-    let insp = t.inspect();
-    let ep = insp["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["ips"][0] == a1.to_string())
-        .unwrap()
-        .clone();
-    assert!(
-        ep["counters"]["fromPackets"].as_u64().unwrap() > 0
-            && ep["counters"]["toPackets"].as_u64().unwrap() > 0,
-        "{ep}"
-    );
+    // bpftool shows named fields of the pinned maps.
     assert_bpftool_fields(
         &t,
         "endpoints",
