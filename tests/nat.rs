@@ -113,17 +113,17 @@ fn host_ports_from_outside() {
     let live = nat_entries(&t);
     assert!(
         live.iter()
-            .any(|e| e["kind"] == "hostport-reply" && e["container"] == "pod1"),
+            .any(|e| e["kind"] == "hostport-reply" && e["containerID"] == "pod1"),
         "{live:?}"
     );
-    let counters = t.inspect()["counters"].clone();
+    let counters = t.inspect()["counters"]["node"].clone();
     assert!(counters["nat_hostport"].as_u64().unwrap() > 0, "{counters}");
 
     // DEL: the mappings and translations of pod1 are gone; pod2's stay.
     t.del(&c1, "pod1", Some(&p1), "eth0");
     assert!(tcp_get(&t.ext, ip(NODE_IP), 8080).is_err());
     assert!(udp_ask(&t.ext, 0, sa(ip(NODE_IP), 8053)).is_err());
-    let ports = t.inspect()["portMappings"].as_array().unwrap().clone();
+    let ports = t.inspect()["portmaps"].as_array().unwrap().clone();
     assert_eq!(
         ports.len(),
         3,
@@ -134,7 +134,7 @@ fn host_ports_from_outside() {
         "{ports:?}"
     );
     let live = nat_entries(&t);
-    assert!(live.iter().all(|e| e["container"] != "pod1"), "{live:?}");
+    assert!(live.iter().all(|e| e["containerID"] != "pod1"), "{live:?}");
     assert_reply(&t.ext, ip(NODE_IP), 9090, &format!("pod2 ::ffff:{EXT_IP}"));
     t.del(&c2, "pod2", Some(&p2), "eth0");
     t.del(&t.conf(json!({})), "pod3", Some(&p3), "eth0");
@@ -192,7 +192,7 @@ fn hairpin_and_node_local_access() {
         &["sysctl", "-n", "net.ipv4.conf.all.route_localnet"],
     );
     assert_eq!(rl.trim(), "0");
-    let counters = t.inspect()["counters"].clone();
+    let counters = t.inspect()["counters"]["node"].clone();
     assert!(counters["nat_hairpin"].as_u64().unwrap() > 0, "{counters}");
     assert!(
         counters["sock_translated"].as_u64().unwrap() > 0,
@@ -272,7 +272,7 @@ fn masquerade_leaving_the_node() {
     assert_reply(&p1, ip("10.9.0.5"), 7002, &format!("remote {a1}"));
     let _p2s = TcpServer::start(&p2, "0.0.0.0", 7003, "pod2");
     assert_reply(&p1, a2, 7003, &format!("pod2 {a1}"));
-    let counters = t.inspect()["counters"].clone();
+    let counters = t.inspect()["counters"]["node"].clone();
     assert!(
         counters["nat_masq_new"].as_u64().unwrap() >= 4,
         "{counters}"
@@ -299,12 +299,18 @@ fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
     let conf = t.conf(mappings(
         json!([{"hostPort": 8053, "containerPort": 53, "protocol": "udp"}]),
     ));
-    // A client already sending to the hostPort before the pod exists.
+    // A client already sending to the hostPort before the pod exists, until
+    // the pod got a datagram (the first ADD can take seconds on a loaded
+    // machine: it loads the programs; at most 20 s).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sender = {
-        let ext = t.ext.clone();
+        let (ext, done) = (t.ext.clone(), done.clone());
         in_ns(&ext, move || {
             let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-            for _ in 0..150 {
+            for _ in 0..1000 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
                 let _ = s.send_to(b"early", (NODE_IP, 8053));
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
@@ -319,9 +325,10 @@ fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
     )
     .join()
     .unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
     let (text, from) = got.expect("the early flow reaches the pod once mapped");
     assert_eq!((text.as_str(), from), ("early", ip(EXT_IP)));
-    sender.join().unwrap();
 
     // Nothing listens on 53 now: the pod's port unreachable must reach the
     // client with the quoted header translated back, or the client's
@@ -352,7 +359,7 @@ fn icmp_errors_and_udp_flows_that_predate_the_mapping() {
         .unwrap();
         assert_eq!(err, Ok(()), "ICMP port unreachable via {node}");
     }
-    let counters = t.inspect()["counters"].clone();
+    let counters = t.inspect()["counters"]["node"].clone();
     assert!(
         counters["nat_icmp_error"].as_u64().unwrap() >= 2,
         "{counters}"
@@ -453,7 +460,7 @@ fn a_reused_address_inherits_no_translation() {
     // An external client talks to pod A through the hostPort from port 40000.
     let (_, from) = udp_ask(&t.ext, 40000, sa(ip(NODE_IP), 8053)).unwrap();
     assert_eq!(from, sa(ip(NODE_IP), 8053));
-    assert!(nat_entries(&t).iter().any(|e| e["container"] == "podA"));
+    assert!(nat_entries(&t).iter().any(|e| e["containerID"] == "podA"));
     drop(_ua);
     t.del(&ca, "podA", Some(&pa), "eth0");
 
@@ -465,8 +472,8 @@ fn a_reused_address_inherits_no_translation() {
     let _ue = UdpEcho::start(&t.ext, sa(ip("0.0.0.0"), 40000), "ext");
     let (text, _) = udp_ask(&pb, 53, sa(ip(EXT_IP), 40000)).unwrap();
     assert_eq!(text, format!("ext {b}:53"));
-    assert!(nat_entries(&t).iter().all(|e| e["container"] != "podA"));
-    let counters = t.inspect()["counters"].clone();
+    assert!(nat_entries(&t).iter().all(|e| e["containerID"] != "podA"));
+    let counters = t.inspect()["counters"]["node"].clone();
     assert!(counters["nat_stale"].as_u64().unwrap() >= 1, "{counters}");
     t.del(&cb, "podB", Some(&pb), "eth0");
 }
@@ -630,7 +637,7 @@ fn masquerade_rate() {
         let r = conn_rate(&p1, ip(EXT_IP), 9000, 2.0);
         println!("masquerade connections/s: {r:.0}");
     }
-    println!("{}", t.inspect()["counters"]);
+    println!("{}", t.inspect()["counters"]["node"]);
     println!(
         "{}",
         sh_in(

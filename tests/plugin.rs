@@ -45,7 +45,7 @@ fn assert_clean(t: &Topo) {
         assert!(eps.is_empty(), "endpoint entries left: {eps:?}");
         let ifaces = t.inspect()["interfaces"].as_array().unwrap().clone();
         assert!(ifaces.is_empty(), "interface entries left: {ifaces:?}");
-        let ports = t.inspect()["portMappings"].as_array().unwrap().clone();
+        let ports = t.inspect()["portmaps"].as_array().unwrap().clone();
         assert!(ports.is_empty(), "hostPort mappings left: {ports:?}");
         let pins = t.endpoint_link_pins();
         assert!(pins.is_empty(), "link pins left: {pins:?}");
@@ -138,6 +138,21 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     // Pod to pod across the bridge keeps the pod source.
     assert_reply(&p1, a2, 8080, &format!("pod2 ::ffff:{a1}"));
     assert_reply(&p2, b1, 8080, &format!("pod1 {b2}"));
+    // Counters moved (checked here: a retried ADD below makes a new veth
+    // whose counters start from zero).
+    let insp = t.inspect();
+    let ep = insp["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["ips"][0] == a1.to_string())
+        .unwrap()
+        .clone();
+    assert!(
+        ep["counters"]["fromPackets"].as_u64().unwrap() > 0
+            && ep["counters"]["toPackets"].as_u64().unwrap() > 0,
+        "{ep}"
+    );
 
     // CHECK passes.
     let prev = json!({"prevResult": r1.clone()});
@@ -158,19 +173,7 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     let cc = merged(&conf, json!({"prevResult": r1.clone()}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
 
-    // Counters moved; bpftool shows named fields of the pinned maps.
-    let insp = t.inspect();
-    let ep = insp["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["ip"] == a1.to_string())
-        .unwrap()
-        .clone();
-    assert!(
-        ep["fromPackets"].as_u64().unwrap() > 0 && ep["toPackets"].as_u64().unwrap() > 0,
-        "{ep}"
-    );
+    // bpftool shows named fields of the pinned maps.
     assert_bpftool_fields(
         &t,
         "endpoints",
@@ -431,11 +434,14 @@ fn anti_spoofing_drops_forged_sources() {
     assert_eq!(rx.join().unwrap(), Some(("honest".to_string(), own)));
     let insp = t.inspect();
     assert!(
-        insp["counters"]["drop_spoofed_ip"].as_u64().unwrap() >= 1,
+        insp["counters"]["node"]["drop_spoofed_ip"]
+            .as_u64()
+            .unwrap()
+            >= 1,
         "{insp}"
     );
     let ep = insp["endpoints"].as_array().unwrap()[0].clone();
-    assert!(ep["dropSpoofed"].as_u64().unwrap() >= 1, "{ep}");
+    assert!(ep["counters"]["dropSpoofed"].as_u64().unwrap() >= 1, "{ep}");
     t.del(&conf, "pod1", Some(&p1), "eth0");
     assert_clean(&t);
 }
@@ -460,7 +466,7 @@ fn chained_after_reference_bridge_and_before_reference_tuning() {
     let a = result_ip(&res, false);
     let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
     assert_eq!(eps.len(), 1);
-    assert_eq!(eps[0]["ip"], a.to_string());
+    assert_eq!(eps[0]["ips"], json!([a.to_string()]));
     let rec = read(&t.dir.join("state/testnet/pod1:eth0.json"));
     assert!(rec.contains("8081"), "port mappings kept in state: {rec}");
     let _s = TcpServer::start(&p1, "0.0.0.0", 8080, "pod1");
@@ -732,7 +738,7 @@ fn host_ports_are_owned_by_one_container() {
     );
     let r1 = t.add(&c1, "owner1", Some(&p1), "eth0");
     let insp = t.inspect();
-    let ports = insp["portMappings"].as_array().unwrap().clone();
+    let ports = insp["portmaps"].as_array().unwrap().clone();
     // tcp/8080 for both families, udp/5353 only on the IPv4 hostIP.
     assert_eq!(ports.len(), 3, "{ports:?}");
     let tcp4 = ports
@@ -764,7 +770,7 @@ fn host_ports_are_owned_by_one_container() {
         before,
         "a refused ADD changed the node"
     );
-    assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
+    assert_eq!(t.inspect()["portmaps"].as_array().unwrap().len(), 3);
     assert_pod_untouched(&p2);
 
     // The same port with another protocol, or another hostIP, is fine.
@@ -772,15 +778,15 @@ fn host_ports_are_owned_by_one_container() {
         json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.99"}]),
     );
     t.cni("ADD", &c3, "other", Some(&p3), "eth0").ok();
-    assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 6);
+    assert_eq!(t.inspect()["portmaps"].as_array().unwrap().len(), 6);
 
     // DEL without runtimeConfig removes exactly the owner's mappings; then the port is free.
     t.del(&t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.13.0.0/24"}], [{"subnet": "fd00:13::/64"}]]}})), "owner1", Some(&p1), "eth0");
-    assert_eq!(t.inspect()["portMappings"].as_array().unwrap().len(), 3);
+    assert_eq!(t.inspect()["portmaps"].as_array().unwrap().len(), 3);
     t.cni("ADD", &c2, "intruder", Some(&p2), "eth0").ok();
     t.del(&c2, "intruder", Some(&p2), "eth0");
     t.del(&c3, "other", Some(&p3), "eth0");
-    assert!(t.inspect()["portMappings"].as_array().unwrap().is_empty());
+    assert!(t.inspect()["portmaps"].as_array().unwrap().is_empty());
     assert_clean(&t);
 }
 
@@ -1143,8 +1149,10 @@ fn anti_spoofing_covers_ipv6_mac_arp_nd_and_vlan() {
             *expected.entry(c).or_default() += 1;
         }
     }
-    let delta =
-        |k: &str| after["counters"][k].as_u64().unwrap() - before["counters"][k].as_u64().unwrap();
+    let delta = |k: &str| {
+        after["counters"]["node"][k].as_u64().unwrap()
+            - before["counters"]["node"][k].as_u64().unwrap()
+    };
     for (c, n) in &expected {
         if delta(c) != *n {
             failures.push(format!("counter {c}: +{}, want +{n}", delta(c)));
@@ -1155,8 +1163,8 @@ fn anti_spoofing_covers_ipv6_mac_arp_nd_and_vlan() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["container"] == "attacker")
-            .map(|e| e["dropSpoofed"].as_u64().unwrap())
+            .filter(|e| e["containerID"] == "attacker")
+            .map(|e| e["counters"]["dropSpoofed"].as_u64().unwrap())
             .max()
             .unwrap()
     };
@@ -1183,5 +1191,73 @@ fn anti_spoofing_covers_ipv6_mac_arp_nd_and_vlan() {
     );
     t.del(&conf, "victim", Some(&p1), "eth0");
     t.del(&conf, "attacker", Some(&p2), "eth0");
+    assert_clean(&t);
+}
+
+/// The log lines of one call: every line of the log file with its pid.
+fn summary_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(" cni command="))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn one_summary_line_per_call_and_nothing_else_on_stdout() {
+    let t = Topo::new("log");
+    let p1 = t.pod("p1");
+    let log = t.dir.join("cni.log");
+    let conf = t.conf(json!({"logLevel": "warn"}));
+
+    let out = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0").ok();
+    // stdout is the result and nothing else.
+    assert_eq!(out.stdout.trim().lines().count(), 1, "{}", out.stdout);
+    assert!(out.json.is_some(), "{}", out.stdout);
+    let bad = merged(&conf, json!({"mtu": 10}));
+    let failed = t.cni("ADD", &bad, "pod2", Some(&t.pod("p2")), "eth1");
+    assert_eq!(failed.err_code(), 7);
+    assert_eq!(failed.stdout.trim().lines().count(), 1, "{}", failed.stdout);
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+
+    let text = read(&log);
+    let lines = summary_lines(&text);
+    assert_eq!(lines.len(), 3, "{text}");
+    let field = |line: &str, key: &str| -> String {
+        let start = line
+            .find(&format!(" {key}="))
+            .unwrap_or_else(|| panic!("no {key} in {line}"))
+            + key.len()
+            + 2;
+        let rest = &line[start..];
+        if let Some(q) = rest.strip_prefix('"') {
+            q[..q.find('"').unwrap()].to_string()
+        } else {
+            rest.split(' ').next().unwrap().to_string()
+        }
+    };
+    for (line, (cmd, cid, ifname, result)) in lines.iter().zip([
+        ("ADD", "pod1", "eth0", "ok"),
+        ("ADD", "pod2", "eth1", "error"),
+        ("DEL", "pod1", "eth0", "ok"),
+    ]) {
+        assert_eq!(field(line, "command"), cmd, "{line}");
+        assert_eq!(field(line, "container"), cid, "{line}");
+        assert_eq!(field(line, "ifname"), ifname, "{line}");
+        assert_eq!(field(line, "result"), result, "{line}");
+        let ms: f64 = field(line, "duration_ms").parse().unwrap();
+        assert!((0.0..60_000.0).contains(&ms), "{line}");
+    }
+    assert!(lines[0].contains(" INFO ") && lines[1].contains(" ERROR "));
+    assert_eq!(field(&lines[1], "code"), "7");
+    assert_eq!(field(&lines[1], "msg"), "invalid mtu 10: want 68..65535");
+    // logLevel warn: the step lines of ADD (info) are not written.
+    assert!(!text.contains("ADD done"), "{text}");
+    // At the default level they are.
+    let p3 = t.pod("p3");
+    t.add(&t.conf(json!({})), "pod3", Some(&p3), "eth0");
+    let text = read(&log);
+    assert!(text.contains("ADD done"), "{text}");
+    assert_eq!(summary_lines(&text).len(), 4);
+    t.del(&conf, "pod3", Some(&p3), "eth0");
     assert_clean(&t);
 }

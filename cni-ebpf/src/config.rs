@@ -112,8 +112,6 @@ pub struct NetConf {
     /// `attachMode`: `netlink` (clsact + cls_bpf, default), `tcx`, or `auto`
     /// (TCX on 6.6+, else netlink).
     pub attach_mode: crate::datapath::AttachMode,
-    /// `logFile`: where logs go (never stdout). Empty string disables.
-    pub log_file: Option<PathBuf>,
     /// `uplinks`: devices that get the node-edge programs (hostPort from
     /// outside, masquerade). None = the devices holding default routes;
     /// empty = none.
@@ -129,7 +127,11 @@ pub struct NetConf {
     pub cgroup_path: Option<PathBuf>,
     /// `cni.dev/valid-attachments` (or the older `cni.dev/attachments`) for GC.
     pub valid_attachments: Option<Vec<Attachment>>,
-    /// The raw bytes from stdin (for delegated IPAM plugins).
+    /// `subnetFile` (or the default with `"flannel": true`): flanneld's
+    /// `subnet.env`, already folded into the keys above.
+    pub subnet_file: Option<PathBuf>,
+    /// The raw bytes from stdin (for delegated IPAM plugins), with flannel's
+    /// keys folded in.
     pub raw: Vec<u8>,
 }
 
@@ -195,6 +197,16 @@ fn parse_requested_ip(s: &str) -> Option<IpAddr> {
 impl NetConf {
     /// Parses the config; `command` decides which parts are required.
     pub fn parse(raw: &[u8], command: &str) -> Result<Self, CniError> {
+        Self::parse_with(raw, command, true)
+    }
+
+    /// Checks a config as ADD would, without reading anything on the node
+    /// (flanneld's subnet file need not exist yet): for `install`.
+    pub fn parse_offline(raw: &[u8]) -> Result<Self, CniError> {
+        Self::parse_with(raw, "ADD", false)
+    }
+
+    fn parse_with(raw: &[u8], command: &str, read_files: bool) -> Result<Self, CniError> {
         if raw.len() > MAX_STDIN {
             return Err(CniError::new(
                 code::DECODE,
@@ -222,14 +234,14 @@ impl NetConf {
         }
         // serde_json refuses nesting deeper than 128 levels ("recursion limit
         // exceeded"), so a hostile document cannot exhaust the stack.
-        let v: Value = serde_json::from_str(text).map_err(|e| {
+        let mut v: Value = serde_json::from_str(text).map_err(|e| {
             CniError::new(
                 code::DECODE,
                 format!("failed to decode network config: {e}"),
             )
         })?;
         let obj = v
-            .as_object()
+            .as_object_mut()
             .ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
 
         let cni_version = get_str(obj, "cniVersion")?.unwrap_or_else(|| "0.1.0".to_string());
@@ -242,13 +254,30 @@ impl NetConf {
             )));
         }
 
+        // flannel: the file's subnet, MTU and masquerade setting become
+        // ordinary keys of this config before anything else reads them.
+        let subnet_file = crate::flannel::subnet_file(obj)?;
+        if let Some(file) = &subnet_file {
+            if get_str(obj, "mode")?.as_deref() == Some("chained") {
+                return Err(invalid(
+                    "flannel/subnetFile need mode bridge or routed: in chained mode the plugin before cni-ebpf allocates the addresses".into(),
+                ));
+            }
+            let state_dir = get_path(obj, "stateDir", DEFAULT_STATE_DIR)?;
+            if read_files {
+                crate::flannel::resolve(obj, file, command, &state_dir, &name)?;
+            }
+        }
+        let obj = &*obj;
+
         let prev_result = match obj.get("prevResult") {
             None | Some(Value::Null) => None,
             Some(pr) => Some(CniResult::from_value(pr)?),
         };
         // libcni passes prevResult to every plugin on CHECK and DEL too, so a
         // prevResult alone does not mean chained: a main-mode config has ipam.
-        let has_ipam = matches!(obj.get("ipam"), Some(Value::Object(m)) if !m.is_empty());
+        let has_ipam = matches!(obj.get("ipam"), Some(Value::Object(m)) if !m.is_empty())
+            || subnet_file.is_some();
         let mode = match get_str(obj, "mode")?.as_deref() {
             None if prev_result.is_some() && !has_ipam => Mode::Chained,
             None | Some("bridge") => Mode::Bridge,
@@ -292,11 +321,9 @@ impl NetConf {
             Err(_) if command != "ADD" => RuntimeConfig::default(),
             r => r?,
         };
-        let log_file = match get_str(obj, "logFile")? {
-            Some(s) if s.is_empty() => None,
-            Some(s) => Some(PathBuf::from(s)),
-            None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
-        };
+        // main set logging up from these before parsing; a bad value is
+        // still an error of the config.
+        let (_log_file, _log_level) = log_settings(obj)?;
         let valid_attachments = match obj
             .get("cni.dev/valid-attachments")
             .or_else(|| obj.get("cni.dev/attachments"))
@@ -355,6 +382,7 @@ impl NetConf {
             Some(_) => Some(get_path(obj, "cgroupPath", "")?),
             None => crate::datapath::cgroup2_root(),
         };
+        let subnet_file_applied = subnet_file.is_some();
         Ok(Self {
             cni_version,
             name,
@@ -375,15 +403,45 @@ impl NetConf {
             pin_path: get_path(obj, "pinPath", DEFAULT_PIN_PATH)?,
             state_dir: get_path(obj, "stateDir", DEFAULT_STATE_DIR)?,
             attach_mode,
-            log_file,
             valid_attachments,
             uplinks,
             non_masquerade_cidrs,
             snat_ports,
             cgroup_path,
-            raw: raw.to_vec(),
+            subnet_file,
+            // A delegated IPAM plugin must see the ranges flannel's file gave.
+            raw: if subnet_file_applied {
+                serde_json::to_vec(obj).expect("a JSON object serializes")
+            } else {
+                raw.to_vec()
+            },
         })
     }
+}
+
+/// `logFile` (None: `""`, logging off) and `logLevel` of a config object.
+pub fn log_settings(
+    obj: &serde_json::Map<String, Value>,
+) -> Result<(Option<PathBuf>, crate::log::Level), CniError> {
+    let file = match get_str(obj, "logFile")? {
+        Some(s) if s.is_empty() => None,
+        Some(s) if s.starts_with('/') => Some(PathBuf::from(s)),
+        Some(s) => {
+            return Err(invalid(format!(
+                "invalid logFile {s:?}: want an absolute path, or \"\" for no log file"
+            )))
+        }
+        None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
+    };
+    let level = match get_str(obj, "logLevel")? {
+        None => crate::log::Level::default(),
+        Some(l) => crate::log::Level::parse(&l).ok_or_else(|| {
+            invalid(format!(
+                "invalid logLevel {l:?}: want error, warn, info or debug"
+            ))
+        })?,
+    };
+    Ok((file, level))
 }
 
 /// Parses `"min-max"` (unprivileged ports only).
@@ -451,6 +509,10 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
     use super::*;
 
     fn parse(s: &str) -> Result<NetConf, CniError> {
@@ -496,6 +558,62 @@ mod tests {
     }
 
     #[test]
+    fn flannel_subnet_file() {
+        let dir = std::env::temp_dir().join(format!("cni-ebpf-flannel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("subnet.env");
+        std::fs::write(
+            &file,
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.2.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .unwrap();
+        let conf = |cmd: &str, file: &Path| {
+            NetConf::parse(
+                json!({"cniVersion": "1.1.0", "name": "fl", "subnetFile": file, "stateDir": dir.join("state"),
+                    "prevResult": {"cniVersion": "1.0.0", "ips": []}})
+                .to_string()
+                .as_bytes(),
+                cmd,
+            )
+        };
+        let c = conf("ADD", &file).unwrap();
+        // prevResult (as libcni passes on DEL) does not make it chained.
+        assert_eq!(c.mode, Mode::Bridge);
+        assert_eq!((c.mtu, c.ip_masq, c.is_gateway), (Some(1450), true, true));
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        assert_eq!(
+            c.ipam.as_ref().unwrap()["ranges"],
+            json!([[{"subnet": "10.244.2.0/24"}]])
+        );
+        assert_eq!(
+            c.non_masquerade_cidrs,
+            vec!["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]
+        );
+        // A delegated IPAM plugin gets the same ranges on stdin.
+        let raw: Value = serde_json::from_slice(&c.raw).unwrap();
+        assert_eq!(raw["ipam"]["ranges"], c.ipam.as_ref().unwrap()["ranges"]);
+
+        // flanneld gone: ADD is "try again later", DEL falls back to ADD's copy.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(conf("ADD", &file).unwrap_err().code, code::TRY_AGAIN);
+        // install checks a conflist before flanneld runs.
+        let offline = json!({"cniVersion": "1.0.0", "name": "fl", "subnetFile": file});
+        NetConf::parse_offline(offline.to_string().as_bytes()).unwrap();
+        assert_eq!(conf("STATUS", &file).unwrap_err().code, code::NOT_AVAILABLE);
+        let d = conf("DEL", &file).unwrap();
+        assert_eq!(
+            d.ipam.unwrap()["ranges"],
+            json!([[{"subnet": "10.244.2.0/24"}]])
+        );
+        // Without a copy either, DEL still parses (and skips IPAM).
+        let other = dir.join("state/fl");
+        std::fs::remove_dir_all(&other).unwrap();
+        let d = conf("DEL", &file).unwrap();
+        assert!(d.ipam.is_none() && d.mode == Mode::Bridge);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn bad_inputs_have_the_right_codes() {
         let cases: &[(&str, u32, &str)] = &[
             ("{not json", 6, "decode"),
@@ -508,6 +626,16 @@ mod tests {
                 "network name",
             ),
             (r#"{"cniVersion":"1.0.0","name":"n","mtu":10}"#, 7, "mtu"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","logLevel":"loud"}"#,
+                7,
+                "logLevel",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","logFile":"cni.log"}"#,
+                7,
+                "logFile",
+            ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","mode":"foo"}"#,
                 7,

@@ -127,6 +127,10 @@ pub fn default_conflist() -> Value {
         "plugins": [{
             "type": PLUGIN_TYPE,
             "subnetFile": "/run/flannel/subnet.env",
+            // As kube-flannel's conflist: flannel's file gives routes to
+            // the flannel network only.
+            "isDefaultGateway": true,
+            "hairpinMode": true,
             "capabilities": {"portMappings": true},
         }],
     })
@@ -168,7 +172,8 @@ pub fn check_conflist(raw: &[u8], origin: &str) -> Result<Value, InstallError> {
         let mut conf = p.clone();
         conf["name"] = obj["name"].clone();
         conf["cniVersion"] = obj["cniVersion"].clone();
-        NetConf::parse(conf.to_string().as_bytes(), "ADD")
+        // Offline: flanneld's subnet.env may not exist before the node is up.
+        NetConf::parse_offline(conf.to_string().as_bytes())
             .map_err(|e| bad(format!("plugins[{i}]: {e}")))?;
     }
     if ours == 0 {

@@ -9,6 +9,8 @@ mod commands;
 mod config;
 mod datapath;
 mod failpoint;
+mod flannel;
+mod inspect;
 mod install;
 mod ipam;
 mod lockfile;
@@ -40,82 +42,88 @@ fn main() {
 }
 
 /// One plugin invocation: the document for stdout and whether it succeeded.
+/// Logs one summary line for it (command, container, ifname, result, time).
 fn run_plugin() -> (serde_json::Value, bool) {
+    let started = std::time::Instant::now();
     let mut raw = Vec::new();
     // Read one byte past the limit so an oversize config is detected, not truncated.
     let read = std::io::stdin()
         .take(config::MAX_STDIN as u64 + 1)
         .read_to_end(&mut raw);
-    let env = CniEnv::from_lookup(|k| std::env::var(k).ok());
-    // The version errors are reported in: the config's if it has a supported one.
-    let err_version = serde_json::from_slice::<serde_json::Value>(&raw)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|x| x.as_str())
-                .map(str::to_string)
-        })
-        .filter(|v| version::SUPPORTED.contains(&v.as_str()))
-        .unwrap_or_else(|| version::LATEST.to_string());
-    let fail = |e: CniError| {
-        log::write("ERROR", format_args!("{e}"));
-        (e.to_json(&err_version), false)
-    };
-    if let Err(e) = read {
-        return fail(
-            CniError::new(code::IO, "cannot read the network config from stdin")
-                .with_details(e.to_string()),
-        );
-    }
-    let env = match env {
-        Ok(e) => e,
-        Err(e) => return fail(e),
-    };
-    if env.command == Command::Version {
-        let requested = serde_json::from_slice::<serde_json::Value>(&raw)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(|x| x.as_str())
-                    .map(str::to_string)
-            });
-        return (commands::version::exec(requested.as_deref()), true);
-    }
-    let conf = match NetConf::parse(&raw, env.command.as_str()) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    log::init(
-        conf.log_file.as_deref(),
-        format!(
-            "{} {} {}/{}",
-            env.command.as_str(),
-            conf.name,
-            env.container_id,
-            env.ifname
-        ),
+    let doc = serde_json::from_slice::<serde_json::Value>(&raw).ok();
+    let cni_version = doc
+        .as_ref()
+        .and_then(|v| v.get("cniVersion"))
+        .and_then(|x| x.as_str())
+        .map(str::to_string);
+    // Logging first, from the config's logFile/logLevel where they can be
+    // read at all, so that a config that fails to parse is logged too.
+    let (log_file, level) = doc
+        .as_ref()
+        .and_then(|v| v.as_object())
+        .and_then(|o| config::log_settings(o).ok())
+        .unwrap_or_else(|| (Some(config::DEFAULT_LOG_FILE.into()), log::Level::default()));
+    log::init(log_file.as_deref(), level);
+    let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let (command, container, ifname) = (
+        var("CNI_COMMAND"),
+        var("CNI_CONTAINERID"),
+        var("CNI_IFNAME"),
     );
-    let started = std::time::Instant::now();
-    let res = match env.command {
-        Command::Add => commands::add::exec(&env, &conf).map(Some),
-        Command::Del => commands::del::exec(&env, &conf).map(|_| None),
-        Command::Check => commands::check::exec(&env, &conf).map(|_| None),
-        Command::Gc => commands::gc::exec(&env, &conf).map(|_| None),
-        Command::Status => commands::status::exec(&conf).map(|_| None),
-        Command::Version => unreachable!("handled above"),
-    };
-    log::write(
-        "INFO",
-        format_args!(
-            "{} finished in {:?}",
-            env.command.as_str(),
-            started.elapsed()
-        ),
+    log::set_prefix(format!(
+        "{command} {} {container}/{ifname}",
+        doc.as_ref()
+            .and_then(|v| v.get("name"))
+            .and_then(|x| x.as_str())
+            .unwrap_or("-")
+    ));
+
+    let res = read
+        .map_err(|e| {
+            CniError::new(code::IO, "cannot read the network config from stdin")
+                .with_details(e.to_string())
+        })
+        .and_then(|_| dispatch(&raw, cni_version.as_deref()));
+    if let Err(e) = &res {
+        if !e.details.is_empty() {
+            log::write(log::Level::Error, format_args!("{e}"));
+        }
+    }
+    log::summary(
+        &command,
+        &container,
+        &ifname,
+        res.as_ref().map(|_| ()),
+        started.elapsed(),
     );
     match res {
-        Ok(Some(v)) => (v, true),
+        Ok(v) => (v, true),
+        Err(e) => {
+            // Errors are reported in the config's version if it has a supported one.
+            let v = cni_version
+                .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+                .unwrap_or_else(|| version::LATEST.to_string());
+            (e.to_json(&v), false)
+        }
+    }
+}
+
+/// Validates the environment and the config and runs the command: the
+/// result document (null for commands that print nothing on success).
+fn dispatch(raw: &[u8], cni_version: Option<&str>) -> Result<serde_json::Value, CniError> {
+    let env = CniEnv::from_lookup(|k| std::env::var(k).ok())?;
+    if env.command == Command::Version {
+        return Ok(commands::version::exec(cni_version));
+    }
+    let conf = NetConf::parse(raw, env.command.as_str())?;
+    let none = |_| serde_json::Value::Null;
+    match env.command {
+        Command::Add => commands::add::exec(&env, &conf),
         // DEL, CHECK, GC and STATUS print nothing on success.
-        Ok(None) => (serde_json::Value::Null, true),
-        Err(e) => fail(e),
+        Command::Del => commands::del::exec(&env, &conf).map(none),
+        Command::Check => commands::check::exec(&env, &conf).map(none),
+        Command::Gc => commands::gc::exec(&env, &conf).map(none),
+        Command::Status => commands::status::exec(&conf).map(none),
+        Command::Version => unreachable!("handled above"),
     }
 }

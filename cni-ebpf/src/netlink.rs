@@ -108,6 +108,17 @@ impl Link {
     }
 }
 
+/// A cls_bpf filter on a clsact hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BpfFilter {
+    /// Ingress (else egress).
+    pub ingress: bool,
+    /// The program's name as the kernel reports it (`TCA_BPF_NAME`).
+    pub name: String,
+    /// The program's ID.
+    pub prog_id: u32,
+}
+
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -528,11 +539,17 @@ impl Netlink {
 
     /// Whether `index` has a cls_bpf filter at clsact ingress and egress (CHECK).
     pub async fn has_bpf_filters(&self, index: u32) -> Result<(bool, bool), NlError> {
-        let mut found = [false, false];
-        for (i, found) in found.iter_mut().enumerate() {
-            let mut h = self.handle.traffic_filter(index as i32);
-            let req_ = h.get();
-            let req_ = if i == 0 {
+        let f = self.bpf_filters(index).await?;
+        Ok((f.iter().any(|f| f.ingress), f.iter().any(|f| !f.ingress)))
+    }
+
+    /// The cls_bpf filters at clsact ingress and egress of `index`.
+    pub async fn bpf_filters(&self, index: u32) -> Result<Vec<BpfFilter>, NlError> {
+        use rtnetlink::packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+        let mut out = Vec::new();
+        for ingress in [true, false] {
+            let req_ = self.handle.traffic_filter(index as i32).get();
+            let req_ = if ingress {
                 req_.ingress()
             } else {
                 req_.egress()
@@ -543,12 +560,46 @@ impl Netlink {
                 .await
                 .map_err(req(format!("list tc filters of {index}")))?
             {
-                if m.attributes.iter().any(|a| matches!(a, rtnetlink::packet_route::tc::TcAttribute::Kind(k) if k == "bpf")) {
-                    *found = true;
+                if !m
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+                {
+                    continue;
+                }
+                let mut f = BpfFilter {
+                    ingress,
+                    ..Default::default()
+                };
+                for a in &m.attributes {
+                    if let TcAttribute::Options(opts) = a {
+                        for o in opts {
+                            match o {
+                                TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => f.name = n.clone(),
+                                TcOption::Bpf(TcFilterBpfOption::ProgId(i)) => f.prog_id = *i,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                // The dump also lists each priority once without a
+                // program (what `tc filter show` prints as a bare line).
+                if !f.name.is_empty() || f.prog_id != 0 {
+                    out.push(f);
                 }
             }
         }
-        Ok((found[0], found[1]))
+        Ok(out)
+    }
+
+    /// Every link of the namespace (inspect).
+    pub async fn links(&self) -> Result<Vec<Link>, NlError> {
+        let mut s = self.handle.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(m) = s.try_next().await.map_err(req("list links"))? {
+            out.push(Link::from_msg(m));
+        }
+        Ok(out)
     }
 
     /// Adds (or replaces) a permanent neighbour entry.

@@ -29,6 +29,13 @@ pub struct Record {
     pub ifname: String,
     /// Netns path given at ADD.
     pub netns: String,
+    /// `K8S_POD_NAMESPACE` from `CNI_ARGS` at ADD (empty outside Kubernetes
+    /// and in records written before it was kept).
+    #[serde(default)]
+    pub pod_namespace: String,
+    /// `K8S_POD_NAME` from `CNI_ARGS` at ADD.
+    #[serde(default)]
+    pub pod_name: String,
     /// How the pod was wired.
     pub mode: Mode,
     /// Host-side veth name.
@@ -194,6 +201,16 @@ pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn records_without_pod_names_still_read() {
+        // A record as written before K8S_POD_NAMESPACE/K8S_POD_NAME were kept.
+        let old = r#"{"network":"n","containerId":"c1","ifname":"eth0","netns":"/x","mode":"bridge",
+            "hostVeth":"veth0","hostIfindex":7,"mac":"","ips":["10.0.0.2/24"],"complete":true}"#;
+        let r: Record = serde_json::from_str(old).unwrap();
+        assert_eq!((r.pod_namespace.as_str(), r.pod_name.as_str()), ("", ""));
+        assert_eq!(r.host_ifindex, Some(7));
+    }
 
     #[test]
     fn veth_names_are_stable_and_short() {

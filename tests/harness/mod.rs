@@ -174,8 +174,9 @@ pub const NODE_IP6: &str = "2001:db8::1";
 pub const EXT_IP6: &str = "2001:db8::2";
 
 impl Topo {
-    /// Builds the node and ext namespaces.
-    pub fn new(tag: &str) -> Self {
+    /// A node namespace with its private pin, state and IPAM dirs and
+    /// cgroup; `ext` is only named here (created by the caller).
+    fn bare(tag: &str) -> Self {
         require_root();
         let n = SEQ.fetch_add(1, Ordering::SeqCst);
         let id = format!("{tag}{}x{n}", std::process::id() % 100000);
@@ -193,6 +194,12 @@ impl Topo {
         std::fs::create_dir_all(t.dir.join("bin")).unwrap();
         std::os::unix::fs::symlink(BIN, t.dir.join("bin/cni-ebpf")).unwrap();
         t.add_ns(&t.node.clone());
+        t
+    }
+
+    /// Builds the node and ext namespaces.
+    pub fn new(tag: &str) -> Self {
+        let t = Self::bare(tag);
         t.add_ns(&t.ext.clone());
         // The uplink is created inside the node netns with its peer directly in ext:
         // no device ever exists in the machine's own namespace.
@@ -437,18 +444,31 @@ impl Topo {
 
     /// `cni-ebpf inspect --json` in the node.
     pub fn inspect(&self) -> Value {
-        let out = sh(&[
-            "nsenter",
-            &format!("--net=/run/netns/{}", self.node),
-            BIN,
-            "inspect",
-            "--json",
+        self.inspect_json(&[])
+    }
+
+    /// `cni-ebpf inspect ARGS --json` in the node, parsed.
+    pub fn inspect_json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        let out = self.inspect_text(&a);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("inspect {args:?} output {out:?}: {e}"))
+    }
+
+    /// `cni-ebpf inspect ARGS` in the node: its stdout.
+    pub fn inspect_text(&self, args: &[&str]) -> String {
+        let node = format!("--net=/run/netns/{}", self.node);
+        let (pin, state) = (self.pin(), self.dir.join("state"));
+        let mut v = vec!["nsenter", &node, BIN, "inspect"];
+        v.extend_from_slice(args);
+        v.extend_from_slice(&[
             "--pin-path",
-            self.pin().to_str().unwrap(),
+            pin.to_str().unwrap(),
             "--state-dir",
-            self.dir.join("state").to_str().unwrap(),
+            state.to_str().unwrap(),
         ]);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect output {out:?}: {e}"))
+        sh(&v)
     }
 
     /// Links in the node namespace (names).
@@ -539,6 +559,86 @@ pub fn links_when_gone(ns: &str, gone: impl Fn(&str) -> bool) -> Vec<String> {
             return l;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The underlay network of a [`Cluster`].
+pub const UNDERLAY_PREFIX: &str = "192.0.2";
+
+/// Several nodes and an external client on one L2 underlay (a bridge in a
+/// namespace of its own, so nothing exists in the machine's namespace),
+/// each node routing every other node's pod CIDR via that node, as flannel's
+/// host-gw backend sets up. Node `i` is `192.0.2.(11+i)` on `up0`, its
+/// default route via the external client `192.0.2.2` (so `up0` is its
+/// uplink); the client has no route to any pod CIDR.
+pub struct Cluster {
+    /// The nodes; each has its own pin, state, IPAM dirs and cgroup.
+    pub nodes: Vec<Topo>,
+    /// External client namespace.
+    pub ext: String,
+    /// Underlay namespace (the bridge).
+    pub underlay: String,
+}
+
+impl Cluster {
+    /// One node per pod CIDR.
+    pub fn new(tag: &str, pod_cidrs: &[&str]) -> Self {
+        let nodes: Vec<Topo> = (0..pod_cidrs.len()).map(|_| Topo::bare(tag)).collect();
+        let id = &nodes[0].id;
+        let (ext, underlay) = (format!("ce-{id}-ext"), format!("ce-{id}-ul"));
+        // Registered with the first node, which removes them on drop.
+        nodes[0].add_ns(&ext);
+        nodes[0].add_ns(&underlay);
+        ip_n(&underlay, &["link", "add", "br0", "type", "bridge"]);
+        ip_n(&underlay, &["link", "set", "br0", "up"]);
+        let plug = |ns: &str, dev: &str, port: &str, addr: &str| {
+            ip_n(
+                ns,
+                &[
+                    "link", "add", dev, "type", "veth", "peer", "name", port, "netns", &underlay,
+                ],
+            );
+            ip_n(&underlay, &["link", "set", port, "master", "br0", "up"]);
+            ip_n(
+                ns,
+                &["addr", "add", &format!("{addr}/24"), "dev", dev, "nodad"],
+            );
+            ip_n(ns, &["link", "set", dev, "up"]);
+        };
+        let ext_ip = format!("{UNDERLAY_PREFIX}.2");
+        plug(&ext, "eth0", "ext", &ext_ip);
+        for (i, n) in nodes.iter().enumerate() {
+            plug(&n.node, "up0", &format!("node{i}"), &Self::node_ip_of(i));
+            ip_n(&n.node, &["route", "add", "default", "via", &ext_ip]);
+            for (j, cidr) in pod_cidrs.iter().enumerate() {
+                if j != i {
+                    ip_n(
+                        &n.node,
+                        &["route", "add", cidr, "via", &Self::node_ip_of(j)],
+                    );
+                }
+            }
+            sh_in(&n.node, &["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        }
+        Cluster {
+            nodes,
+            ext,
+            underlay,
+        }
+    }
+
+    fn node_ip_of(i: usize) -> String {
+        format!("{UNDERLAY_PREFIX}.{}", 11 + i)
+    }
+
+    /// Node `i`'s underlay address.
+    pub fn node_ip(&self, i: usize) -> IpAddr {
+        Self::node_ip_of(i).parse().unwrap()
+    }
+
+    /// The external client's address.
+    pub fn ext_ip(&self) -> IpAddr {
+        format!("{UNDERLAY_PREFIX}.2").parse().unwrap()
     }
 }
 
@@ -909,13 +1009,13 @@ impl Snapshot {
                 .map(|e| {
                     format!(
                         "{} if{} {} {} masq={}",
-                        e["ip"], e["ifindex"], e["mac"], e["owner"], e["masquerade"]
+                        e["ips"], e["ifindex"], e["mac"], e["owner"], e["masquerade"]
                     )
                 })
                 .collect();
             eps.sort();
             sections.insert("map endpoints".into(), eps);
-            for key in ["interfaces", "portMappings", "nat"] {
+            for key in ["interfaces", "portmaps", "nat"] {
                 let mut v: Vec<String> = insp[key]
                     .as_array()
                     .unwrap()

@@ -76,6 +76,18 @@ const KNOWN_ARGS: [&str; 7] = [
 ];
 
 impl CniArgs {
+    /// `K8S_POD_NAMESPACE`, or "".
+    pub fn pod_namespace(&self) -> &str {
+        self.other
+            .get("K8S_POD_NAMESPACE")
+            .map_or("", String::as_str)
+    }
+
+    /// `K8S_POD_NAME`, or "".
+    pub fn pod_name(&self) -> &str {
+        self.other.get("K8S_POD_NAME").map_or("", String::as_str)
+    }
+
     /// Parses `K=V;K=V`. Unknown keys are an error unless `IgnoreUnknown` is
     /// true, as in the reference `types.LoadArgs`.
     pub fn parse(s: &str) -> Result<Self, CniError> {

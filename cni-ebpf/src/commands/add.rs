@@ -190,6 +190,9 @@ fn prepare_node(dp: &Datapath, conf: &NetConf) -> Result<(), CniError> {
 /// Main mode: veth pair, IPAM, addresses and routes, programs, map entries.
 fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     // Validate everything before the first change.
+    if let Some(f) = &conf.subnet_file {
+        info!("pod subnet, MTU and ipMasq from flannel's {}", f.display());
+    }
     let ns = open_pod_netns(env)?;
     let mac = requested_mac(env, conf)?;
     let ipam = Ipam::from_conf(conf)?.ok_or_else(|| {
@@ -241,6 +244,8 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         container_id: env.container_id.clone(),
         ifname: env.ifname.clone(),
         netns: ns.path().to_string(),
+        pod_namespace: env.args.pod_namespace().to_string(),
+        pod_name: env.args.pod_name().to_string(),
         mode: conf.mode,
         host_veth: host.clone(),
         port_mappings: conf.runtime.port_mappings.clone(),
@@ -651,6 +656,8 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_default(),
+        pod_namespace: env.args.pod_namespace().to_string(),
+        pod_name: env.args.pod_name().to_string(),
         mode: Mode::Chained,
         host_veth: host.name.clone(),
         host_ifindex: Some(host.index),
