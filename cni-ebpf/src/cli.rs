@@ -1,8 +1,13 @@
 //! The operator CLI (clap front end); each subcommand lives in its own module.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
-use crate::inspect;
+use crate::{
+    config::{DEFAULT_PIN_PATH, DEFAULT_STATE_DIR},
+    inspect,
+};
 
 #[derive(Parser)]
 #[command(
