@@ -509,6 +509,16 @@ fn del_frees_names_at_once_and_retired_veths_are_deleted() {
     let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.11.0.0/24"}]]}}));
     let r1 = t.add(&conf, "pod1", Some(&p1), "eth0");
     let host = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let a1 = result_ip(&r1, false);
+    // Another pod keeps the bridge's carrier up: the node's neighbour
+    // entries on it then survive pod1's DEL.
+    let p2 = t.pod("p2");
+    t.add(&conf, "pod2", Some(&p2), "eth0");
+    {
+        // The node learns pod1's MAC for a1.
+        let _srv = TcpServer::start(&p1, "0.0.0.0", 7000, "first");
+        assert_reply(&t.ext, a1, 7000, &format!("first {EXT_IP}"));
+    }
     t.del(&conf, "pod1", Some(&p1), "eth0");
     // No sleep: the reaper may still be at work.
     assert!(!t.node_links().contains(&host), "{:?}", t.node_links());
@@ -517,11 +527,18 @@ fn del_frees_names_at_once_and_retired_veths_are_deleted() {
         "{:?}",
         links(&p1)
     );
-    let r2 = t.add(&conf, "pod1", Some(&p1), "eth0");
-    let a2 = result_ip(&r2, false);
+    // The same address again, on a new veth with a new MAC: reachable at
+    // once, although the node still had the old MAC cached for it.
+    let again = merged(
+        &conf,
+        json!({"runtimeConfig": {"ips": [format!("{a1}/24")]}}),
+    );
+    let r2 = t.add(&again, "pod1", Some(&p1), "eth0");
+    assert_eq!(result_ip(&r2, false), a1);
     let _srv = TcpServer::start(&p1, "0.0.0.0", 7000, "again");
-    assert_reply(&t.ext, a2, 7000, &format!("again {EXT_IP}"));
+    assert_reply(&t.ext, a1, 7000, &format!("again {EXT_IP}"));
     t.del(&conf, "pod1", Some(&p1), "eth0");
+    t.del(&conf, "pod2", Some(&p2), "eth0");
     assert_clean(&t);
     assert_pod_untouched(&p1);
 

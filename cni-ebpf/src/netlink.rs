@@ -614,6 +614,23 @@ impl Netlink {
             .await
             .map_err(req(format!("add neighbour {ip} on {index}")))
     }
+
+    /// Points the node's neighbour entry for `ip` on `index` at `mac`
+    /// (reachable, so it still ages out): what a gratuitous ARP would teach
+    /// the node. An address a deleted pod held may still be cached with
+    /// that pod's MAC, which would black-hole the new pod until the entry
+    /// is re-probed (seconds).
+    pub async fn refresh_neigh(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), NlError> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Reachable)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!("set neighbour {ip} on {index}")))
+    }
 }
 
 /// Prefix of retired veths (see [`Netlink::retire_veth`]).

@@ -334,6 +334,16 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     // Pod side.
     let pod = pod_side(&ns, env, conf, &host_link, &ipres, &pod_nets)?;
     record.mac = format_mac(&pod.mac);
+    if let Some(br) = &bridge {
+        let (bidx, pod_mac, nets) = (br.index, pod.mac.clone(), pod_nets.clone());
+        Netlink::with(|nl| async move {
+            for n in &nets {
+                nl.refresh_neigh(bidx, n.addr(), &pod_mac).await?;
+            }
+            Ok(())
+        })
+        .map_err(|e| nl_err("node neighbour entries of the pod", e))?;
+    }
     if routed {
         let (hidx, pod_mac, nets) = (host_link.index, pod.mac.clone(), pod_nets.clone());
         Netlink::with(|nl| async move {
