@@ -765,3 +765,45 @@ fn monitor_streams_new_flows_and_drops() {
     assert_eq!(level(), 0, "the monitor put the level back");
     t.del(&c1, "pod1", Some(&p1), "eth0");
 }
+
+/// A mapping bound to 127.0.0.1 or ::1 is reachable from the node itself
+/// only (through the socket hooks, without route_localnet), never from the
+/// outside or from pods, and the hooks leave sockets of other network
+/// namespaces alone even in the same cgroup.
+#[test]
+fn loopback_mappings_serve_the_node_only() {
+    let t = Topo::new("lom");
+    let (p1, p2) = (t.pod("p1"), t.pod("p2"));
+    let c1 = t.conf(mappings(json!([
+        {"hostPort": 8080, "containerPort": 80, "hostIP": "127.0.0.1"},
+        {"hostPort": 8081, "containerPort": 81, "hostIP": "::1"},
+    ])));
+    t.add(&c1, "pod1", Some(&p1), "eth0");
+    t.add(&t.conf(json!({})), "pod2", Some(&p2), "eth0");
+    let _s80 = TcpServer::start(&p1, "::", 80, "pod1");
+    let _s81 = TcpServer::start(&p1, "::", 81, "pod1");
+    // pod2's own loopback listener on the same port: what a connect to
+    // 127.0.0.1:8080 inside pod2 must reach.
+    let _own = TcpServer::start(&p2, "127.0.0.1", 8080, "pod2-own");
+
+    let got = node_tcp_get(&t, true, ip("127.0.0.1"), 8080).unwrap();
+    assert!(got.starts_with("pod1 "), "{got}");
+    let got = node_tcp_get(&t, true, ip("::1"), 8081).unwrap();
+    assert!(got.starts_with("pod1 "), "{got}");
+    // Bound to loopback: not on the node's other addresses, not from outside.
+    assert!(node_tcp_get(&t, true, ip(NODE_IP), 8080).is_err());
+    assert!(tcp_get(&t.ext, ip(NODE_IP), 8080).is_err());
+    assert!(tcp_get(&t.ext, ip(NODE_IP6), 8081).is_err());
+    // From a pod: neither by the node's address nor, inside the hooks'
+    // cgroup, by its own loopback.
+    assert!(tcp_get(&p2, ip(NODE_IP), 8080).is_err());
+    let got = cgroup_tcp_get(&t, &p2, true, ip("127.0.0.1"), 8080).unwrap();
+    assert!(got.starts_with("pod2-own "), "{got}");
+    let rl = sh_in(
+        &t.node,
+        &["sysctl", "-n", "net.ipv4.conf.all.route_localnet"],
+    );
+    assert_eq!(rl.trim(), "0");
+    t.del(&c1, "pod1", Some(&p1), "eth0");
+    t.del(&t.conf(json!({})), "pod2", Some(&p2), "eth0");
+}

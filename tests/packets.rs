@@ -362,3 +362,71 @@ fn rewrites_and_checksums() {
     assert_eq!(verdict, 2, "TC_ACT_SHOT");
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }
+
+/// A mapping bound to 127.0.0.1 or ::1 serves the node only: no packet from
+/// outside or from a pod is translated to it, and loopback destinations are
+/// never translated for packets at all (CVE-2020-8558), whatever the
+/// mapping's hostIP. The node itself reaches it through the socket hooks
+/// (tests/nat.rs).
+#[test]
+fn loopback_mappings_are_never_reached_by_packets() {
+    let t = Topo::new("lo");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({"runtimeConfig": {"portMappings": [
+        {"hostPort": 8080, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+        {"hostPort": 8081, "containerPort": 81, "protocol": "tcp", "hostIP": "::1"},
+        {"hostPort": 9090, "containerPort": 90, "protocol": "tcp"},
+    ]}}));
+    let res = t.add(&conf, "pod1", Some(&p1), "eth0");
+    let IpAddr::V4(pod4) = result_ip(&res, false) else {
+        unreachable!()
+    };
+    let (node4, ext4, node6, ext6) = (v4(NODE_IP), v4(EXT_IP), v6(NODE_IP6), v6(EXT_IP6));
+    let lo4 = v4("127.0.0.1");
+    let lo6 = v6("::1");
+    let untouched = |prog: &str, dev: &str, f: Vec<u8>, what: &str| {
+        let (_, out) = run(&t, prog, dev, f.clone());
+        assert_eq!(out, f, "{what}: must be left as it is");
+    };
+    // From outside: to the loopback-bound ports by loopback or node address,
+    // and to a hostIP-any port by loopback.
+    for (dst, port) in [(lo4, 8080), (node4, 8080), (lo4, 9090)] {
+        let seg = segment(TCP, ext4.into(), dst.into(), 40000, port, false);
+        let f = frame(&ipv4(ext4, dst, TCP, &seg));
+        untouched("from_netdev", "up0", f, &format!("outside -> {dst}:{port}"));
+    }
+    for (dst, port) in [(lo6, 8081), (node6, 8081), (lo6, 9090)] {
+        let seg = segment(TCP, ext6.into(), dst.into(), 40000, port, false);
+        let f = frame(&ipv6(ext6, dst, TCP, &seg));
+        untouched(
+            "from_netdev",
+            "up0",
+            f,
+            &format!("outside -> [{dst}]:{port}"),
+        );
+    }
+    // From the pod (its own MAC and address, so anti-spoofing lets it by).
+    let host = res["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let mac: Vec<u8> = res["interfaces"][2]["mac"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).unwrap())
+        .collect();
+    for (dst, port) in [(lo4, 8080), (node4, 8080), (lo4, 9090)] {
+        let seg = segment(TCP, pod4.into(), dst.into(), 40000, port, false);
+        let mut f = frame(&ipv4(pod4, dst, TCP, &seg));
+        f[6..12].copy_from_slice(&mac);
+        untouched("from_container", &host, f, &format!("pod -> {dst}:{port}"));
+    }
+    // The control: the hostIP-any port by node address is translated.
+    let seg = segment(TCP, ext4.into(), node4.into(), 40000, 9090, false);
+    let (_, out) = run(
+        &t,
+        "from_netdev",
+        "up0",
+        frame(&ipv4(ext4, node4, TCP, &seg)),
+    );
+    assert_eq!(&out[30..34], &pod4.octets(), "control: translated");
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+}

@@ -932,14 +932,25 @@ pub fn node_udp_ask(t: &Topo, dst: IpAddr, port: u16) -> Result<String, String> 
 /// A TCP exchange from a process in the node namespace, optionally inside
 /// the topology's cgroup (where the socket hooks are): the server's line.
 pub fn node_tcp_get(t: &Topo, in_cgroup: bool, dst: IpAddr, port: u16) -> Result<String, String> {
+    cgroup_tcp_get(t, &t.node, in_cgroup, dst, port)
+}
+
+/// [`node_tcp_get`] from a process in netns `ns` (the topology's cgroup
+/// holds processes of every namespace: the hooks must act on the node's only).
+pub fn cgroup_tcp_get(
+    t: &Topo,
+    ns: &str,
+    in_cgroup: bool,
+    dst: IpAddr,
+    port: u16,
+) -> Result<String, String> {
     let join = if in_cgroup {
         format!("echo $$ > {}/cgroup.procs; ", t.cgroup.display())
     } else {
         String::new()
     };
     let script = format!(
-        "{join}exec nsenter --net=/run/netns/{} bash -c 'exec 3<>/dev/tcp/{dst}/{port} && timeout 3 head -n1 <&3'",
-        t.node
+        "{join}exec nsenter --net=/run/netns/{ns} bash -c 'exec 3<>/dev/tcp/{dst}/{port} && timeout 3 head -n1 <&3'"
     );
     let out = Command::new("timeout")
         .args(["5", "sh", "-c", &script])
