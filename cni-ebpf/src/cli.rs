@@ -31,6 +31,14 @@ enum Cmd {
         #[command(flatten)]
         opts: inspect::Opts,
     },
+    /// Say whether the plugin can serve ADD (what CNI STATUS reports):
+    /// pins, recorded attachments, IPAM. Exit 0 when ready.
+    Status(crate::repair_cli::ConfArgs),
+    /// Re-create the pinned programs and maps if they are gone, re-attach
+    /// this build's programs to the host veth of every recorded attachment,
+    /// the uplinks and the socket hooks, and restore every endpoint and
+    /// hostPort mapping from the state records.
+    Repair(crate::repair_cli::ConfArgs),
     /// Copy this binary into the CNI bin directory and write the conflist
     /// (atomically; for a DaemonSet init container).
     Install(crate::install::InstallArgs),
@@ -69,6 +77,8 @@ pub fn run() -> i32 {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Inspect { view, opts } => inspect::run(view, &opts),
+        Cmd::Status(a) => crate::repair_cli::status(&a),
+        Cmd::Repair(a) => crate::repair_cli::repair(&a),
         Cmd::Install(a) => crate::install::run_install(&a),
         Cmd::Uninstall(a) => crate::install::run_uninstall(&a),
         Cmd::Monitor {

@@ -194,6 +194,26 @@ fn parse_requested_ip(s: &str) -> Option<IpAddr> {
         .or_else(|| s.parse::<ipnet::IpNet>().ok().map(|n| n.addr()))
 }
 
+/// The config the plugin would be called with for `v`: a single-plugin
+/// config as is, or the first `cni-ebpf` entry of a conflist with the list's
+/// `name` and `cniVersion` filled in (as libcni does). `None` when a conflist
+/// has no such entry.
+pub fn plugin_conf(v: &Value) -> Option<Value> {
+    let Some(plugins) = v.get("plugins").and_then(Value::as_array) else {
+        return Some(v.clone());
+    };
+    let mut c = plugins
+        .iter()
+        .find(|p| p.get("type").and_then(Value::as_str) == Some("cni-ebpf"))?
+        .clone();
+    for key in ["name", "cniVersion"] {
+        if let Some(x) = v.get(key) {
+            c[key] = x.clone();
+        }
+    }
+    Some(c)
+}
+
 impl NetConf {
     /// Parses the config; `command` decides which parts are required.
     pub fn parse(raw: &[u8], command: &str) -> Result<Self, CniError> {

@@ -107,6 +107,10 @@ pub enum InstallError {
     /// Taking the data path off the node failed.
     #[error("data path")]
     Datapath(#[source] Box<crate::datapath::BpfError>),
+    /// Loading the data path (and repairing the recorded attachments onto
+    /// it) failed.
+    #[error("loading the data path")]
+    Load(#[source] Box<crate::cni::CniError>),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> InstallError + 'a {
@@ -246,8 +250,15 @@ pub fn install(a: &InstallArgs) -> Result<(), InstallError> {
     write_atomic(&a.conf_dir, &a.conflist_name, &text, 0o644)?;
     println!("installed {}", a.conf_dir.join(&a.conflist_name).display());
     if let Some(pin) = &a.load_pin_path {
-        crate::datapath::Datapath::open_or_load(pin, &a.state_dir)
-            .map_err(|e| InstallError::Datapath(Box::new(e)))?;
+        // The conflist's own entry (uplinks, cgroup, attach mode), on the
+        // given pin path and state dir: an upgrade's new programs replace
+        // the old ones on every recorded veth, the uplinks and the hooks.
+        let mut c = crate::config::plugin_conf(&list).expect("checked: has a cni-ebpf entry");
+        c["pinPath"] = pin.display().to_string().into();
+        c["stateDir"] = a.state_dir.display().to_string().into();
+        let conf = NetConf::parse(c.to_string().as_bytes(), "ADD")
+            .map_err(|e| InstallError::Load(Box::new(e)))?;
+        crate::commands::repair::open(&conf).map_err(|e| InstallError::Load(Box::new(e)))?;
         println!("loaded the data path under {}", pin.display());
     }
     Ok(())

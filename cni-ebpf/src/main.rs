@@ -20,6 +20,7 @@ mod netlink;
 mod netns;
 mod private;
 mod reaper;
+mod repair_cli;
 mod state;
 
 use std::io::{Read, Write};

@@ -49,6 +49,11 @@ pub struct Record {
     /// Addresses, once allocated.
     #[serde(default)]
     pub ips: Vec<IpNet>,
+    /// The addresses as published in the `endpoints` map, with their
+    /// subnet's prefix (differs from `ips` in routed mode, where the pod has
+    /// host routes); empty = `ips`. Repair republishes these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoint_nets: Vec<IpNet>,
     /// `portMappings` requested at ADD (for the NAT data plane).
     #[serde(default)]
     pub port_mappings: Vec<PortMapping>,
@@ -172,7 +177,16 @@ pub fn find_owner(state_dir: &Path, owner: u64) -> Option<Record> {
 
 /// Every record under `state_dir` (all networks), by owner tag (inspect).
 pub fn owners(state_dir: &Path) -> std::collections::HashMap<u64, Record> {
-    let mut out = std::collections::HashMap::new();
+    all_records(state_dir)
+        .into_iter()
+        .map(|r| (self::owner(&r.container_id, &r.ifname), r))
+        .collect()
+}
+
+/// Every record under `state_dir`, all networks, read without locks (records
+/// are replaced by rename, so each read sees a whole one; repair, STATUS).
+pub fn all_records(state_dir: &Path) -> Vec<Record> {
+    let mut out = Vec::new();
     let nets = std::fs::read_dir(state_dir).into_iter().flatten().flatten();
     for net in nets {
         for f in std::fs::read_dir(net.path())
@@ -180,11 +194,14 @@ pub fn owners(state_dir: &Path) -> std::collections::HashMap<u64, Record> {
             .flatten()
             .flatten()
         {
+            if f.path().extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
             let Ok(b) = std::fs::read(f.path()) else {
                 continue;
             };
             if let Ok(r) = serde_json::from_slice::<Record>(&b) {
-                out.insert(self::owner(&r.container_id, &r.ifname), r);
+                out.push(r);
             }
         }
     }

@@ -1171,3 +1171,89 @@ impl Topo {
         out
     }
 }
+
+impl Topo {
+    /// Unmounts this topology's bpffs (every stacked mount): the pins are
+    /// lost as after a reboot or an operator's `umount`, while cls_bpf
+    /// filters keep their programs (and those programs' maps) alive.
+    pub fn lose_pins(&self) {
+        let pin = self.pin();
+        for _ in 0..8 {
+            let mounted = std::fs::read_to_string("/proc/self/mounts")
+                .map(|m| {
+                    m.lines()
+                        .any(|l| l.split(' ').nth(1) == Some(pin.to_str().unwrap()))
+                })
+                .unwrap_or(false);
+            if !mounted {
+                break;
+            }
+            sh(&["umount", pin.to_str().unwrap()]);
+        }
+        assert!(
+            !self.dir.join(self.abi_dir()).join("maps").exists(),
+            "pins still visible after unmounting {}",
+            pin.display()
+        );
+    }
+
+    /// Writes `conf` into this topology's directory (for `--conf`).
+    pub fn conf_file(&self, name: &str, conf: &Value) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, conf.to_string()).unwrap();
+        p
+    }
+
+    /// Runs the operator CLI (`bin`, default ours) in the node namespace;
+    /// returns (exit code, stdout).
+    pub fn cli(&self, bin: Option<&str>, args: &[&str]) -> (i32, String) {
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.node))
+            .arg(bin.unwrap_or(BIN))
+            .args(args)
+            .env_remove("CNI_COMMAND")
+            .output()
+            .expect("run the CLI");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        eprintln!("cni-ebpf {args:?}: {stdout}{stderr}");
+        (out.status.code().unwrap_or(-1), stdout)
+    }
+
+    /// Id of the program attached to `dir` (`ingress`/`egress`) of `dev` in
+    /// the node, by netlink filter or TCX link (`bpftool net`).
+    pub fn attached_prog_id(&self, dev: &str, dir: &str) -> Option<u64> {
+        let out = sh_in(&self.node, &["bpftool", "-j", "net", "show", "dev", dev]);
+        let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        let entry = v.as_array()?.first()?.clone();
+        ["tc", "tcx"].iter().find_map(|k| {
+            entry[*k]
+                .as_array()?
+                .iter()
+                .find(|e| e["kind"].as_str().is_some_and(|x| x.contains(dir)))?["id"]
+                .as_u64()
+        })
+    }
+
+    /// Id of a program pinned under this topology's `progs/<hash>/`.
+    pub fn pinned_prog_ids(&self, name: &str) -> Vec<u64> {
+        let progs = self.dir.join(self.abi_dir()).join("progs");
+        let mut ids = Vec::new();
+        for e in std::fs::read_dir(&progs).into_iter().flatten().flatten() {
+            let p = e.path().join(name);
+            if p.exists() {
+                let out = sh(&[
+                    "bpftool",
+                    "-j",
+                    "prog",
+                    "show",
+                    "pinned",
+                    p.to_str().unwrap(),
+                ]);
+                let v: Value = serde_json::from_str(&out).unwrap();
+                ids.push(v["id"].as_u64().unwrap());
+            }
+        }
+        ids
+    }
+}

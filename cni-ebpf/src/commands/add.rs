@@ -10,7 +10,7 @@ use super::{bpf_err, nl_err, ns_err};
 use crate::{
     cni::{code, CniEnv, CniError, CniResult, Interface, IpConfig, Route},
     config::{Mode, NetConf},
-    datapath::{AttachMode, Datapath, NodeSettings},
+    datapath::{AttachMode, Datapath},
     failpoint, info,
     ipam::{host_local::Attempt, Ipam},
     netlink::{format_mac, parse_mac, sysctl, Link, Netlink},
@@ -175,15 +175,7 @@ fn publish(
 /// Node-wide state for the NAT programs (uplinks, node addresses, settings,
 /// socket hooks): idempotent, cheap when nothing changed.
 fn prepare_node(dp: &Datapath, conf: &NetConf) -> Result<(), CniError> {
-    let s = NodeSettings {
-        uplinks: conf.uplinks.as_deref(),
-        no_masq: &conf.non_masquerade_cidrs,
-        snat_ports: conf.snat_ports,
-        reserve_ports: conf.ip_masq,
-        cgroup: conf.cgroup_path.as_deref(),
-        attach_mode: conf.attach_mode,
-    };
-    dp.prepare_node(&s, &conf.state_dir)
+    dp.prepare_node(&super::repair::node_settings(conf, false), &conf.state_dir)
         .map_err(|e| bpf_err("node data path (uplinks, addresses, socket hooks)", e))
 }
 
@@ -206,8 +198,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
     let store = Store::open(&conf.state_dir, &conf.name, false)?;
     let host = host_veth_name(&env.container_id, &env.ifname);
     let previous = store.load(&env.container_id, &env.ifname)?;
-    let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir)
-        .map_err(|e| bpf_err("eBPF data path", e))?;
+    let dp = super::repair::open(conf)?;
 
     // A retried ADD: remove the veth of the earlier attempt (its peer goes
     // with it) so the interface check below and the creation succeed.
@@ -370,6 +361,9 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         owner(env),
     )?;
     record.attach_mode = Some(mode);
+    if routed {
+        record.endpoint_nets = subnets;
+    }
     record.complete = true;
     store.save(&record)?;
     failpoint::hit("after-state-write");
@@ -615,8 +609,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         .as_ref()
         .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "chained mode needs a prevResult (place cni-ebpf after the plugin that creates the interfaces)"))?;
     let store = Store::open(&conf.state_dir, &conf.name, false)?;
-    let dp = Datapath::open_or_load(&conf.pin_path, &conf.state_dir)
-        .map_err(|e| bpf_err("eBPF data path", e))?;
+    let dp = super::repair::open(conf)?;
 
     // The pod's interface and addresses.
     let pod_if = prev

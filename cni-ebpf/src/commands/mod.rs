@@ -4,6 +4,7 @@ pub mod add;
 pub mod check;
 pub mod del;
 pub mod gc;
+pub mod repair;
 pub mod status;
 pub mod version;
 

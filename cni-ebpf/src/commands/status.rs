@@ -3,19 +3,23 @@
 use crate::{
     cni::{code, CniError},
     config::NetConf,
-    datapath::Datapath,
     ipam::{host_local, Ipam},
 };
 
-/// Runs STATUS: the data path loads (bpffs mountable, programs pass the
-/// verifier or are already pinned) and the built-in IPAM has free addresses.
+/// Runs STATUS: no recorded attachment has lost its pins or map entries
+/// (code 51, naming what is missing), the data path loads (bpffs mountable,
+/// programs pass the verifier or are already pinned; code 50) and the
+/// built-in IPAM has free addresses (code 50).
 pub fn exec(conf: &NetConf) -> Result<(), CniError> {
-    Datapath::open_or_load(&conf.pin_path, &conf.state_dir).map_err(|e| {
+    if let Some(e) = super::repair::lost(conf) {
+        return Err(e);
+    }
+    super::repair::open(conf).map_err(|e| {
         CniError::new(
             code::NOT_AVAILABLE,
-            format!("eBPF data path unavailable: {e}"),
+            format!("eBPF data path unavailable: {}", e.msg),
         )
-        .with_details(crate::cni::error::chain(&e))
+        .with_details(e.details.clone())
     })?;
     if let Some(Ipam::HostLocal(c)) = Ipam::from_conf(conf)? {
         let held = host_local::all_reservations(&c.data_dir, &conf.name).unwrap_or_default();

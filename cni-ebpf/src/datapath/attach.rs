@@ -6,8 +6,8 @@
 //! filter is used instead; such a filter lives as long as the device.
 
 use aya::programs::{
-    links::{LinkOrder, PinnedLink},
-    tc::{qdisc_add_clsact, NlOptions, TcAttachOptions, TcError, TcHandle},
+    links::{FdLink, LinkOrder, PinnedLink},
+    tc::{qdisc_add_clsact, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
     SchedClassifier, TcAttachType,
 };
 use cni_ebpf_common::prog;
@@ -51,6 +51,23 @@ const UPLINK: Hooks = [
 /// Sub-directory of `links/` for uplink link pins.
 const UPLINK_LINKS: &str = "uplink";
 
+/// Priority and handle of our cls_bpf filters: fixed, so that an attachment
+/// is found again and replaced instead of stacked.
+const NL_PRIORITY: u16 = 1;
+const NL_HANDLE: u16 = 0xcb;
+
+/// An attachment made anew, or one of ours swapped to this build's program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Attach (ADD of a new veth: nothing of ours is there).
+    Fresh,
+    /// Replace our attachment in place if there is one, else attach: the
+    /// cls_bpf filter is changed in one netlink request and a TCX link is
+    /// updated with `BPF_LINK_UPDATE`, so no packet sees the device without
+    /// a program (repair, upgrade, uplinks).
+    Replace,
+}
+
 impl Datapath {
     fn link_pin(&self, sub: Option<&str>, ifname: &str, dir: &str) -> std::path::PathBuf {
         let d = self.links_dir();
@@ -65,12 +82,70 @@ impl Datapath {
     /// Returns the mode actually used. Re-attaching replaces an earlier
     /// attachment of ours instead of stacking a second one.
     pub fn attach_endpoint(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
-        self.attach_tc(ifname, &ENDPOINT, None, mode)
+        self.attach_tc(ifname, &ENDPOINT, None, mode, How::Fresh)
     }
 
-    /// Attaches `from_netdev`/`to_netdev` to the uplink `ifname` (idempotent).
+    /// Puts this build's programs on the existing host veth `ifname` of a
+    /// recorded attachment, replacing ours in place where they are still
+    /// attached (repair, upgrade).
+    pub fn reattach_endpoint(
+        &self,
+        ifname: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, BpfError> {
+        self.attach_tc(ifname, &ENDPOINT, None, mode, How::Replace)
+    }
+
+    /// Attaches `from_netdev`/`to_netdev` to the uplink `ifname`, replacing
+    /// an earlier attachment of ours (idempotent; after lost pins the old
+    /// filters are still there).
     pub fn attach_uplink(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
-        self.attach_tc(ifname, &UPLINK, Some(UPLINK_LINKS), mode)
+        self.attach_tc(ifname, &UPLINK, Some(UPLINK_LINKS), mode, How::Replace)
+    }
+
+    /// Replaces the program of our attachment at `kind` of `ifname` in place.
+    /// `Ok(false)` when there is none to replace.
+    fn replace_in_place(
+        p: &mut SchedClassifier,
+        ifname: &str,
+        kind: TcAttachType,
+        tcx_pin: Option<&std::path::Path>,
+    ) -> Result<bool, BpfError> {
+        let link = match tcx_pin {
+            Some(pin) => {
+                let Ok(pinned) = PinnedLink::from_pin(pin) else {
+                    return Ok(false);
+                };
+                match SchedClassifierLink::try_from(FdLink::from(pinned)) {
+                    Ok(l) => l,
+                    Err(_) => return Ok(false),
+                }
+            }
+            None => SchedClassifierLink::attached(
+                ifname,
+                kind,
+                NL_PRIORITY,
+                TcHandle::new(0, NL_HANDLE),
+                None,
+            )
+            .map_err(|e| BpfError::Link {
+                name: ifname.into(),
+                what: "look up device",
+                source: Box::new(e),
+            })?,
+        };
+        // A netlink change without NLM_F_CREATE fails (ENOENT) when there
+        // is no filter of ours to change: then the caller attaches anew.
+        let Ok(id) = p.attach_to_link(link) else {
+            return Ok(false);
+        };
+        let link = p
+            .take_link(id)
+            .map_err(BpfError::program(ifname, "take link"))?;
+        // The filter, or the link's pin, keeps the attachment; dropping the
+        // netlink link would detach it.
+        std::mem::forget(link);
+        Ok(true)
     }
 
     fn attach_tc(
@@ -79,6 +154,7 @@ impl Datapath {
         hooks: &Hooks,
         sub: Option<&str>,
         mode: AttachMode,
+        how: How,
     ) -> Result<AttachMode, BpfError> {
         let use_tcx = match mode {
             AttachMode::Tcx => true,
@@ -92,7 +168,9 @@ impl Datapath {
         // (chained mode) detach first; a stale link pin of the same name would
         // only make pinning fail, so TCX clears those here.
         if use_tcx {
-            self.unpin_links(ifname, hooks, sub);
+            if how == How::Fresh {
+                self.unpin_links(ifname, hooks, sub);
+            }
             if let Some(parent) = self.link_pin(sub, ifname, "x").parent() {
                 crate::private::create_dir(parent).map_err(|e| BpfError::Link {
                     name: parent.display().to_string(),
@@ -119,14 +197,25 @@ impl Datapath {
                 path.display().to_string(),
                 "open pinned program",
             ))?;
+            let pin = self.link_pin(sub, ifname, dir);
+            if how == How::Replace {
+                let tcx_pin = use_tcx.then_some(pin.as_path());
+                if Self::replace_in_place(&mut p, ifname, kind, tcx_pin)? {
+                    continue;
+                }
+                if use_tcx {
+                    // A pin that is not a live TCX link of ours.
+                    let _ = std::fs::remove_file(&pin);
+                }
+            }
             let opts = if use_tcx {
                 TcAttachOptions::TcxOrder(LinkOrder::default())
             } else {
                 // A fixed priority and handle: a retried ADD replaces our filter
                 // instead of adding another one.
                 TcAttachOptions::Netlink(NlOptions {
-                    priority: 1,
-                    handle: TcHandle::new(0, 0xcb),
+                    priority: NL_PRIORITY,
+                    handle: TcHandle::new(0, NL_HANDLE),
                     ..Default::default()
                 })
             };
@@ -140,7 +229,7 @@ impl Datapath {
                 .take_link(id)
                 .map_err(BpfError::program(name, "take link"))?;
             if use_tcx {
-                pin_link(link, &self.link_pin(sub, ifname, dir))?;
+                pin_link(link, &pin)?;
             } else {
                 // Dropping the link would remove the filter; it must stay.
                 std::mem::forget(link);

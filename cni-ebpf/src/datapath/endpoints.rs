@@ -116,6 +116,32 @@ impl Datapath {
         Ok(())
     }
 
+    /// True when every address of `nets` is in `endpoints` exactly as
+    /// [`Self::add_endpoint`] would put it, and `ifindex` has counters
+    /// (repair leaves such an endpoint and its counters alone).
+    pub fn has_endpoint(
+        &self,
+        nets: &[IpNet],
+        ifindex: u32,
+        mac: [u8; 6],
+        owner: u64,
+        masq: bool,
+    ) -> bool {
+        let (Ok(eps), Ok(st)) = (self.endpoints(), self.ep_stats()) else {
+            return false;
+        };
+        st.get(&ifindex, 0).is_ok()
+            && nets.iter().all(|n| {
+                eps.get(&ip_key(n.addr()), 0).is_ok_and(|v| {
+                    v.ifindex == ifindex
+                        && v.owner == owner
+                        && v.mac == mac
+                        && v.prefix_len == n.prefix_len()
+                        && (v.flags & EP_FLAG_MASQ != 0) == masq
+                })
+            })
+    }
+
     /// Removes `ips` from `endpoints` where `owner` still owns them (an address
     /// already handed to another container is left alone), and the interface
     /// entry and counters of `ifindex`. Missing entries are fine.

@@ -25,6 +25,6 @@ mod remove;
 
 pub use attach::AttachMode;
 pub use node::{cgroup2_root, NodeSettings};
-pub use pins::{BpfError, Datapath};
+pub use pins::{BpfError, Datapath, LoadReport};
 pub use ports::{proto_name, PortError};
 pub use remove::remove_node;

@@ -44,6 +44,9 @@ pub struct NodeSettings<'a> {
     pub cgroup: Option<&'a Path>,
     /// How TC programs are attached to uplinks.
     pub attach_mode: AttachMode,
+    /// Put this build's programs on every uplink and socket hook even where
+    /// ours are attached already (repair, upgrade).
+    pub reattach: bool,
 }
 
 /// Errors of node-wide setup, with what was being done.
@@ -187,9 +190,9 @@ impl Datapath {
                 Uplink { link, info }
             })
             .collect();
-        self.ensure_uplinks(&uplinks, s.attach_mode, state_dir)?;
+        self.ensure_uplinks(&uplinks, s.attach_mode, s.reattach, state_dir)?;
         if let Some(cg) = s.cgroup {
-            self.ensure_sock_hooks(cg, state_dir)?;
+            self.ensure_sock_hooks(cg, s.reattach, state_dir)?;
         }
         Ok(())
     }
@@ -282,15 +285,16 @@ impl Datapath {
         &self,
         uplinks: &[Uplink],
         mode: AttachMode,
+        reattach: bool,
         state_dir: &Path,
     ) -> Result<(), BpfError> {
         let mut m: HashMap<MapData, u32, UplinkInfo> = self.map(map::UPLINKS)?;
         let mut lock = None;
         for u in uplinks {
             match m.get(&u.link.index, 0) {
-                Ok(cur) if cur == u.info => continue,
-                Ok(_) => {}
-                Err(_) => {
+                Ok(cur) if cur == u.info && !reattach => continue,
+                Ok(_) if !reattach => {}
+                _ => {
                     if lock.is_none() {
                         let p = state_dir.join("bpf.lock");
                         lock = Some(
@@ -298,7 +302,7 @@ impl Datapath {
                                 .map_err(|e| other("lock", p.display().to_string(), e))?,
                         );
                     }
-                    if m.get(&u.link.index, 0).is_err() {
+                    if reattach || m.get(&u.link.index, 0).is_err() {
                         self.attach_uplink(&u.link.name, mode)?;
                     }
                 }
@@ -322,9 +326,18 @@ impl Datapath {
     }
 
     /// Attaches the socket hooks to `cgroup` once (links pinned per cgroup).
-    fn ensure_sock_hooks(&self, cgroup: &Path, state_dir: &Path) -> Result<(), BpfError> {
+    /// With `reattach`, this build's hooks replace ours: each new link is
+    /// attached next to the old one (a sock_addr hook that finds nothing to
+    /// translate passes), pinned beside it and renamed over its pin, which
+    /// detaches the old link.
+    fn ensure_sock_hooks(
+        &self,
+        cgroup: &Path,
+        reattach: bool,
+        state_dir: &Path,
+    ) -> Result<(), BpfError> {
         let dir = self.cgroup_links_dir(cgroup);
-        if prog::SOCK.iter().all(|p| dir.join(p).exists()) {
+        if !reattach && prog::SOCK.iter().all(|p| dir.join(p).exists()) {
             return Ok(());
         }
         let p = state_dir.join("bpf.lock");
@@ -336,7 +349,7 @@ impl Datapath {
             .map_err(|e| other("open cgroup", cgroup.display().to_string(), e))?;
         for name in prog::SOCK {
             let pin = dir.join(name);
-            if pin.exists() {
+            if pin.exists() && !reattach {
                 continue;
             }
             let mut p = CgroupSockAddr::from_pin(self.prog_path(name), sock_attach_type(name))
@@ -351,7 +364,14 @@ impl Datapath {
             let link = p
                 .take_link(id)
                 .map_err(BpfError::program(name, "take link"))?;
-            pin_link(link, &pin)?;
+            // bpffs refuses names with a dot (EPERM).
+            let new = dir.join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&new);
+            pin_link(link, &new)?;
+            // bpffs renames over an existing entry (simple_rename), dropping
+            // the old link's last reference.
+            std::fs::rename(&new, &pin)
+                .map_err(|e| other("replace link pin", pin.display().to_string(), e))?;
         }
         Ok(())
     }

@@ -9,7 +9,36 @@ use aya::{
 use cni_ebpf_common::{map, prog, Fnv1a, PIN_ABI_VERSION};
 
 /// The eBPF object built by build.rs from `cni-ebpf-bpf`.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf-bpf.o"));
+static EMBEDDED: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cni-ebpf-bpf.o"));
+
+/// Marker directory under `progs/<hash>/`: this build's programs are pinned
+/// and every recorded attachment has been brought onto them (see
+/// [`Datapath::open_or_load`]).
+const READY: &str = "ready";
+
+/// The object this process loads.
+fn object() -> &'static [u8] {
+    // Test builds only (debug assertions on): a file whose object replaces
+    // the embedded one, so the live-upgrade test can run "a build whose eBPF
+    // object differs" without building a second copy of the whole binary.
+    // Release builds never read it.
+    #[cfg(debug_assertions)]
+    {
+        const OBJECT_OVERRIDE_ENV: &str = "CNI_EBPF_TEST_OBJECT";
+        static OVERRIDE: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+        let o = OVERRIDE.get_or_init(|| {
+            std::env::var_os(OBJECT_OVERRIDE_ENV).map(|p| {
+                std::fs::read(&p).unwrap_or_else(|e| {
+                    panic!("{OBJECT_OVERRIDE_ENV}={}: {e}", p.to_string_lossy())
+                })
+            })
+        });
+        if let Some(o) = o {
+            return o;
+        }
+    }
+    EMBEDDED
+}
 
 /// bpffs magic (`BPF_FS_MAGIC` in linux/magic.h).
 const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
@@ -98,7 +127,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 /// side by side.
 pub fn object_hash() -> String {
     let mut h = Fnv1a::new();
-    h.write(OBJECT);
+    h.write(object());
     format!("{:016x}", h.finish())
 }
 
@@ -150,33 +179,120 @@ impl Datapath {
 
     /// True when this build's programs and every map are pinned.
     pub fn is_loaded(&self) -> bool {
-        prog::TC
-            .iter()
-            .chain(prog::SOCK.iter())
-            .all(|p| self.prog_path(p).exists())
-            && map::ALL.iter().all(|m| self.map_path(m).exists())
+        self.missing().is_empty()
     }
 
-    /// Opens the pinned data path, loading and pinning the object first if
-    /// this build's programs are not pinned yet. Concurrent callers serialise
-    /// on a lock file in `state_dir` (bpffs holds no regular files); only the
-    /// first pays for the verifier.
-    pub fn open_or_load(pin_root: &Path, state_dir: &Path) -> Result<Self, BpfError> {
+    /// The pins of this build that are not there (maps by name, programs as
+    /// `progs/<hash>/<name>`), for STATUS and CHECK messages.
+    pub fn missing(&self) -> Vec<String> {
+        let maps = map::ALL
+            .iter()
+            .filter(|m| !self.map_path(m).exists())
+            .map(|m| format!("maps/{m}"));
+        let progs = prog::TC
+            .iter()
+            .chain(prog::SOCK.iter())
+            .filter(|p| !self.prog_path(p).exists())
+            .map(|p| format!("progs/{}/{p}", object_hash()));
+        maps.chain(progs).collect()
+    }
+
+    /// True when no map pin is there at all (bpffs unmounted, node rebooted,
+    /// pins removed), as opposed to this build's programs alone missing (an
+    /// upgrade).
+    pub fn maps_lost(&self) -> bool {
+        map::ALL.iter().all(|m| !self.map_path(m).exists())
+    }
+
+    /// True when this build is loaded and the recorded attachments were
+    /// brought onto it.
+    pub fn is_ready(&self) -> bool {
+        self.progs.join(READY).is_dir() && self.is_loaded()
+    }
+
+    /// Opens the pinned data path. When this build is not ready (first use
+    /// on the node, pins lost, a new object after an upgrade, a pinned map
+    /// whose layout differs from this object's), it checks the pinned maps
+    /// against the object (re-creating incompatible ones), loads and pins
+    /// this build's programs, and calls `on_load`, which brings every
+    /// recorded attachment and the node-wide hooks onto them and refills the
+    /// maps; only then is the build marked ready. Concurrent callers
+    /// serialise on a lock file in `state_dir` (bpffs holds no regular
+    /// files): only the first pays for the verifier, and none proceeds
+    /// before the repair is done (a new pod must not take a hostPort that an
+    /// old pod's record still holds).
+    pub fn open_or_load(
+        pin_root: &Path,
+        state_dir: &Path,
+        on_load: &mut dyn FnMut(&Self, &LoadReport),
+    ) -> Result<Self, BpfError> {
         let dp = Self::layout(pin_root);
-        if dp.is_loaded() {
+        if dp.is_ready() {
             return Ok(dp);
         }
         crate::private::create_dir(state_dir).map_err(io("create state dir", state_dir))?;
-        let lock_path = state_dir.join("bpf.lock");
+        // Not `bpf.lock`: `on_load` attaches uplinks and socket hooks, which
+        // take that one.
+        let lock_path = state_dir.join("load.lock");
         let _lock = crate::lockfile::lock(&lock_path, true).map_err(io("lock", &lock_path))?;
         // Under the lock: concurrent first ADDs must not each mount a bpffs on
         // top of the other's (later ADDs would then see a different set of maps).
         ensure_bpffs(pin_root)?;
-        if dp.is_loaded() {
+        if dp.is_ready() {
             return Ok(dp);
         }
-        dp.load()?;
+        let report = LoadReport {
+            maps_lost: dp.maps_lost(),
+            migrated: dp.migrate_maps()?,
+        };
+        if !report.migrated.is_empty() || !dp.is_loaded() {
+            dp.load()?;
+        }
+        on_load(&dp, &report);
+        std::fs::create_dir_all(dp.progs.join(READY))
+            .map_err(io("mark ready", &dp.progs.join(READY)))?;
         Ok(dp)
+    }
+
+    /// Re-creates every pinned map whose type, key size or value size
+    /// differs from this object's definition: the pin is removed (programs
+    /// still attached to the old map keep it alive until they are replaced)
+    /// and the load creates a new one, which the repair refills from the
+    /// state records and the node's settings. Such a map is never reused:
+    /// aya would reuse any map found at the pin path, and the programs would
+    /// read its entries with the wrong layout. Returns what was re-created.
+    fn migrate_maps(&self) -> Result<Vec<MapMigration>, BpfError> {
+        let obj = aya_obj::Object::parse(object()).map_err(|e| BpfError::Link {
+            name: "eBPF object".into(),
+            what: "parse",
+            source: Box::new(e),
+        })?;
+        let mut out = Vec::new();
+        for name in map::ALL {
+            let path = self.map_path(name);
+            let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+                continue;
+            };
+            let Some(def) = obj.maps.get(name) else {
+                continue;
+            };
+            let have = (
+                info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+                info.key_size(),
+                info.value_size(),
+            );
+            let want = (def.map_type(), def.key_size(), def.value_size());
+            if have == want {
+                continue;
+            }
+            std::fs::remove_file(&path).map_err(io("unpin incompatible map", &path))?;
+            out.push(MapMigration {
+                name,
+                pinned: have,
+                object: want,
+            });
+        }
+        Ok(out)
     }
 
     fn load(&self) -> Result<(), BpfError> {
@@ -190,7 +306,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .load(OBJECT)
+            .load(object())
             .map_err(|e| BpfError::Load(Box::new(e)))?;
         for name in prog::TC.iter().chain(prog::SOCK.iter()) {
             let p = ebpf.program_mut(name).ok_or_else(|| {
@@ -218,6 +334,38 @@ impl Datapath {
             })?;
         }
         Ok(())
+    }
+}
+
+/// What [`Datapath::open_or_load`] found when it loaded.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// No map was pinned: the pins were lost (or this is the first load).
+    pub maps_lost: bool,
+    /// Pinned maps that were re-created because their layout differed.
+    pub migrated: Vec<MapMigration>,
+}
+
+/// A pinned map re-created with this object's layout.
+#[derive(Debug)]
+pub struct MapMigration {
+    /// Map name.
+    pub name: &'static str,
+    /// (type, key size, value size) of the old pin.
+    pub pinned: (u32, u32, u32),
+    /// (type, key size, value size) in this object.
+    pub object: (u32, u32, u32),
+}
+
+impl std::fmt::Display for MapMigration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (t0, k0, v0) = self.pinned;
+        let (t1, k1, v1) = self.object;
+        write!(
+            f,
+            "map {} re-created: pinned type {t0} key {k0} value {v0} bytes, object type {t1} key {k1} value {v1} bytes",
+            self.name
+        )
     }
 }
 
