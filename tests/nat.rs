@@ -495,14 +495,15 @@ fn uplinks_from_config_and_added_later() {
     let p3 = t.pod("p3");
     t.add(&c2, "pod3", Some(&p3), "eth0");
     assert_reply(&t.ext, ip(NODE_IP), 8080, &format!("pod1 ::ffff:{EXT_IP}"));
-    let filters = sh_in(&t.node, &["tc", "filter", "show", "dev", "up0", "ingress"]);
+    // One program per hook, as a cls_bpf filter or a TCX link.
+    let progs = t.attached_progs("up0");
     assert_eq!(
-        filters
-            .lines()
-            .filter(|l| l.contains("from_netdev"))
+        progs
+            .iter()
+            .filter(|(kind, name, _)| kind.ends_with("ingress") && name == "from_netdev")
             .count(),
         1,
-        "{filters}"
+        "{progs:?}"
     );
     // Every table is a pinned map with BTF: bpftool prints named fields.
     assert_bpftool_fields(

@@ -160,9 +160,19 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
     // ... and notices programs removed behind its back.
     let host1 = r1["interfaces"][1]["name"].as_str().unwrap().to_string();
-    sh(&[
-        "ip", "netns", "exec", &t.node, "tc", "filter", "del", "dev", &host1, "ingress",
-    ]);
+    // A TCX link goes with its pin; a cls_bpf filter is deleted with tc.
+    let link_pin = t
+        .dir
+        .join(t.abi_dir())
+        .join("links")
+        .join(format!("{host1}_ingress"));
+    if link_pin.exists() {
+        std::fs::remove_file(&link_pin).unwrap();
+    } else {
+        sh(&[
+            "ip", "netns", "exec", &t.node, "tc", "filter", "del", "dev", &host1, "ingress",
+        ]);
+    }
     let out = t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0");
     assert_eq!(out.err_code(), 104, "{}", out.stdout);
     assert!(out.msg().contains("not attached"), "{}", out.msg());
@@ -172,6 +182,10 @@ fn bridge_mode_pods_reachable_and_del_is_complete() {
     let r1 = again;
     let cc = merged(&conf, json!({"prevResult": r1.clone()}));
     t.cni("CHECK", &cc, "pod1", Some(&p1), "eth0").ok();
+    // Traffic both ways through the re-created veth (what the pod sends on
+    // its own at link-up may precede the attachment: a TCX attach waits
+    // for an RCU grace period).
+    sh_in(&p1, &["ping", "-c", "1", "-W", "2", "10.1.0.1"]);
 
     // bpftool shows named fields of the pinned maps.
     assert_bpftool_fields(

@@ -30,6 +30,26 @@ pub const REF_CNI: &str = "/usr/lib/cni";
 
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 
+/// `tcx` or `netlink` (or `auto`): the `attachMode` of every `cni-ebpf`
+/// config the harness builds or passes on (`Topo::conf`, `Topo::conflist`),
+/// unless the test sets one itself. `cargo xtask test` runs the end-to-end
+/// suites once with the default and once more with `tcx`.
+pub const ATTACH_ENV: &str = "CNI_EBPF_TEST_ATTACH";
+
+/// Sets the forced `attachMode` (see [`ATTACH_ENV`]) in `conf` if it has none.
+pub fn force_attach_mode(conf: &mut Value) {
+    let Ok(mode) = std::env::var(ATTACH_ENV) else {
+        return;
+    };
+    assert!(
+        ["tcx", "netlink", "auto"].contains(&mode.as_str()),
+        "{ATTACH_ENV}={mode:?}: want tcx, netlink or auto"
+    );
+    if conf.get("attachMode").is_none_or(Value::is_null) {
+        conf["attachMode"] = mode.into();
+    }
+}
+
 /// Fails loudly when the test cannot run (not root, no bpffs support).
 pub fn require_root() {
     assert!(
@@ -282,6 +302,7 @@ impl Topo {
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]], "dataDir": self.dir.join("ipam")},
         });
         merge(&mut c, extra);
+        force_attach_mode(&mut c);
         c
     }
 
@@ -419,6 +440,9 @@ impl Topo {
                 p["prevResult"] = pr.clone();
             }
             let ty = p["type"].as_str().unwrap().to_string();
+            if ty == "cni-ebpf" {
+                force_attach_mode(&mut p);
+            }
             let bin = if ty == "cni-ebpf" {
                 BIN.to_string()
             } else {
@@ -1220,19 +1244,56 @@ impl Topo {
         (out.status.code().unwrap_or(-1), stdout)
     }
 
-    /// Id of the program attached to `dir` (`ingress`/`egress`) of `dev` in
-    /// the node, by netlink filter or TCX link (`bpftool net`).
-    pub fn attached_prog_id(&self, dev: &str, dir: &str) -> Option<u64> {
+    /// Programs attached to `dev` in the node, by cls_bpf filter or TCX
+    /// link, as (kind such as `clsact/ingress` or `tcx/ingress`, program
+    /// name, program id), from `bpftool net`: the same view in both attach
+    /// modes.
+    pub fn attached_progs(&self, dev: &str) -> Vec<(String, String, u64)> {
         let out = sh_in(&self.node, &["bpftool", "-j", "net", "show", "dev", dev]);
         let v: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-        let entry = v.as_array()?.first()?.clone();
-        ["tc", "tcx"].iter().find_map(|k| {
-            entry[*k]
-                .as_array()?
-                .iter()
-                .find(|e| e["kind"].as_str().is_some_and(|x| x.contains(dir)))?["id"]
-                .as_u64()
-        })
+        let mut progs = Vec::new();
+        for entry in v.as_array().into_iter().flatten() {
+            for k in ["tc", "tcx"] {
+                for e in entry[k].as_array().into_iter().flatten() {
+                    progs.push((
+                        e["kind"].as_str().unwrap_or(k).to_string(),
+                        e["name"].as_str().unwrap_or_default().to_string(),
+                        e["id"].as_u64().or(e["prog_id"].as_u64()).unwrap_or(0),
+                    ));
+                }
+            }
+        }
+        // bpftool 7.1 does not list TCX links; ask the kernel directly.
+        let d = dev.to_string();
+        let tcx = in_ns(&self.node, move || {
+            use aya::programs::{SchedClassifier, TcAttachType};
+            let mut out = Vec::new();
+            for (t, dir) in [
+                (TcAttachType::Ingress, "ingress"),
+                (TcAttachType::Egress, "egress"),
+            ] {
+                if let Ok((_, infos)) = SchedClassifier::query_tcx(&d, t) {
+                    for i in infos {
+                        out.push((
+                            format!("tcx/{dir}"),
+                            i.name_as_str().unwrap_or_default().to_string(),
+                            u64::from(i.id()),
+                        ));
+                    }
+                }
+            }
+            out
+        });
+        progs.extend(tcx.join().unwrap());
+        progs
+    }
+
+    /// Id of the program attached to `dir` (`ingress`/`egress`) of `dev`.
+    pub fn attached_prog_id(&self, dev: &str, dir: &str) -> Option<u64> {
+        self.attached_progs(dev)
+            .into_iter()
+            .find(|(kind, _, _)| kind.contains(dir))
+            .map(|(_, _, id)| id)
     }
 
     /// Id of a program pinned under this topology's `progs/<hash>/`.

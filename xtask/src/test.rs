@@ -12,12 +12,18 @@ const USAGE: &str = "usage: cargo xtask test [--dry-run] [-- CARGO_TEST_ARGS...]
 
 Runs `cargo xtask setup`, then `cargo fmt --all -- --check`,
 `cargo clippy --workspace --all-targets -- -D warnings` and
-`cargo test --workspace CARGO_TEST_ARGS...` with CNI_EBPF_TEST=1, as root.
+`cargo test --workspace CARGO_TEST_ARGS...` with CNI_EBPF_TEST=1, as root,
+then the end-to-end suites (plugin, nat, repair) once more with every config's
+attachMode forced to tcx (CNI_EBPF_TEST_ATTACH=tcx; the default is netlink).
 Every step runs even if an earlier one failed; the exit status is non-zero if
 any failed. Example: cargo xtask test -- -p cni-ebpf -- --nocapture
 --dry-run prints the commands (and the setup checks) without running them.";
 
-/// The three checks, in order.
+/// The attach mode of the second end-to-end pass: the one that is not the
+/// default (`attachMode` netlink), so both are proven on every run.
+const SECOND_ATTACH_MODE: &str = "tcx";
+
+/// The checks, in order.
 fn steps(extra: &[OsString]) -> Vec<(&'static str, Cmd)> {
     let root = workspace_root();
     let cargo = |args: &[&str]| {
@@ -40,6 +46,13 @@ fn steps(extra: &[OsString]) -> Vec<(&'static str, Cmd)> {
             ]),
         ),
         ("test", cargo(&["test", "--workspace"]).args(extra)),
+        (
+            "test (attachMode tcx)",
+            cargo(&[
+                "test", "-p", "cni-ebpf", "--test", "plugin", "--test", "nat", "--test", "repair",
+            ])
+            .env("CNI_EBPF_TEST_ATTACH", SECOND_ATTACH_MODE),
+        ),
     ]
 }
 
