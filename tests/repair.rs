@@ -175,3 +175,192 @@ fn repair_skips_records_whose_veth_is_gone_and_status_ignores_them() {
     assert_all_serve(&t, 1);
     status(&t).ok();
 }
+
+/// An echo server for one long-lived connection: every line comes back
+/// prefixed with `name`.
+fn echo_server(ns: &str, port: u16, name: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _ = in_ns(ns, move || {
+        let l = std::net::TcpListener::bind(("::", port)).unwrap();
+        tx.send(()).unwrap();
+        if let Ok((c, _)) = l.accept() {
+            use std::io::{BufRead, Write};
+            let mut w = c.try_clone().unwrap();
+            for line in std::io::BufReader::new(c).lines() {
+                let Ok(line) = line else { break };
+                if writeln!(w, "{name} {line}").is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+}
+
+/// One round trip on the long-lived connection.
+#[track_caller]
+fn exchange(conn: &mut std::io::BufReader<std::net::TcpStream>, msg: &str) -> String {
+    use std::io::{BufRead, Write};
+    writeln!(conn.get_mut(), "{msg}").expect("write on the long-lived connection");
+    let mut line = String::new();
+    conn.read_line(&mut line)
+        .expect("read on the long-lived connection");
+    line.trim().to_string()
+}
+
+fn prog_tag(id: u64) -> String {
+    let out = sh(&["bpftool", "-j", "prog", "show", "id", &id.to_string()]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    v["tag"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn live_upgrade_to_a_changed_object_keeps_connections_and_mappings() {
+    let variant = upgrade_variant_object();
+    let t = Topo::new("rpu");
+    let (nss, _servers) = serving_pods(&t, 2);
+    // A long-lived connection through pod1's second hostPort.
+    let c = t.conf(json!({
+        "cniVersion": "1.1.0",
+        "runtimeConfig": {"portMappings": [{"hostPort": 18100, "containerPort": 81}]},
+    }));
+    let pe = t.pod("pe");
+    t.add(&c, "podecho", Some(&pe), "eth0");
+    echo_server(&pe, 81, "echo");
+    let stream = in_ns(&t.ext, || {
+        std::net::TcpStream::connect_timeout(
+            &(NODE_IP.parse::<IpAddr>().unwrap(), 18100).into(),
+            std::time::Duration::from_secs(3),
+        )
+    })
+    .join()
+    .unwrap()
+    .expect("connect to the echo hostPort");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(3)))
+        .unwrap();
+    let mut conn = std::io::BufReader::new(stream);
+    assert_eq!(exchange(&mut conn, "before"), "echo before");
+
+    let old_veth = host_veth(&t, "pod1");
+    let old_id = t
+        .attached_prog_id(&old_veth, "ingress")
+        .expect("pod1 attached");
+    let old_up = t
+        .attached_prog_id("up0", "ingress")
+        .expect("uplink attached");
+    let old_tag = prog_tag(old_id);
+
+    // The upgrade: the runtime now runs a binary whose object differs; its
+    // first ADD loads the new programs and moves everything onto them.
+    let new_bin = t.binary_with_object(&variant);
+    let p3 = t.pod("p3");
+    let call = Call {
+        cmd: "ADD",
+        cid: "pod3",
+        netns: Some(format!("/run/netns/{p3}")),
+        ifname: "eth0",
+        ..Default::default()
+    };
+    t.exec(
+        new_bin.to_str().unwrap(),
+        &call,
+        pod_conf(&t, 3).to_string().as_bytes(),
+    )
+    .ok();
+    let _s3 = TcpServer::start(&p3, "::", 80, "pod3");
+
+    let ids = t.pinned_prog_ids("from_container");
+    assert_eq!(ids.len(), 2, "both builds pinned side by side: {ids:?}");
+    let new_id = t
+        .attached_prog_id(&host_veth(&t, "pod3"), "ingress")
+        .unwrap();
+    assert_ne!(new_id, old_id);
+    assert_ne!(
+        prog_tag(new_id),
+        old_tag,
+        "the new pod runs the changed program"
+    );
+    assert!(ids.contains(&new_id));
+    // Every old veth and the uplink were moved onto the new programs too.
+    assert_eq!(t.attached_prog_id(&old_veth, "ingress"), Some(new_id));
+    let new_up = t.attached_prog_id("up0", "ingress").unwrap();
+    assert_ne!(new_up, old_up, "uplink program replaced");
+
+    // The connection lived through it, and every mapping answers.
+    assert_eq!(exchange(&mut conn, "after"), "echo after");
+    assert_all_serve(&t, 3);
+    let ins = t.inspect();
+    assert_eq!(ins["portMappings"].as_array().unwrap().len(), 8, "{ins}");
+    assert_eq!(exchange(&mut conn, "still"), "echo still");
+    status(&t).ok();
+    drop(nss);
+}
+
+#[test]
+fn incompatible_pinned_map_is_detected_and_migrated_by_add() {
+    let t = Topo::new("rpm");
+    let (_nss, _servers) = serving_pods(&t, 2);
+    // The pins are lost and a `portmap` with the wrong value size (an older
+    // layout) sits at the expected path.
+    t.lose_pins();
+    let pin = t.pin();
+    sh(&[
+        "mount",
+        "-t",
+        "bpf",
+        "-o",
+        "mode=0700",
+        "bpf",
+        pin.to_str().unwrap(),
+    ]);
+    let maps = t.dir.join(t.abi_dir()).join("maps");
+    std::fs::create_dir_all(&maps).unwrap();
+    let bad = maps.join("portmap");
+    sh(&[
+        "bpftool",
+        "map",
+        "create",
+        bad.to_str().unwrap(),
+        "type",
+        "hash",
+        "key",
+        "20",
+        "value",
+        "8",
+        "entries",
+        "16",
+        "name",
+        "portmap",
+    ]);
+    let info = |p: &std::path::Path| -> Value {
+        serde_json::from_str(&sh(&[
+            "bpftool",
+            "-j",
+            "map",
+            "show",
+            "pinned",
+            p.to_str().unwrap(),
+        ]))
+        .unwrap()
+    };
+    assert_eq!(info(&bad)["bytes_value"], 8);
+
+    let p3 = t.pod("p3");
+    t.add(&pod_conf(&t, 3), "pod3", Some(&p3), "eth0");
+    let _s3 = TcpServer::start(&p3, "::", 80, "pod3");
+    let now = info(&bad);
+    assert_eq!(
+        (now["bytes_key"].as_u64(), now["bytes_value"].as_u64()),
+        (Some(20), Some(32)),
+        "portmap re-created with the object's layout: {now}"
+    );
+    let log = read(&t.dir.join("cni.log"));
+    assert!(
+        log.contains("map portmap re-created: pinned type 1 key 20 value 8 bytes"),
+        "migration not logged"
+    );
+    // The old pods' mappings were refilled from their state records.
+    assert_all_serve(&t, 3);
+    status(&t).ok();
+}

@@ -76,6 +76,9 @@ pub fn from_container(ctx: &TcContext) -> i32 {
                 st.from_bytes += u64::from(ctx.len());
             }
             count(Counter::FromContainerPass);
+            // The live-upgrade test's variant object (see Cargo.toml).
+            #[cfg(feature = "upgrade-test")]
+            count(Counter::FromContainerPass);
             crate::hairpin::from_pod(ctx, ifindex).unwrap_or(TC_ACT_OK)
         }
         Err(reason) => {

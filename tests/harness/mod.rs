@@ -1318,3 +1318,48 @@ impl Topo {
         ids
     }
 }
+
+// The eBPF build command, shared with cni-ebpf/build.rs.
+include!("../../cni-ebpf/bpf_build.rs");
+
+/// The live-upgrade test's variant object: `cni-ebpf-bpf` with its
+/// `upgrade-test` feature (a changed `from_container`), built once per test
+/// process into `target/bpf-upgrade-test` (incremental after the first time).
+pub fn upgrade_variant_object() -> PathBuf {
+    static OBJ: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    OBJ.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let target = root.join("target").join("bpf-upgrade-test");
+        let t0 = Instant::now();
+        let st = bpf_build_command(root, &target, "upgrade-test")
+            .stdout(Stdio::null())
+            .status()
+            .expect("run the eBPF build");
+        assert!(
+            st.success(),
+            "building the upgrade-test object failed: {st}"
+        );
+        eprintln!("upgrade-test object built in {:?}", t0.elapsed());
+        bpf_object_path(&target)
+    })
+    .clone()
+}
+
+impl Topo {
+    /// "The new binary" of an upgrade: a wrapper in this topology's bin
+    /// directory that runs the binary under test with `object` instead of
+    /// its embedded object (honoured by test builds only).
+    pub fn binary_with_object(&self, object: &Path) -> PathBuf {
+        let p = self.dir.join("bin/cni-ebpf-upgraded");
+        std::fs::write(
+            &p,
+            format!(
+                "#!/bin/sh\nexec env CNI_EBPF_TEST_OBJECT={} {BIN} \"$@\"\n",
+                object.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        p
+    }
+}
