@@ -95,8 +95,8 @@ fn lost_pins_status_then_repair_restores_every_host_port() {
     // run the newly loaded programs (the uplink's old filter was replaced
     // too, so without the restored entries no hostPort would answer).
     let ins = t.inspect();
-    assert_eq!(ins["portMappings"].as_array().unwrap().len(), 6, "{ins}");
-    assert_eq!(ins["endpoints"].as_array().unwrap().len(), 6, "{ins}");
+    assert_eq!(ins["portmaps"].as_array().unwrap().len(), 6, "{ins}");
+    assert_eq!(ins["endpoints"].as_array().unwrap().len(), 3, "{ins}");
     let new_prog = t.pinned_prog_ids("from_container");
     assert_eq!(new_prog.len(), 1, "one build pinned: {new_prog:?}");
     assert_eq!(
@@ -138,7 +138,7 @@ fn lost_pins_status_then_repair_restores_every_host_port() {
     t.del(&pod_conf(&t, 1), "pod1", Some(&_nss[0]), "eth0");
     let ins = t.inspect();
     assert!(
-        !ins["portMappings"]
+        !ins["portmaps"]
             .as_array()
             .unwrap()
             .iter()
@@ -291,7 +291,7 @@ fn live_upgrade_to_a_changed_object_keeps_connections_and_mappings() {
     assert_eq!(exchange(&mut conn, "after"), "echo after");
     assert_all_serve(&t, 3);
     let ins = t.inspect();
-    assert_eq!(ins["portMappings"].as_array().unwrap().len(), 8, "{ins}");
+    assert_eq!(ins["portmaps"].as_array().unwrap().len(), 8, "{ins}");
     assert_eq!(exchange(&mut conn, "still"), "echo still");
     status(&t).ok();
     drop(nss);

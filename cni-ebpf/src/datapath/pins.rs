@@ -249,7 +249,7 @@ impl Datapath {
             dp.load()?;
         }
         on_load(&dp, &report);
-        std::fs::create_dir_all(dp.progs.join(READY))
+        crate::private::create_dir(&dp.progs.join(READY))
             .map_err(io("mark ready", &dp.progs.join(READY)))?;
         Ok(dp)
     }
