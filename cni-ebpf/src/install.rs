@@ -256,8 +256,27 @@ pub fn install(a: &InstallArgs) -> Result<(), InstallError> {
         let mut c = crate::config::plugin_conf(&list).expect("checked: has a cni-ebpf entry");
         c["pinPath"] = pin.display().to_string().into();
         c["stateDir"] = a.state_dir.display().to_string().into();
-        let conf = NetConf::parse(c.to_string().as_bytes(), "ADD")
-            .map_err(|e| InstallError::Load(Box::new(e)))?;
+        // In flannel mode the entry needs flanneld's subnet file, which an
+        // init container may run before; the node-wide keys are enough here.
+        let conf = NetConf::parse(c.to_string().as_bytes(), "ADD").or_else(|_| {
+            let mut node = serde_json::Map::new();
+            for k in [
+                "cniVersion",
+                "name",
+                "type",
+                "pinPath",
+                "stateDir",
+                "cgroupPath",
+                "attachMode",
+                "uplinks",
+            ] {
+                if let Some(v) = c.get(k) {
+                    node.insert(k.into(), v.clone());
+                }
+            }
+            NetConf::parse(Value::Object(node).to_string().as_bytes(), "ADD")
+                .map_err(|e| InstallError::Load(Box::new(e)))
+        })?;
         crate::commands::repair::open(&conf).map_err(|e| InstallError::Load(Box::new(e)))?;
         println!("loaded the data path under {}", pin.display());
     }

@@ -209,7 +209,15 @@ impl Datapath {
                 }
             }
             let opts = if use_tcx {
-                TcAttachOptions::TcxOrder(LinkOrder::default())
+                // Re-attaching after lost pins: the old link may not be
+                // released yet (its pin's inode goes when the unmounted
+                // bpffs is freed), and a TCX program that passes a packet
+                // ends the chain, so ours must run first.
+                TcAttachOptions::TcxOrder(if how == How::Replace {
+                    LinkOrder::first()
+                } else {
+                    LinkOrder::default()
+                })
             } else {
                 // A fixed priority and handle: a retried ADD replaces our filter
                 // instead of adding another one.
