@@ -3,30 +3,15 @@
 //! Run by a container runtime with `CNI_COMMAND` set, it is the plugin; run by
 //! an operator without it, it is a small CLI (`cni-ebpf inspect`).
 
-mod cli;
-mod cni;
-mod commands;
-mod config;
-mod datapath;
-mod failpoint;
-mod flannel;
-mod inspect;
-mod install;
-mod ipam;
-mod lockfile;
-mod log;
-mod monitor;
-mod netlink;
-mod netns;
-mod private;
-mod reaper;
-mod repair_cli;
-mod state;
-
 use std::io::{Read, Write};
 
-use cni::{code, version, CniEnv, CniError, Command};
-use config::NetConf;
+use cni_ebpf::{
+    cli,
+    cni::{code, version, CniEnv, CniError, Command},
+    commands, config,
+    config::NetConf,
+    log,
+};
 
 fn main() {
     if std::env::var_os("CNI_COMMAND").is_none() {

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | test | demo | bench | image` (std only).
+//! Project tasks: `cargo xtask setup | test | demo | bench | image | fuzz` (std only).
 
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod setup;
 mod sh;
@@ -17,6 +18,7 @@ commands:
   demo                              ADD/DEL two pods in throwaway namespaces and talk to them (root)
   bench [--quick] [--n 1,100,...]   side by side with the reference plugins at growing pod counts (root)
   image [--no-build-image]          static release binary, checked, and the FROM scratch image (podman if present)
+  fuzz [--secs N] [--target NAME]   bounded cargo-fuzz runs of the config/env/IPAM parsers (installs nightly, cargo-fuzz)
   help                              this text
 
 `cargo xtask <command> --help` describes a command.";
@@ -46,6 +48,7 @@ fn main() {
         Some(Some("demo")) => demo::main(rest),
         Some(Some("bench")) => bench::main(rest),
         Some(Some("image")) => image::main(rest),
+        Some(Some("fuzz")) => fuzz::main(rest),
         Some(Some("help" | "-h" | "--help")) => {
             println!("{USAGE}");
             Ok(())

@@ -34,7 +34,7 @@ const TOOL_PACKAGES: &[&str] = &[
     "file",
 ];
 /// Variables of an outer cargo that must not reach `cargo install`.
-const LEAKY_ENV: &[&str] = &[
+pub const LEAKY_ENV: &[&str] = &[
     "CARGO_TARGET_DIR",
     "CARGO_BUILD_TARGET_DIR",
     "CARGO_BUILD_TARGET",
