@@ -160,7 +160,8 @@ pub const PORTMAP_MAX: u32 = 65536;
 pub const EP_STATS_MAX: u32 = 32768;
 /// Capacity of [`map::EP_IFACES`] (pod interfaces per node).
 pub const EP_IFACES_MAX: u32 = 32768;
-/// Capacity of [`map::NAT`]: two entries per translated flow.
+/// Default capacity of [`map::NAT`]: two entries per translated flow
+/// (`natMapEntries` in the network config overrides it when the map is created).
 pub const NAT_MAX: u32 = 262144;
 /// Capacity of [`map::NODE_ADDRS`].
 pub const NODE_ADDRS_MAX: u32 = 1024;

@@ -122,6 +122,10 @@ pub struct NetConf {
     /// `snatPortRange` (`"min-max"`): masquerade source ports, reserved
     /// against the node's own sockets.
     pub snat_ports: (u16, u16),
+    /// `natMapEntries`: capacity of the `nat` LRU map (two entries per
+    /// translated flow). Applied when the maps are created (the first ADD on
+    /// a node, or `install --load`); a node whose maps exist keeps their size.
+    pub nat_map_entries: u32,
     /// `cgroupPath`: cgroup v2 directory where the node-local socket hooks
     /// attach (default: the cgroup2 mount root); None = no socket hooks.
     pub cgroup_path: Option<PathBuf>,
@@ -142,6 +146,10 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/cni/cni-ebpf";
 /// Default masquerade port range: above Linux's default ephemeral range
 /// (32768-60999), so the node's own connections rarely want these ports.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61000, 65535);
+/// Accepted `natMapEntries`: from a size a test can fill up to 16 Mi
+/// entries (96 bytes of key and value each plus the kernel's per-element
+/// overhead: a few GiB of kernel memory at the top).
+pub const NAT_MAP_ENTRIES: std::ops::RangeInclusive<u64> = 256..=16_777_216;
 
 /// Default log file.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/cni-ebpf.log";
@@ -397,6 +405,19 @@ impl NetConf {
                 ))
             })?,
         };
+        let nat_map_entries = match obj.get("natMapEntries") {
+            None | Some(Value::Null) => cni_ebpf_common::NAT_MAX,
+            Some(v) => match v.as_u64() {
+                Some(n) if NAT_MAP_ENTRIES.contains(&n) => n as u32,
+                _ => {
+                    return Err(invalid(format!(
+                        "invalid natMapEntries {v}: want an integer in {}..={}",
+                        NAT_MAP_ENTRIES.start(),
+                        NAT_MAP_ENTRIES.end()
+                    )))
+                }
+            },
+        };
         let cgroup_path = match get_str(obj, "cgroupPath")? {
             Some(p) if p.is_empty() => None,
             Some(_) => Some(get_path(obj, "cgroupPath", "")?),
@@ -427,6 +448,7 @@ impl NetConf {
             uplinks,
             non_masquerade_cidrs,
             snat_ports,
+            nat_map_entries,
             cgroup_path,
             subnet_file,
             // A delegated IPAM plugin must see the ranges flannel's file gave.
@@ -553,6 +575,34 @@ mod tests {
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
         assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+    }
+
+    #[test]
+    fn nat_map_entries() {
+        let with = |v: &str| {
+            parse(&format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"cni-ebpf","natMapEntries":{v}}}"#
+            ))
+        };
+        let base = r#"{"cniVersion":"1.0.0","name":"n","type":"cni-ebpf"}"#;
+        assert_eq!(
+            parse(base).unwrap().nat_map_entries,
+            cni_ebpf_common::NAT_MAX
+        );
+        assert_eq!(with("4096").unwrap().nat_map_entries, 4096);
+        for bad in [
+            "0",
+            "255",
+            "16777217",
+            "-1",
+            "1.5",
+            "\"4096\"",
+            "4294967296",
+        ] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad}");
+            assert!(e.msg.contains("natMapEntries"), "{bad}: {}", e.msg);
+        }
     }
 
     #[test]

@@ -90,12 +90,17 @@ pub fn repair(a: &ConfArgs) -> i32 {
         crate::log::set_prefix("repair".to_string());
     }
     let mut load = None;
-    let opened = Datapath::open_or_load(&conf.pin_path, &conf.state_dir, &mut |dp, l| {
-        for m in &l.migrated {
-            println!("{m}");
-        }
-        load = Some(crate::commands::repair::run(dp, &conf));
-    });
+    let opened = Datapath::open_or_load(
+        &conf.pin_path,
+        &conf.state_dir,
+        conf.nat_map_entries,
+        &mut |dp, l| {
+            for m in &l.migrated {
+                println!("{m}");
+            }
+            load = Some(crate::commands::repair::run(dp, &conf));
+        },
+    );
     let dp = match opened {
         Ok(dp) => dp,
         Err(e) => {

@@ -57,19 +57,24 @@ pub fn node_settings(conf: &NetConf, reattach: bool) -> NodeSettings<'_> {
 /// recorded attachment first when it is not ready (see
 /// [`Datapath::open_or_load`]).
 pub fn open(conf: &NetConf) -> Result<Datapath, CniError> {
-    Datapath::open_or_load(&conf.pin_path, &conf.state_dir, &mut |dp, load| {
-        log_load(load);
-        let r = run(dp, conf);
-        for e in &r.errors {
-            warn!("repair: {e}");
-        }
-        info!(
-            "repair: {} attachment(s) restored, {} skipped, {} error(s)",
-            r.restored.len(),
-            r.skipped.len(),
-            r.errors.len()
-        );
-    })
+    Datapath::open_or_load(
+        &conf.pin_path,
+        &conf.state_dir,
+        conf.nat_map_entries,
+        &mut |dp, load| {
+            log_load(load);
+            let r = run(dp, conf);
+            for e in &r.errors {
+                warn!("repair: {e}");
+            }
+            info!(
+                "repair: {} attachment(s) restored, {} skipped, {} error(s)",
+                r.restored.len(),
+                r.skipped.len(),
+                r.errors.len()
+            );
+        },
+    )
     .map_err(|e| super::bpf_err("eBPF data path", e))
 }
 

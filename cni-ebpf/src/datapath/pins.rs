@@ -220,10 +220,12 @@ impl Datapath {
     /// serialise on a lock file in `state_dir` (bpffs holds no regular
     /// files): only the first pays for the verifier, and none proceeds
     /// before the repair is done (a new pod must not take a hostPort that an
-    /// old pod's record still holds).
+    /// old pod's record still holds). `nat_entries` sizes the `nat` map when
+    /// this call creates it; a pinned map keeps its size.
     pub fn open_or_load(
         pin_root: &Path,
         state_dir: &Path,
+        nat_entries: u32,
         on_load: &mut dyn FnMut(&Self, &LoadReport),
     ) -> Result<Self, BpfError> {
         let dp = Self::layout(pin_root);
@@ -246,7 +248,7 @@ impl Datapath {
             migrated: dp.migrate_maps()?,
         };
         if !report.migrated.is_empty() || !dp.is_loaded() {
-            dp.load()?;
+            dp.load(nat_entries)?;
         }
         on_load(&dp, &report);
         crate::private::create_dir(&dp.progs.join(READY))
@@ -295,13 +297,16 @@ impl Datapath {
         Ok(out)
     }
 
-    fn load(&self) -> Result<(), BpfError> {
+    fn load(&self, nat_entries: u32) -> Result<(), BpfError> {
         let maps_dir = self.dir.join("maps");
         for d in [&maps_dir, &self.progs, &self.links_dir()] {
             crate::private::create_dir(d).map_err(io("create pin dir", d))?;
         }
         let paths: Vec<(&str, PathBuf)> = map::ALL.iter().map(|m| (*m, self.map_path(m))).collect();
         let mut loader = EbpfLoader::new();
+        // Only maps created now get it: aya reuses a map found at its pin
+        // (migrate_maps compares type and key/value sizes, not capacity).
+        loader.map_max_entries(map::NAT, nat_entries);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
