@@ -386,3 +386,172 @@ fn floods_keep_established_flows_and_count_what_they_drop() {
     t.del(&c2, "pod2", Some(&p2), "eth0");
     t.del(&conf, "pod1", Some(&p1), "eth0");
 }
+
+/// A TCP connection from source port `sport` (IPv4), with a connect timeout.
+fn connect_from(sport: u16, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(d) = dst else {
+        panic!("IPv4 only")
+    };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    let (src, dst) = (
+        sin(std::net::Ipv4Addr::UNSPECIFIED, sport),
+        sin(*d.ip(), d.port()),
+    );
+    // SAFETY: valid fd; option values and addresses with their sizes.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        // SO_SNDTIMEO bounds a blocking connect.
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        if libc::bind(
+            fd.as_raw_fd(),
+            (&src as *const libc::sockaddr_in).cast(),
+            len,
+        ) != 0
+        {
+            -1
+        } else {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&dst as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        }
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(TcpStream::from(fd))
+}
+
+/// One line there and back on `s`.
+fn echo_once(s: &mut TcpStream, text: &str) -> Result<(), String> {
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    writeln!(s, "{text}").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(s.try_clone().unwrap())
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    if line.trim() == text {
+        Ok(())
+    } else {
+        Err(format!("answer {line:?}"))
+    }
+}
+
+/// Closes with a RST (linger 0): the flow is over at once, no TIME_WAIT.
+fn reset(s: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: valid fd, option and length of a `linger`.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
+/// With a single masquerade port: flow X ends, flow Y takes the port over
+/// (which discards X's forward entry), then a new connection from X's tuple
+/// must not go out through X's old entry (its replies would reach Y's
+/// socket): it needs a port of its own, finds none while Y lives (dropped,
+/// counted), and gets one once Y is over; Y is undisturbed.
+#[test]
+fn an_old_tuple_does_not_reuse_a_port_taken_over() {
+    let t = Topo::new("takeover");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({
+        "ipMasq": true,
+        "snatPortRange": "40100-40100",
+        "ipam": {"ranges": [[{"subnet": "10.51.0.0/24"}]]},
+    }));
+    t.add(&conf, "pod1", Some(&p1), "eth0");
+    let stop = Arc::new(AtomicBool::new(false));
+    let _srv = echo_server(&t.ext, 9000, stop.clone());
+    let dst = SocketAddr::new(ip(EXT_IP), 9000);
+    let wait_reuse =
+        Duration::from_nanos(cni_ebpf_common::NAT_CLOSED_REUSE_NS) + Duration::from_millis(300);
+    let y = in_ns(&p1, move || {
+        let mut x = connect_from(50000, dst, Duration::from_secs(2)).expect("flow X");
+        echo_once(&mut x, "x").expect("flow X talks");
+        reset(x);
+        std::thread::sleep(wait_reuse);
+        let mut y =
+            connect_from(50001, dst, Duration::from_secs(3)).expect("flow Y takes the port");
+        echo_once(&mut y, "y").expect("flow Y talks");
+        y
+    })
+    .join()
+    .unwrap();
+    // X's tuple again, while Y holds the only port.
+    let no_port0 = counter(&t, "drop_nat_no_port");
+    let (outcome, y_after) = in_ns(&p1, move || {
+        let mut y = y;
+        let again = connect_from(50000, dst, Duration::from_secs(2));
+        let y_after = echo_once(&mut y, "y2");
+        reset(y);
+        (again.map(|_| ()).map_err(|e| e.to_string()), y_after)
+    })
+    .join()
+    .unwrap();
+    let no_port = counter(&t, "drop_nat_no_port") - no_port0;
+    println!("old tuple while the port is taken: {outcome:?}; drop_nat_no_port +{no_port}");
+    assert!(
+        outcome.is_err(),
+        "connected although the only port is taken"
+    );
+    assert!(
+        no_port > 0,
+        "the old tuple's SYN was not dropped for want of a port"
+    );
+    y_after.expect("flow Y undisturbed");
+
+    // Y over: X's tuple gets the port.
+    let again = in_ns(&p1, move || {
+        std::thread::sleep(wait_reuse);
+        let mut x = connect_from(50000, dst, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+        echo_once(&mut x, "x again")
+    })
+    .join()
+    .unwrap();
+    again.expect("X's tuple once the port is free");
+    stop.store(true, Ordering::SeqCst);
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+}
