@@ -33,7 +33,7 @@ fn ip(s: &str) -> IpAddr {
 }
 
 fn counter(t: &Topo, name: &str) -> u64 {
-    t.inspect()["counters"][name]
+    t.inspect()["counters"]["node"][name]
         .as_u64()
         .unwrap_or_else(|| panic!("no counter {name}"))
 }
