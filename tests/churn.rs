@@ -110,6 +110,19 @@ fn map_entries(t: &Topo, map: &str) -> usize {
         .map_or(0, Vec::len)
 }
 
+/// Raises the flag if the thread holding it panics: the other threads then
+/// stop, so that every clone of the topology is dropped and its namespaces
+/// are removed before the test reports the failure.
+struct AbortOnPanic(Arc<AtomicBool>);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 /// What the test (the "runtime") believes: attachments that are live, from
 /// the moment their ADD starts until their DEL has returned, as a runtime
 /// lists them in `cni.dev/valid-attachments`.
@@ -164,6 +177,7 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
     // The external client: round robin over the steady pods until the churn
     // is over; every answer must come from the pod the port belongs to.
     let stop = Arc::new(AtomicBool::new(false));
+    let abort = Arc::new(AtomicBool::new(false));
     let checker = {
         let stop = stop.clone();
         in_ns(&t.ext, move || {
@@ -194,17 +208,22 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
 
     // GC while the churn runs, with the runtime's idea of what is live.
     let gc = {
-        let (t, base, live, done, runtime) = (
+        let (t, base, live, done, runtime, abort) = (
             t.clone(),
             base.clone(),
             live.clone(),
             done.clone(),
             runtime.clone(),
+            abort.clone(),
         );
         std::thread::spawn(move || {
+            let _guard = AbortOnPanic(abort.clone());
             let mut runs = Vec::new();
             for n in 1..=GC_RUNS {
                 while done.load(Ordering::SeqCst) < ops * n / (GC_RUNS + 1) {
+                    if abort.load(Ordering::SeqCst) {
+                        return runs;
+                    }
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 let _serial = runtime.write().unwrap();
@@ -232,7 +251,7 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
 
     let handles: Vec<_> = (0..workers)
         .map(|w| {
-            let (t, base, live, done, lat, wrong, namespaces, runtime) = (
+            let (t, base, live, done, lat, wrong, namespaces, runtime, abort) = (
                 t.clone(),
                 base.clone(),
                 live.clone(),
@@ -241,13 +260,15 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
                 wrong.clone(),
                 namespaces.clone(),
                 runtime.clone(),
+                abort.clone(),
             );
             std::thread::spawn(move || {
                 // Each worker owns the identities i with i % workers == w, so
                 // one identity is never in two operations at once.
                 let mine: Vec<usize> = (w..pods).step_by(workers).collect();
                 let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((w as u64 + 1) * 0x1000_0001));
-                while done.fetch_add(1, Ordering::SeqCst) < ops {
+                let _guard = AbortOnPanic(abort.clone());
+                while !abort.load(Ordering::SeqCst) && done.fetch_add(1, Ordering::SeqCst) < ops {
                     let i = mine[rng.below(mine.len())];
                     let (cid, ns) = (format!("churn{i}"), &namespaces[i]);
                     let port = CHURN_PORT + i as u16;
@@ -293,13 +314,18 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
             })
         })
         .collect();
-    for h in handles {
-        h.join().expect("worker panicked");
-    }
-    let gc_took = gc.join().expect("GC thread panicked");
+    // Every thread is joined before anything can fail here.
+    let failed_workers = handles
+        .into_iter()
+        .map(|h| h.join())
+        .filter(Result::is_err)
+        .count();
+    let gc_took = gc.join();
     let churn_secs = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     let (served, lost) = checker.join().unwrap();
+    assert_eq!(failed_workers, 0, "workers failed (messages above)");
+    let gc_took = gc_took.expect("GC failed (message above)");
 
     let (mut adds, mut dels) = std::mem::take(&mut *lat.lock().unwrap());
     println!(
@@ -414,13 +440,21 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
         .map(|m| (m, map_entries(&t, m)))
         .collect();
     let pins = t.endpoint_link_pins();
+    // The node's neighbour entries of pod addresses (ADD sets them on the
+    // bridge): the kernel's table is node-wide and limited (gc_thresh3).
+    let neigh: Vec<String> = ip_n(&t.node, &["neigh", "show", "dev", "cni0"])
+        .lines()
+        .filter(|l| l.starts_with("10.40."))
+        .map(str::to_string)
+        .collect();
     println!(
         "churn leaks: IP reservations {}, node veths {}, pod interfaces {pod_links}, state records {}, \
-         map entries {counts:?}, pinned links {}",
+         map entries {counts:?}, pinned links {}, neighbour entries {}",
         ipam.len(),
         veths.len(),
         state.len(),
-        pins.len()
+        pins.len(),
+        neigh.len()
     );
     assert!(ipam.is_empty(), "IP reservations left: {ipam:?}");
     assert!(veths.is_empty(), "veths left in node: {veths:?}");
@@ -430,6 +464,7 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
         assert_eq!(*n, 0, "{m} entries left");
     }
     assert!(pins.is_empty(), "link pins left: {pins:?}");
+    assert!(neigh.is_empty(), "neighbour entries left: {neigh:?}");
 }
 
 #[test]

@@ -615,6 +615,36 @@ impl Netlink {
             .map_err(req(format!("add neighbour {ip} on {index}")))
     }
 
+    /// Deletes the neighbour entry for `ip` on `index`; none is fine. A
+    /// missing entry only costs a new ARP/ND resolution, a stale one
+    /// black-holes the address, so deleting is always safe.
+    pub async fn del_neigh(&self, index: u32, ip: IpAddr) -> Result<(), NlError> {
+        use rtnetlink::packet_route::{
+            neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage},
+            AddressFamily,
+        };
+        let mut msg = NeighbourMessage::default();
+        msg.header.ifindex = index;
+        let (family, addr) = match ip {
+            IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+        };
+        msg.header.family = family;
+        msg.attributes.push(NeighbourAttribute::Destination(addr));
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if matches!(
+                    e.code.map(|c| -c.get()),
+                    Some(libc::ENOENT) | Some(libc::ENODEV)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(req(format!("delete neighbour {ip} on {index}"))(e)),
+        }
+    }
+
     /// Points the node's neighbour entry for `ip` on `index` at `mac`
     /// (reachable, so it still ages out): what a gratuitous ARP would teach
     /// the node. An address a deleted pod held may still be cached with

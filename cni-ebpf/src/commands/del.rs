@@ -99,6 +99,28 @@ pub fn teardown(
         }
     }
 
+    // The node's neighbour entries of the pod's addresses on the bridge: ADD
+    // sets them (so a reused address never keeps an old MAC), and with the
+    // bridge up they would otherwise stay until the kernel's neighbour GC,
+    // which the node-wide table limit (gc_thresh3) can reach first. Before
+    // the release below, so no new pod holds these addresses yet.
+    if mode == Mode::Bridge {
+        if let Some(r) = record.as_ref().filter(|r| !r.ips.is_empty()) {
+            let (bridge, ips) = (conf.bridge.clone(), addrs(&r.ips));
+            let res = Netlink::with(|nl| async move {
+                if let Some(br) = nl.link_by_name(&bridge).await? {
+                    for ip in ips {
+                        nl.del_neigh(br.index, ip).await?;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = res {
+                errors.push(nl_err("delete the pod's neighbour entries", e).to_string());
+            }
+        }
+    }
+
     // Addresses last: once released, an address can be handed to a new pod,
     // whose map entries must not be the ones removed above.
     if mode != Mode::Chained {
