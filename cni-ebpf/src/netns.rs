@@ -6,7 +6,11 @@
 //! that changed namespace must not be reused). Netlink sockets opened on that
 //! thread stay bound to the namespace.
 
-use std::{fs::File, os::fd::AsFd, path::Path};
+use std::{
+    fs::File,
+    os::fd::{AsFd, AsRawFd},
+    path::Path,
+};
 
 use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
 
@@ -49,9 +53,23 @@ impl Netns {
             path: path_s.clone(),
             source,
         })?;
-        let ns = Self { file, path: path_s };
-        ns.run(|| ())?;
-        Ok(ns)
+        // NS_GET_NSTYPE (linux/nsfs.h): one ioctl instead of entering it
+        // on a thread; anything but an nsfs file answers ENOTTY.
+        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        // SAFETY: an ioctl without arguments on an open descriptor.
+        let t = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if t != libc::CLONE_NEWNET {
+            let source = if t < 0 {
+                std::io::Error::last_os_error()
+            } else {
+                std::io::Error::other(format!("namespace type {t:#x}"))
+            };
+            return Err(NetnsError::NotNetns {
+                path: path_s,
+                source,
+            });
+        }
+        Ok(Self { file, path: path_s })
     }
 
     /// The namespace file, e.g. to create a link directly inside it.

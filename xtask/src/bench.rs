@@ -387,9 +387,8 @@ impl Node {
                 Some(p) => format!("{{\"prevResult\":{p},{}", &conf[1..]),
                 None => conf,
             };
-            let out = Cmd::new("nsenter")
-                .arg(format!("--net={}", netns_path(&self.node()).display()))
-                .arg(&bin)
+            let out = Cmd::new(&bin)
+                .netns(netns_path(&self.node()))
                 .env("CNI_COMMAND", cmd)
                 .env("CNI_CONTAINERID", &pod.id)
                 .env("CNI_NETNS", netns_path(&pod.ns))
