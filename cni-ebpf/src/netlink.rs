@@ -645,21 +645,42 @@ impl Netlink {
         }
     }
 
-    /// Points the node's neighbour entry for `ip` on `index` at `mac`
-    /// (reachable, so it still ages out): what a gratuitous ARP would teach
-    /// the node. An address a deleted pod held may still be cached with
-    /// that pod's MAC, which would black-hole the new pod until the entry
-    /// is re-probed (seconds).
+    /// Points the node's neighbour entry for `ip` on `index` at `mac`, if
+    /// the node has one (reachable, so it still ages out): what a
+    /// gratuitous ARP would teach the node. An address a deleted pod held
+    /// may still be cached with that pod's MAC, which would black-hole the
+    /// new pod until the entry is re-probed (seconds). No entry is created
+    /// (`NLM_F_REPLACE` without `NLM_F_CREATE`): the kernel's neighbour
+    /// table is shared by every namespace and small (`gc_thresh3`, 1024),
+    /// and an entry per pod filled it at about 1,000 pods.
     pub async fn refresh_neigh(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), NlError> {
-        self.handle
+        use futures_util::StreamExt;
+        use rtnetlink::{
+            packet_core::{
+                NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REPLACE, NLM_F_REQUEST,
+            },
+            packet_route::RouteNetlinkMessage,
+        };
+        let mut b = self
+            .handle
             .neighbours()
             .add(index, ip)
             .link_layer_address(mac)
-            .state(NeighbourState::Reachable)
-            .replace()
-            .execute()
-            .await
-            .map_err(req(format!("set neighbour {ip} on {index}")))
+            .state(NeighbourState::Reachable);
+        let msg = b.message_mut().clone();
+        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE;
+        let op = || format!("set neighbour {ip} on {index}");
+        let mut resp = self.handle.clone().request(request).map_err(req(op()))?;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                match e.code.map(|c| -c.get()) {
+                    None | Some(libc::ENOENT) => {}
+                    Some(_) => return Err(req(op())(rtnetlink::Error::NetlinkError(e))),
+                }
+            }
+        }
+        Ok(())
     }
 }
 
