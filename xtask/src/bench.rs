@@ -777,10 +777,19 @@ fn run(o: &Opts, plugin: &Path) -> Result {
                 println!("{}", node.stopped.clone().unwrap_or_default());
                 continue;
             }
-            let (a, d) = node.cycles(o.cycles)?;
-            f.add_ms = a;
-            f.del_ms = d;
-            measure(node, o, &mut f)?;
+            // A failed measurement stops this configuration, not the run:
+            // the table says where and why.
+            let measured = node.cycles(o.cycles).and_then(|(a, d)| {
+                f.add_ms = a;
+                f.del_ms = d;
+                measure(node, o, &mut f)
+            });
+            if let Err(e) = measured {
+                let why = format!("stopped at {n} pods: {e}");
+                println!("{}: {why}", node.kind.name());
+                node.stopped = Some(why);
+                continue;
+            }
             println!(
                 "{}: ADD p50 {:.1} ms, DEL p50 {:.1} ms, conn/s hostPort {:.0} pod IP {:.0}",
                 node.kind.name(),
@@ -792,12 +801,6 @@ fn run(o: &Opts, plugin: &Path) -> Result {
             row[ki] = Some(f);
         }
         results.push(row);
-    }
-    // DEL every pod (also measures that DEL works at scale), then report.
-    for node in &nodes {
-        for pod in node.pods.iter().rev() {
-            node.cni("DEL", pod, Some(&pod.result))?;
-        }
     }
     let report = report(o, &nodes, &results);
     println!("{report}");
@@ -811,6 +814,12 @@ fn run(o: &Opts, plugin: &Path) -> Result {
         std::fs::write(dir.join("bench.svg"), &svg).context(|| "write bench.svg")?;
         std::fs::write(dir.join("report.md"), &report).context(|| "write report.md")?;
         println!("wrote {}/results.json, bench.svg, report.md", dir.display());
+    }
+    // DEL every pod (also checks that DEL works at scale).
+    for node in &nodes {
+        for pod in node.pods.iter().rev() {
+            node.cni("DEL", pod, Some(&pod.result))?;
+        }
     }
     Ok(())
 }
