@@ -234,14 +234,7 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
                         json!({"cni.dev/valid-attachments": valid_attachments(&l)}),
                     )
                 };
-                let out = t.exec(
-                    BIN,
-                    &Call {
-                        cmd: "GC",
-                        ..Default::default()
-                    },
-                    conf.to_string().as_bytes(),
-                );
+                let out = t.gc(&conf);
                 runs.push(out.took);
                 out.ok();
             }
@@ -407,15 +400,7 @@ fn run_churn(ops: usize, pods: usize, workers: usize) {
     println!("churn: after DEL of all: {live_nat} live NAT entries, {stale_nat} stale ones");
     assert_eq!(live_nat, 0, "NAT entries still live after DEL");
     let gc = merged(&base, json!({"cni.dev/valid-attachments": []}));
-    t.exec(
-        BIN,
-        &Call {
-            cmd: "GC",
-            ..Default::default()
-        },
-        gc.to_string().as_bytes(),
-    )
-    .ok();
+    t.gc(&gc).ok();
     let ours = |l: &str| l.starts_with("veth") || l.starts_with(TOMBSTONE_PREFIX);
     let veths: Vec<String> = links_when_gone(&t.node, ours)
         .into_iter()

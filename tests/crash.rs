@@ -87,15 +87,7 @@ fn every_add_step_survives_a_crash() {
         leftovers.push(format!("{step}: {}", left.lines().count()));
         // What the runtime does next: DEL, then GC without the attachment.
         t.del(&conf, "c1", Some(&pod), "eth0");
-        t.exec(
-            BIN,
-            &Call {
-                cmd: "GC",
-                ..Default::default()
-            },
-            gc.to_string().as_bytes(),
-        )
-        .ok();
+        t.gc(&gc).ok();
         if let Some(d) = settled_diff(&t, &[&pod], &before) {
             panic!("after a crash {step}, DEL and GC left the node changed:\n{d}");
         }

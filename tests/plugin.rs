@@ -568,15 +568,7 @@ fn del_frees_names_at_once_and_retired_veths_are_deleted() {
         &conf,
         json!({"cniVersion": "1.1.0", "cni.dev/valid-attachments": []}),
     );
-    t.exec(
-        BIN,
-        &Call {
-            cmd: "GC",
-            ..Default::default()
-        },
-        gc.to_string().as_bytes(),
-    )
-    .ok();
+    t.gc(&gc).ok();
     let left = t.node_links();
     assert!(
         !left.contains(&tomb) && !left.contains(&"x0".to_string()),
@@ -622,15 +614,7 @@ fn check_gc_and_status() {
         &mut gc,
         json!({"cni.dev/valid-attachments": [{"containerID": "pod2", "ifname": "eth0"}]}),
     );
-    t.exec(
-        BIN,
-        &Call {
-            cmd: "GC",
-            ..Default::default()
-        },
-        gc.to_string().as_bytes(),
-    )
-    .ok();
+    t.gc(&gc).ok();
     let eps = t.inspect()["endpoints"].as_array().unwrap().clone();
     assert_eq!(eps.len(), 1, "{eps:?}");
     assert_eq!(
@@ -642,15 +626,7 @@ fn check_gc_and_status() {
     );
     // The older key is accepted too; with nothing valid, everything goes.
     let gc2 = merged(&conf, json!({"cni.dev/attachments": []}));
-    t.exec(
-        BIN,
-        &Call {
-            cmd: "GC",
-            ..Default::default()
-        },
-        gc2.to_string().as_bytes(),
-    )
-    .ok();
+    t.gc(&gc2).ok();
     assert_clean(&t);
     // STATUS reports an exhausted pool: a /29 has 5 usable addresses.
     let pods: Vec<String> = (0..5).map(|i| t.pod(&format!("x{i}"))).collect();

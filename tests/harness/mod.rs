@@ -311,6 +311,18 @@ impl Topo {
         format!("{}:{REF_CNI}", self.dir.join("bin").display())
     }
 
+    /// Runs GC (spec 1.1) with `conf`, which carries the valid attachments.
+    pub fn gc(&self, conf: &Value) -> CniOut {
+        self.exec(
+            BIN,
+            &Call {
+                cmd: "GC",
+                ..Default::default()
+            },
+            conf.to_string().as_bytes(),
+        )
+    }
+
     /// Runs a plugin binary (ours by default) inside the node namespace.
     pub fn exec(&self, bin: &str, call: &Call<'_>, stdin: &[u8]) -> CniOut {
         // Without cgroupPath the plugin would attach its socket hooks to the
