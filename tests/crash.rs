@@ -8,19 +8,6 @@ mod harness;
 use harness::*;
 use serde_json::json;
 
-/// The ADD steps of `cni-ebpf/src/failpoint.rs`, in order.
-const STEPS: [&str; 9] = [
-    "after-state",
-    "after-ipam",
-    "after-ports",
-    "after-veth",
-    "after-node-side",
-    "after-netns",
-    "after-attach",
-    "after-maps",
-    "after-state-write",
-];
-
 /// A snapshot without host-local's round-robin cursor, which any ADD moves
 /// (as the reference host-local's does) and no DEL moves back.
 fn snapshot(t: &Topo, pods: &[&str]) -> Snapshot {
@@ -62,7 +49,8 @@ fn every_add_step_survives_a_crash() {
     let gc = merged(&conf, json!({"cni.dev/valid-attachments": []}));
     let mut crashes = 0;
     let mut leftovers = Vec::new();
-    for step in STEPS {
+    // The plugin's own list: a step added there is crashed here too.
+    for step in cni_ebpf::failpoint::STEPS {
         let before = snapshot(&t, &[&pod]);
         let call = Call {
             cmd: "ADD",
