@@ -15,13 +15,13 @@ use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey};
 use crate::{
     maps::{count, endpoints, ep_ifaces, ep_stats},
     packet::{
-        ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP,
-        ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, IPV6_LEN, ND_NEIGHBOR_ADVERT,
+        icmp6_offset, ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP,
+        ETH_P_IP, ETH_P_IPV6, ND_NEIGHBOR_ADVERT,
     },
 };
 
 #[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
+pub fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the context pointer the kernel passed in; reading a
     // field of __sk_buff is a context access the verifier rewrites.
     unsafe { (*ctx.skb.skb).ifindex }
@@ -92,26 +92,34 @@ pub fn from_container(ctx: &TcContext) -> i32 {
     }
 }
 
-/// Counts a packet delivered to the container.
+/// Verdict for a packet on its way into the container: what is meant for
+/// the pod is counted and delivered, what the bridge merely flooded to
+/// every port is dropped here (see [`crate::delivery`]).
 #[inline(always)]
-pub fn to_container(ctx: &TcContext) {
-    if let Some(st) = stats(ifindex(ctx)) {
+pub fn to_container(ctx: &TcContext) -> i32 {
+    let ifindex = ifindex(ctx);
+    if !crate::delivery::for_pod(ctx, ifindex) {
+        count(Counter::ToContainerFiltered);
+        return TC_ACT_SHOT;
+    }
+    if let Some(st) = stats(ifindex) {
         st.to_packets += 1;
         st.to_bytes += u64::from(ctx.len());
     }
     count(Counter::ToContainerPass);
+    TC_ACT_OK
 }
 
 /// True if `key` is an address of the endpoint behind `ifindex`.
 #[inline(always)]
-fn owned(key: &IpKey, ifindex: u32) -> bool {
+pub fn owned(key: &IpKey, ifindex: u32) -> bool {
     // SAFETY: the map value is only read.
     unsafe { endpoints.get(key) }.is_some_and(|ep: &EndpointInfo| ep.ifindex == ifindex)
 }
 
 /// True for fe80::/10 (link-local) and :: (unspecified).
 #[inline(always)]
-fn link_local_or_unspecified(a: &[u8; 16]) -> bool {
+pub fn link_local_or_unspecified(a: &[u8; 16]) -> bool {
     (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || *a == [0; 16]
 }
 
@@ -191,28 +199,17 @@ fn check_ipv6(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
     check_nd(ctx, ifindex, ip.next_hdr)
 }
 
-/// Finds ICMPv6 behind at most four hop-by-hop / destination-options /
-/// routing headers (MLD reports come behind a hop-by-hop header; a longer
-/// chain is refused rather than walked) and checks a neighbour
-/// advertisement's target. Link-local targets are not tracked per endpoint
-/// and pass (they matter only on the pod's own link).
+/// Checks a neighbour advertisement's target (found behind the extension
+/// headers [`icmp6_offset`] walks; a longer chain is refused). Link-local
+/// targets are not tracked per endpoint and pass (they matter only on the
+/// pod's own link).
 #[inline(never)]
 fn check_nd(ctx: &TcContext, ifindex: u32, next_hdr: u8) -> Result<(), Refused> {
-    let mut nh = next_hdr;
-    let mut off = ETH_LEN + IPV6_LEN;
-    for _ in 0..4 {
-        if nh != 0 && nh != 43 && nh != 60 {
-            break;
-        }
-        let ext: [u8; 2] = ctx.load(off).map_err(|_| Refused::Malformed)?;
-        nh = ext[0];
-        off += (usize::from(ext[1]) + 1) * 8;
-    }
-    match nh {
-        IPPROTO_ICMPV6 => {}
-        0 | 43 | 60 => return Err(Refused::Malformed),
-        _ => return Ok(()),
-    }
+    let off = match icmp6_offset(ctx, next_hdr) {
+        Ok(Some(off)) => off,
+        Ok(None) => return Ok(()),
+        Err(()) => return Err(Refused::Malformed),
+    };
     let icmp: Icmp6Nd = match ctx.load(off) {
         Ok(h) => h,
         // Shorter than a neighbour advertisement: some other message.

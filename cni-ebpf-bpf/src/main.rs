@@ -9,6 +9,7 @@
 // Map statics carry the names the loader and bpftool see (cni_ebpf_common::map).
 #![allow(non_upper_case_globals)]
 
+mod delivery;
 mod endpoint;
 mod events;
 mod flow;
@@ -21,7 +22,6 @@ mod sock;
 mod translate;
 
 use aya_ebpf::{
-    bindings::TC_ACT_OK,
     macros::{cgroup_sock_addr, classifier},
     programs::{SockAddrContext, TcContext},
 };
@@ -35,8 +35,7 @@ pub fn from_container(ctx: TcContext) -> i32 {
 /// Host veth egress: packets entering the container.
 #[classifier]
 pub fn to_container(ctx: TcContext) -> i32 {
-    endpoint::to_container(&ctx);
-    TC_ACT_OK
+    endpoint::to_container(&ctx)
 }
 
 /// Uplink ingress: packets arriving at the node.

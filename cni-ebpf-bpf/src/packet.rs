@@ -3,6 +3,8 @@
 //! then take the context alone, without packet pointers the verifier cannot
 //! follow across calls.
 
+use aya_ebpf::programs::TcContext;
+
 /// Ethernet header length.
 pub const ETH_LEN: usize = 14;
 /// EtherType IPv4 (host order).
@@ -21,6 +23,19 @@ pub const IPV6_LEN: usize = 40;
 pub const IPPROTO_ICMPV6: u8 = 58;
 /// ICMPv6 type of a neighbour advertisement.
 pub const ND_NEIGHBOR_ADVERT: u8 = 136;
+/// ICMPv6 type of a neighbour solicitation.
+pub const ND_NEIGHBOR_SOLICIT: u8 = 135;
+/// ICMPv6 type of a router solicitation.
+pub const ND_ROUTER_SOLICIT: u8 = 133;
+/// ICMPv6 types of MLDv1 reports and dones, and MLDv2 reports (RFC 2710,
+/// RFC 3810): addressed to routers only.
+pub const MLD_REPORT: u8 = 131;
+/// See [`MLD_REPORT`].
+pub const MLD_DONE: u8 = 132;
+/// See [`MLD_REPORT`].
+pub const MLD2_REPORT: u8 = 143;
+/// ARP operation: request (host order).
+pub const ARP_REQUEST: u16 = 1;
 
 /// Ethernet header.
 #[repr(C)]
@@ -85,4 +100,28 @@ pub struct Icmp6Nd {
     pub flags: [u8; 4],
     /// Target address (NS and NA).
     pub target: [u8; 16],
+}
+
+/// Where ICMPv6 starts in an IPv6 packet whose fixed header says
+/// `next_hdr`: behind at most four hop-by-hop / routing / destination-options
+/// headers (MLD reports come behind a hop-by-hop header; a longer chain is
+/// not walked). `Ok(Some(offset))` for ICMPv6, `Ok(None)` for another
+/// protocol, `Err(())` for a truncated header or a longer chain.
+#[inline(always)]
+pub fn icmp6_offset(ctx: &TcContext, next_hdr: u8) -> Result<Option<usize>, ()> {
+    let mut nh = next_hdr;
+    let mut off = ETH_LEN + IPV6_LEN;
+    for _ in 0..4 {
+        if nh != 0 && nh != 43 && nh != 60 {
+            break;
+        }
+        let ext: [u8; 2] = ctx.load(off).map_err(|_| ())?;
+        nh = ext[0];
+        off += (usize::from(ext[1]) + 1) * 8;
+    }
+    match nh {
+        IPPROTO_ICMPV6 => Ok(Some(off)),
+        0 | 43 | 60 => Err(()),
+        _ => Ok(None),
+    }
 }

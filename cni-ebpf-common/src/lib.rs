@@ -370,11 +370,16 @@ pub enum Counter {
     DropSpoofedNd = 15,
     /// Dropped: an 802.1Q or 802.1ad tagged frame from a container.
     DropVlan = 16,
+    /// Not delivered to a container: a frame the bridge flooded to every
+    /// port that is not meant for this pod (unicast to another MAC, ARP or
+    /// neighbour solicitation for another address, router solicitations and
+    /// MLD reports of other pods). Counted, never reported as an event.
+    ToContainerFiltered = 17,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -394,6 +399,7 @@ impl Counter {
         (Counter::DropSpoofedArp, "drop_spoofed_arp"),
         (Counter::DropSpoofedNd, "drop_spoofed_nd"),
         (Counter::DropVlan, "drop_vlan"),
+        (Counter::ToContainerFiltered, "to_container_filtered"),
     ];
 }
 

@@ -278,12 +278,22 @@ impl Datapath {
             let Some(def) = obj.maps.get(name) else {
                 continue;
             };
+            // The NAT map's size is a setting (natMapEntries): a pinned one
+            // keeps its size. Any other size change is a layout change (the
+            // counters array grows with each new counter).
+            let sized = |n: u32| if name == map::NAT { 0 } else { n };
             let have = (
                 info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
                 info.key_size(),
                 info.value_size(),
+                sized(info.max_entries()),
             );
-            let want = (def.map_type(), def.key_size(), def.value_size());
+            let want = (
+                def.map_type(),
+                def.key_size(),
+                def.value_size(),
+                sized(def.max_entries()),
+            );
             if have == want {
                 continue;
             }
@@ -356,19 +366,20 @@ pub struct LoadReport {
 pub struct MapMigration {
     /// Map name.
     pub name: &'static str,
-    /// (type, key size, value size) of the old pin.
-    pub pinned: (u32, u32, u32),
-    /// (type, key size, value size) in this object.
-    pub object: (u32, u32, u32),
+    /// (type, key size, value size, max entries) of the old pin (max
+    /// entries 0: not compared, the NAT map).
+    pub pinned: (u32, u32, u32, u32),
+    /// (type, key size, value size, max entries) in this object.
+    pub object: (u32, u32, u32, u32),
 }
 
 impl std::fmt::Display for MapMigration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (t0, k0, v0) = self.pinned;
-        let (t1, k1, v1) = self.object;
+        let (t0, k0, v0, m0) = self.pinned;
+        let (t1, k1, v1, m1) = self.object;
         write!(
             f,
-            "map {} re-created: pinned type {t0} key {k0} value {v0} bytes, object type {t1} key {k1} value {v1} bytes",
+            "map {} re-created: pinned type {t0} key {k0} value {v0} bytes {m0} entries, object type {t1} key {k1} value {v1} bytes {m1} entries",
             self.name
         )
     }
