@@ -684,6 +684,110 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Sends `msg` with `flags` and waits for the kernel's acknowledgement;
+    /// an error code in `tolerated` counts as success.
+    async fn ack(
+        &self,
+        msg: rtnetlink::packet_route::RouteNetlinkMessage,
+        flags: u16,
+        tolerated: &[i32],
+        op: impl Fn() -> String,
+    ) -> Result<(), NlError> {
+        use futures_util::StreamExt;
+        use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REQUEST};
+        let mut request = NetlinkMessage::from(msg);
+        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        let mut resp = self.handle.clone().request(request).map_err(req(op()))?;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::Error(e) = m.payload {
+                match e.code.map(|c| -c.get()) {
+                    None => {}
+                    Some(c) if tolerated.contains(&c) => {}
+                    Some(_) => return Err(req(op())(rtnetlink::Error::NetlinkError(e))),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a clsact qdisc to `index`; one already there is fine.
+    pub async fn add_clsact(&self, index: u32) -> Result<(), NlError> {
+        use rtnetlink::{
+            packet_core::{NLM_F_CREATE, NLM_F_EXCL},
+            packet_route::{
+                tc::{TcAttribute, TcHandle, TcMessage},
+                RouteNetlinkMessage,
+            },
+        };
+        let mut m = TcMessage::with_index(index as i32);
+        m.header.parent = TcHandle::CLSACT;
+        m.header.handle = TcHandle {
+            major: TcHandle::CLSACT.major,
+            minor: 0,
+        };
+        m.attributes.push(TcAttribute::Kind("clsact".into()));
+        self.ack(
+            RouteNetlinkMessage::NewQueueDiscipline(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &[libc::EEXIST],
+            || format!("add clsact qdisc to {index}"),
+        )
+        .await
+    }
+
+    /// Attaches the program `prog_fd` (named `name`) as a direct-action
+    /// cls_bpf filter at clsact ingress or egress of `index`, with our fixed
+    /// `priority` and `handle`; fails (EEXIST) if that filter exists.
+    pub async fn add_bpf_filter(
+        &self,
+        index: u32,
+        ingress: bool,
+        prog_fd: BorrowedFd<'_>,
+        name: &str,
+        priority: u16,
+        handle: u16,
+    ) -> Result<(), NlError> {
+        use rtnetlink::{
+            packet_core::{NLM_F_CREATE, NLM_F_EXCL},
+            packet_route::{
+                tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcMessage, TcOption},
+                RouteNetlinkMessage,
+            },
+        };
+        let mut m = TcMessage::with_index(index as i32);
+        m.header.parent = TcHandle {
+            major: TcHandle::CLSACT.major,
+            minor: if ingress {
+                TcHandle::MIN_INGRESS
+            } else {
+                TcHandle::MIN_EGRESS
+            },
+        };
+        m.header.handle = TcHandle {
+            major: 0,
+            minor: handle,
+        };
+        // tcm_info: priority in the upper half, protocol ETH_P_ALL (network
+        // order) in the lower, as tc(8) and aya set it.
+        m.header.info = (u32::from(priority) << 16) | u32::from((libc::ETH_P_ALL as u16).to_be());
+        m.attributes.push(TcAttribute::Kind("bpf".into()));
+        m.attributes.push(TcAttribute::Options(vec![
+            TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd.as_raw_fd() as u32)),
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name.to_string())),
+            TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
+        ]));
+        let dir = if ingress { "ingress" } else { "egress" };
+        self.ack(
+            RouteNetlinkMessage::NewTrafficFilter(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &[],
+            || format!("attach {name} at {dir} of {index}"),
+        )
+        .await
+    }
+}
+
 /// Prefix of retired veths (see [`Netlink::retire_veth`]).
 pub const TOMBSTONE_PREFIX: &str = "cebz";
 

@@ -13,7 +13,9 @@ use aya::programs::{
 use cni_ebpf_common::prog;
 use serde::{Deserialize, Serialize};
 
-use super::pins::{pin_link, BpfError, Datapath};
+use super::pins::{open_pinned_prog, pin_link, BpfError, Datapath};
+use crate::netlink::Netlink;
+use std::os::fd::AsFd;
 
 /// How programs are attached.
 ///
@@ -178,6 +180,8 @@ impl Datapath {
                     source: Box::new(e),
                 })?;
             }
+        } else if how == How::Fresh {
+            return self.attach_netlink_fresh(ifname, hooks);
         } else {
             match qdisc_add_clsact(ifname) {
                 Ok(()) | Err(TcError::AlreadyAttached) => {}
@@ -248,6 +252,51 @@ impl Datapath {
         } else {
             AttachMode::Netlink
         })
+    }
+
+    /// A new attachment over netlink (every ADD): the clsact qdisc and both
+    /// cls_bpf filters in one netlink connection, with the pinned programs
+    /// opened by `BPF_OBJ_GET` rather than through aya (see
+    /// [`open_pinned_prog`] for the 5 ms that saves).
+    fn attach_netlink_fresh(&self, ifname: &str, hooks: &Hooks) -> Result<AttachMode, BpfError> {
+        let mut progs = Vec::new();
+        for &(name, kind, _) in hooks {
+            let path = self.prog_path(name);
+            let fd = open_pinned_prog(&path).map_err(|e| BpfError::Link {
+                name: path.display().to_string(),
+                what: "open pinned program",
+                source: Box::new(e),
+            })?;
+            progs.push((name, kind == TcAttachType::Ingress, fd));
+        }
+        let c = std::ffi::CString::new(ifname).map_err(|e| BpfError::Link {
+            name: ifname.into(),
+            what: "look up device",
+            source: Box::new(e),
+        })?;
+        // SAFETY: a NUL-terminated name that outlives the call.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            return Err(BpfError::Link {
+                name: ifname.into(),
+                what: "look up device",
+                source: Box::new(std::io::Error::last_os_error()),
+            });
+        }
+        Netlink::with(|nl| async move {
+            nl.add_clsact(index).await?;
+            for (name, ingress, fd) in &progs {
+                nl.add_bpf_filter(index, *ingress, fd.as_fd(), name, NL_PRIORITY, NL_HANDLE)
+                    .await?;
+            }
+            Ok(())
+        })
+        .map_err(|e| BpfError::Link {
+            name: ifname.into(),
+            what: "attach programs",
+            source: Box::new(e),
+        })?;
+        Ok(AttachMode::Netlink)
     }
 
     /// Removes our TCX link pins for `ifname` (detaching the programs if the

@@ -385,6 +385,52 @@ impl std::fmt::Display for MapMigration {
     }
 }
 
+/// Opens the program pinned at `path` (`BPF_OBJ_GET`) without aya: aya's
+/// `from_pin` asks for the program's name, which makes it probe every
+/// kernel feature it knows once per process (BTF, program and map types,
+/// among them a CPUMAP and a DEVMAP): about 5 ms, half of an ADD, for a
+/// file descriptor that is all a cls_bpf filter needs.
+pub(super) fn open_pinned_prog(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    /// The `BPF_OBJ_GET` part of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        /// Explicit, so that no byte the kernel checks is uninitialised
+        /// (it refuses non-zero bytes past the command's fields: EINVAL).
+        pad: u32,
+    }
+    const _: () = assert!(std::mem::size_of::<ObjGet>() == 24);
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let attr = ObjGet {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: `attr` is a valid, fully initialised prefix of bpf_attr for
+    // BPF_OBJ_GET and `c` outlives the call; the kernel only reads both.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            std::ptr::addr_of!(attr),
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just returned, owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Pins an attachment's link at `pin` (TCX and cgroup links): the pin keeps
 /// it attached after this process exits; removing the pin detaches.
 pub(super) fn pin_link<L>(link: L, pin: &Path) -> Result<(), BpfError>
