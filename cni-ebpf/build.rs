@@ -30,4 +30,10 @@ fn main() {
     let obj = bpf_object_path(&target_dir);
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR")).join("cni-ebpf-bpf.o");
     std::fs::copy(&obj, &out).expect("copy the eBPF object to OUT_DIR");
+    // FNV-1a of 560 KB byte by byte is about 0.8 ms: done here once rather
+    // than in every CNI call (datapath/pins.rs, object_hash).
+    let bytes = std::fs::read(&out).expect("read the eBPF object");
+    let mut h = cni_ebpf_common::Fnv1a::new();
+    h.write(&bytes);
+    println!("cargo:rustc-env=CNI_EBPF_OBJECT_HASH={:016x}", h.finish());
 }
