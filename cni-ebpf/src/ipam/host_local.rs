@@ -454,7 +454,7 @@ pub fn allocate(
             .map(|e| e.ip)
             .collect(),
     };
-    let mut taken = store.names()?;
+    let mut taken = Taken::default();
 
     let mut out = Vec::with_capacity(cfg.range_sets.len());
     let mut reserved_now: Vec<IpAddr> = Vec::new();
@@ -494,6 +494,34 @@ pub fn allocate(
     Ok(out)
 }
 
+/// Names in the network directory that are known to be taken. The directory
+/// is listed only once an address turns out to be taken: allocation starts
+/// after the last reserved address, which is free in the usual case, so an
+/// ADD creates one file instead of listing every reservation (1,000 entries,
+/// about 0.3 ms, on a full node). `O_EXCL` still decides either way.
+#[derive(Default)]
+struct Taken(Option<HashSet<String>>);
+
+impl Taken {
+    fn contains(&self, name: &str) -> bool {
+        self.0.as_ref().is_some_and(|s| s.contains(name))
+    }
+
+    fn insert(&mut self, name: String) {
+        if let Some(s) = &mut self.0 {
+            s.insert(name);
+        }
+    }
+
+    /// Lists the directory, once.
+    fn load(&mut self, store: &Store) -> Result<(), CniError> {
+        if self.0.is_none() {
+            self.0 = Some(store.names()?);
+        }
+        Ok(())
+    }
+}
+
 /// Allocates in one range set. Returns the address, its range, and whether
 /// this call created the reservation.
 #[allow(clippy::too_many_arguments)]
@@ -503,7 +531,7 @@ fn allocate_in_set<'a>(
     set: &'a [Range],
     requested: Option<IpAddr>,
     held: &[IpAddr],
-    taken: &mut HashSet<String>,
+    taken: &mut Taken,
     id: &str,
     ifname: &str,
 ) -> Result<(IpAddr, &'a Range, bool), CniError> {
@@ -554,6 +582,7 @@ fn allocate_in_set<'a>(
         if fresh {
             return Ok((ip, range, true));
         }
+        taken.load(store)?;
     }
     Err(CniError::new(
         code::IPAM_EXHAUSTED,
