@@ -257,7 +257,7 @@ impl Datapath {
     /// A new attachment over netlink (every ADD): the clsact qdisc and both
     /// cls_bpf filters in one netlink connection, with the pinned programs
     /// opened by `BPF_OBJ_GET` rather than through aya (see
-    /// [`open_pinned_prog`] for the 5 ms that saves).
+    /// [`open_pinned_prog`] for what that saves).
     fn attach_netlink_fresh(&self, ifname: &str, hooks: &Hooks) -> Result<AttachMode, BpfError> {
         let mut progs = Vec::new();
         for &(name, kind, _) in hooks {

@@ -393,7 +393,7 @@ impl std::fmt::Display for MapMigration {
 /// Opens the program pinned at `path` (`BPF_OBJ_GET`) without aya: aya's
 /// `from_pin` asks for the program's name, which makes it probe every
 /// kernel feature it knows once per process (BTF, program and map types,
-/// among them a CPUMAP and a DEVMAP): about 5 ms, half of an ADD, for a
+/// among them a CPUMAP and a DEVMAP; 1-2 ms of an ADD, more under load) for a
 /// file descriptor that is all a cls_bpf filter needs.
 pub(super) fn open_pinned_prog(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
