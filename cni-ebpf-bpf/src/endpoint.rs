@@ -15,13 +15,13 @@ use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey};
 use crate::{
     maps::{count, endpoints, ep_ifaces, ep_stats},
     packet::{
-        icmp6_offset, ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP,
-        ETH_P_IP, ETH_P_IPV6, ND_NEIGHBOR_ADVERT,
+        icmp6_offset, ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD,
+        ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ND_NEIGHBOR_ADVERT,
     },
 };
 
 #[inline(always)]
-pub fn ifindex(ctx: &TcContext) -> u32 {
+fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the context pointer the kernel passed in; reading a
     // field of __sk_buff is a context access the verifier rewrites.
     unsafe { (*ctx.skb.skb).ifindex }
