@@ -40,7 +40,11 @@ pub fn drop_event(ctx: &TcContext, reason: Counter, ifindex: u32) {
     let p = e.as_mut_ptr();
     let len = ctx.len();
     // The helper refuses a zero length and reads must stay inside the packet.
-    let n = if len > EVENT_HEAD as u32 { EVENT_HEAD as u32 } else { len };
+    let n = if len > EVENT_HEAD as u32 {
+        EVENT_HEAD as u32
+    } else {
+        len
+    };
     // SAFETY: `p` is the reserved, exclusively owned entry; every field is
     // written before it is submitted.
     unsafe {
@@ -51,8 +55,12 @@ pub fn drop_event(ctx: &TcContext, reason: Counter, ifindex: u32) {
         (*p).len = len;
         (*p).kind = event_kind::DROP;
         if n > 0
-            && bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, (*p).head.as_mut_ptr() as *mut _, n)
-                == 0
+            && bpf_skb_load_bytes(
+                ctx.skb.skb as *const _,
+                0,
+                (*p).head.as_mut_ptr() as *mut _,
+                n,
+            ) == 0
         {
             (*p).head_len = n as u8;
         }

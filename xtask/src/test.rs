@@ -10,7 +10,8 @@ use crate::{
 
 const USAGE: &str = "usage: cargo xtask test [--dry-run] [-- CARGO_TEST_ARGS...]
 
-Runs `cargo xtask setup`, then `cargo fmt --all -- --check`,
+Runs `cargo xtask setup`, then `cargo fmt --all -- --check` (and the same for the
+eBPF crate, which is outside the workspace),
 `cargo clippy --workspace --all-targets -- -D warnings` and
 `cargo test --workspace CARGO_TEST_ARGS...` with CNI_EBPF_TEST=1, as root,
 then the end-to-end suites (plugin, nat, repair) once more with every config's
@@ -34,6 +35,18 @@ fn steps(extra: &[OsString]) -> Vec<(&'static str, Cmd)> {
     };
     vec![
         ("fmt", cargo(&["fmt", "--all", "--", "--check"])),
+        // The eBPF crate is outside the workspace (it builds for another
+        // target), so `--all` does not reach it.
+        (
+            "fmt (eBPF crate)",
+            cargo(&[
+                "fmt",
+                "--manifest-path",
+                "cni-ebpf-bpf/Cargo.toml",
+                "--",
+                "--check",
+            ]),
+        ),
         (
             "clippy",
             cargo(&[
