@@ -64,11 +64,10 @@ fn arp_for_pod(ctx: &TcContext, ifindex: u32) -> bool {
     if owned(&IpKey::v4(arp.tpa), ifindex) {
         return true;
     }
-    let announcement = arp.spa == arp.tpa
+    arp.spa == arp.tpa
         && u16::from_be_bytes(arp.op) == ARP_REQUEST
         // SAFETY: the map value is only read.
-        && unsafe { endpoints.get(&IpKey::v4(arp.spa)) }.is_none();
-    announcement
+        && unsafe { endpoints.get(&IpKey::v4(arp.spa)) }.is_none()
 }
 
 /// An IPv6 multicast frame: router solicitations and MLD reports are for

@@ -654,13 +654,7 @@ impl Netlink {
     /// table is shared by every namespace and small (`gc_thresh3`, 1024),
     /// and an entry per pod filled it at about 1,000 pods.
     pub async fn refresh_neigh(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), NlError> {
-        use futures_util::StreamExt;
-        use rtnetlink::{
-            packet_core::{
-                NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_REPLACE, NLM_F_REQUEST,
-            },
-            packet_route::RouteNetlinkMessage,
-        };
+        use rtnetlink::{packet_core::NLM_F_REPLACE, packet_route::RouteNetlinkMessage};
         let mut b = self
             .handle
             .neighbours()
@@ -668,23 +662,15 @@ impl Netlink {
             .link_layer_address(mac)
             .state(NeighbourState::Reachable);
         let msg = b.message_mut().clone();
-        let mut request = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
-        request.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_REPLACE;
-        let op = || format!("set neighbour {ip} on {index}");
-        let mut resp = self.handle.clone().request(request).map_err(req(op()))?;
-        while let Some(m) = resp.next().await {
-            if let NetlinkPayload::Error(e) = m.payload {
-                match e.code.map(|c| -c.get()) {
-                    None | Some(libc::ENOENT) => {}
-                    Some(_) => return Err(req(op())(rtnetlink::Error::NetlinkError(e))),
-                }
-            }
-        }
-        Ok(())
+        self.ack(
+            RouteNetlinkMessage::NewNeighbour(msg),
+            NLM_F_REPLACE,
+            &[libc::ENOENT],
+            || format!("set neighbour {ip} on {index}"),
+        )
+        .await
     }
-}
 
-impl Netlink {
     /// Sends `msg` with `flags` and waits for the kernel's acknowledgement;
     /// an error code in `tolerated` counts as success.
     async fn ack(

@@ -157,7 +157,7 @@ fn publish(
         Ok(())
     });
     let mode = dp
-        .attach_endpoint(&host.name, conf.attach_mode)
+        .attach_endpoint(host, conf.attach_mode)
         .map_err(|e| bpf_err("attach programs", e))?;
     failpoint::hit("after-attach");
     let (dp2, idx) = (dp.clone(), host.index);

@@ -14,7 +14,7 @@ use cni_ebpf_common::prog;
 use serde::{Deserialize, Serialize};
 
 use super::pins::{open_pinned_prog, pin_link, BpfError, Datapath};
-use crate::netlink::Netlink;
+use crate::netlink::{Link, Netlink};
 use std::os::fd::AsFd;
 
 /// How programs are attached.
@@ -80,11 +80,14 @@ impl Datapath {
         d.join(format!("{ifname}_{dir}"))
     }
 
-    /// Attaches `from_container`/`to_container` to the host veth `ifname`.
+    /// Attaches `from_container`/`to_container` to the host veth `host`.
     /// Returns the mode actually used. Re-attaching replaces an earlier
     /// attachment of ours instead of stacking a second one.
-    pub fn attach_endpoint(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
-        self.attach_tc(ifname, &ENDPOINT, None, mode, How::Fresh)
+    pub fn attach_endpoint(&self, host: &Link, mode: AttachMode) -> Result<AttachMode, BpfError> {
+        if mode == AttachMode::Netlink {
+            return self.attach_netlink_fresh(host, &ENDPOINT);
+        }
+        self.attach_tc(&host.name, &ENDPOINT, None, mode, How::Fresh)
     }
 
     /// Puts this build's programs on the existing host veth `ifname` of a
@@ -180,8 +183,6 @@ impl Datapath {
                     source: Box::new(e),
                 })?;
             }
-        } else if how == How::Fresh {
-            return self.attach_netlink_fresh(ifname, hooks);
         } else {
             match qdisc_add_clsact(ifname) {
                 Ok(()) | Err(TcError::AlreadyAttached) => {}
@@ -258,7 +259,7 @@ impl Datapath {
     /// cls_bpf filters in one netlink connection, with the pinned programs
     /// opened by `BPF_OBJ_GET` rather than through aya (see
     /// [`open_pinned_prog`] for what that saves).
-    fn attach_netlink_fresh(&self, ifname: &str, hooks: &Hooks) -> Result<AttachMode, BpfError> {
+    fn attach_netlink_fresh(&self, host: &Link, hooks: &Hooks) -> Result<AttachMode, BpfError> {
         let mut progs = Vec::new();
         for &(name, kind, _) in hooks {
             let path = self.prog_path(name);
@@ -269,20 +270,7 @@ impl Datapath {
             })?;
             progs.push((name, kind == TcAttachType::Ingress, fd));
         }
-        let c = std::ffi::CString::new(ifname).map_err(|e| BpfError::Link {
-            name: ifname.into(),
-            what: "look up device",
-            source: Box::new(e),
-        })?;
-        // SAFETY: a NUL-terminated name that outlives the call.
-        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if index == 0 {
-            return Err(BpfError::Link {
-                name: ifname.into(),
-                what: "look up device",
-                source: Box::new(std::io::Error::last_os_error()),
-            });
-        }
+        let index = host.index;
         Netlink::with(|nl| async move {
             nl.add_clsact(index).await?;
             for (name, ingress, fd) in &progs {
@@ -292,7 +280,7 @@ impl Datapath {
             Ok(())
         })
         .map_err(|e| BpfError::Link {
-            name: ifname.into(),
+            name: host.name.clone(),
             what: "attach programs",
             source: Box::new(e),
         })?;
