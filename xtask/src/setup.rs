@@ -32,6 +32,13 @@ const TOOL_PACKAGES: &[&str] = &[
     // static binary with `file`.
     "shellcheck",
     "file",
+    // tests/podman.rs: rootful podman 4.3 with its CNI backend (the
+    // reference plugins above), runc as its OCI runtime (podman's default,
+    // crun, refuses this cgroup v1 hybrid setup), busybox in its image.
+    "podman",
+    "conmon",
+    "runc",
+    "busybox-static",
 ];
 /// Variables of an outer cargo that must not reach `cargo install`.
 pub const LEAKY_ENV: &[&str] = &[
