@@ -117,14 +117,19 @@ pub fn fold_iter<'a, 'k: 'a>(
 /// [`fold_iter`] applied in place: inexact spellings of `known` names are
 /// renamed to them.
 pub fn fold_keys(obj: &mut Map<String, Value>, known: &[&str]) {
-    let exact = obj.keys().filter(|k| known.contains(&k.as_str())).count();
-    if exact == obj.len() {
-        return; // the common case: nothing to rename
-    }
-    let old = std::mem::take(obj);
-    *obj = fold_iter(&old, known)
-        .map(|(k, v)| (k.to_string(), v.clone()))
+    // Only the inexact spellings of known names move; the rest stays put.
+    let inexact: Vec<(String, &str)> = obj
+        .keys()
+        .filter(|k| !known.contains(&k.as_str()))
+        .filter_map(|k| resolve(k, known).map(|c| (k.clone(), c)))
         .collect();
+    for (from, to) in inexact {
+        let v = obj.remove(&from).expect("listed above");
+        // An exact (or an earlier inexact) spelling is already there: it wins.
+        if !obj.contains_key(to) {
+            obj.insert(to.to_string(), v);
+        }
+    }
 }
 
 /// The field names of one object level, declared once (by [`go_fields!`]):
@@ -554,5 +559,18 @@ mod tests {
             Value::Object(m),
             json!({"cniVersion": "1.0.0", "name": "n", "name2": 1, "Other": 2})
         );
+        // In place and by iteration alike: of two inexact spellings the first
+        // in byte order wins.
+        let dup = json!({"Mtu": 2, "MTU": 1, "x": 3})
+            .as_object()
+            .unwrap()
+            .clone();
+        let iterated: Map<String, Value> = fold_iter(&dup, &["mtu"])
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let mut in_place = dup.clone();
+        fold_keys(&mut in_place, &["mtu"]);
+        assert_eq!(in_place, iterated);
+        assert_eq!(Value::Object(in_place), json!({"mtu": 1, "x": 3}));
     }
 }
