@@ -361,20 +361,49 @@ stop_timeout = 1
             tar.to_str().unwrap(),
             ".",
         ]);
-        self.ok(&[
-            "import",
-            "--change",
-            r#"CMD ["/bin/serve", "web"]"#,
-            tar.to_str().unwrap(),
-            "localhost/cni-ebpf-test:latest",
-        ]);
+        self.run_with(
+            true,
+            &[
+                "import",
+                "--change",
+                r#"CMD ["/bin/serve", "web"]"#,
+                tar.to_str().unwrap(),
+                "localhost/cni-ebpf-test:latest",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// Runs podman in the node namespace with this instance's configuration.
     fn run(&self, args: &[&str]) -> Result<String, String> {
+        self.run_with(false, args)
+    }
+
+    /// [`Self::run`]; with `private_var_lib`, in a mount namespace of its
+    /// own where `/var/lib` is an empty tmpfs: containers/image (0.50) keeps
+    /// root's blob-info cache in `/var/lib/containers/cache` whatever
+    /// `--root` says, and an import writes it. Only for commands that mount
+    /// nothing others must see.
+    fn run_with(&self, private_var_lib: bool, args: &[&str]) -> Result<String, String> {
         let d = |s: &str| self.dir.join(s);
         let started = Instant::now();
-        let out = Command::new("timeout")
+        let mut cmd = if private_var_lib {
+            let mut c = Command::new("unshare");
+            c.args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs -o size=16m cni-ebpf-test /var/lib && exec \"$@\"",
+                "sh",
+            ]);
+            c
+        } else {
+            Command::new("env")
+        };
+        let out = cmd
+            .arg("timeout")
             .arg("120")
             .arg("nsenter")
             .arg(format!("--net=/run/netns/{}", self.t.node))
@@ -695,6 +724,21 @@ fn snapshot(p: &Podman<'_>) -> (Snapshot, Vec<String>) {
     (s, p.iptables())
 }
 
+/// A snapshot once the node settled after a container left: its veth gone
+/// and the port-less bridge without carrier (the kernel drops it, and the
+/// bridge's routes with it, a moment after the last port left).
+fn settled_snapshot(p: &Podman<'_>) -> (Snapshot, Vec<String>) {
+    let ours = |l: &str| l.starts_with("veth") || l.starts_with(TOMBSTONE_PREFIX);
+    links_when_gone(&p.t.node, ours);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ip_n(&p.t.node, &["link", "show", "cni0"]).contains("NO-CARRIER")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    snapshot(p)
+}
+
 /// Waits until the node is as `before` (a port-less bridge loses its
 /// carrier a moment after its last veth is gone; DEL's reaper deletes veths
 /// moments after DEL returns), then asserts it.
@@ -881,7 +925,7 @@ fn lifecycle(tag: &str, mode: Mode) {
 
     // A second container's whole life leaves the node exactly as it was
     // (the node-wide bridge, programs and pins stay).
-    let before = snapshot(&p);
+    let before = settled_snapshot(&p);
     let c2 = p.run_container("web2");
     p.wait_serving(&c2);
     assert_served(&p, &c2, "second container");
