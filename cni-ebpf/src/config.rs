@@ -287,15 +287,21 @@ fn parse_requested_ip(s: &str) -> Option<IpAddr> {
 /// The config the plugin would be called with for `v`: a single-plugin
 /// config as is, or the first `cni-ebpf` entry of a conflist with the list's
 /// `name` and `cniVersion` filled in (as libcni does). `None` when a conflist
-/// has no such entry. The list's keys are matched exactly: libcni reads a
-/// conflist as a `map[string]interface{}`, not through a struct.
+/// has no such entry. The list's own keys are matched exactly: libcni reads
+/// a conflist as a `map[string]interface{}`, not through a struct.
 pub fn plugin_conf(v: &Value) -> Option<Value> {
     let Some(plugins) = v.get("plugins").and_then(Value::as_array) else {
         return Some(v.clone());
     };
     let mut c = plugins
         .iter()
-        .find(|p| p.get("type").and_then(Value::as_str) == Some("cni-ebpf"))?
+        .find(|p| {
+            // An entry's `type` is read by libcni through a Go struct.
+            p.as_object().is_some_and(|o| {
+                gojson::fold_iter(o, &["type"])
+                    .any(|(k, v)| k == "type" && v.as_str() == Some("cni-ebpf"))
+            })
+        })?
         .clone();
     for key in ["name", "cniVersion"] {
         if let Some(x) = v.get(key) {
