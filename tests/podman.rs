@@ -36,6 +36,8 @@ use serde_json::{json, Value};
 
 /// Published TCP port limited to the node's 127.0.0.1.
 const LOCAL_PORT: u16 = 18080;
+/// Published TCP port limited to the node's ::1.
+const LOCAL6_PORT: u16 = 18081;
 /// Published TCP port on every node address.
 const TCP_PORT: u16 = 8080;
 /// Published UDP port on every node address.
@@ -64,13 +66,24 @@ static void bye(int s) { (void)s; _exit(0); }
 
 static int get(const char *ip, const char *port) {
     struct sockaddr_in a;
+    struct sockaddr_in6 a6;
     memset(&a, 0, sizeof a);
+    memset(&a6, 0, sizeof a6);
     a.sin_family = AF_INET;
     a.sin_port = htons(atoi(port));
-    if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) { fprintf(stderr, "bad address %s\n", ip); return 2; }
+    a6.sin6_family = AF_INET6;
+    a6.sin6_port = a.sin_port;
+    int v6 = strchr(ip, ':') != NULL;
+    if (v6 ? inet_pton(AF_INET6, ip, &a6.sin6_addr) != 1 : inet_pton(AF_INET, ip, &a.sin_addr) != 1) {
+        fprintf(stderr, "bad address %s\n", ip);
+        return 2;
+    }
     alarm(5);
-    int s = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(s, (struct sockaddr *)&a, sizeof a)) { perror("connect"); return 1; }
+    int s = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+    if (v6 ? connect(s, (struct sockaddr *)&a6, sizeof a6) : connect(s, (struct sockaddr *)&a, sizeof a)) {
+        perror("connect");
+        return 1;
+    }
     char buf[512];
     ssize_t n;
     while ((n = read(s, buf, sizeof buf)) > 0) fwrite(buf, 1, n, stdout);
@@ -286,8 +299,11 @@ stop_timeout = 1
         let t = self.t;
         let ipam = json!({
             "type": "host-local",
-            "routes": [{"dst": "0.0.0.0/0"}],
-            "ranges": [[{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1"}]],
+            "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+            "ranges": [
+                [{"subnet": "10.1.0.0/24", "gateway": "10.1.0.1"}],
+                [{"subnet": "fd00:1::/64", "gateway": "fd00:1::1"}],
+            ],
             "dataDir": t.dir.join("ipam"),
         });
         let first = match mode {
@@ -452,6 +468,7 @@ stop_timeout = 1
     #[track_caller]
     fn run_container(&self, name: &str) -> Container {
         let local = format!("127.0.0.1:{LOCAL_PORT}:80");
+        let local6 = format!("[::1]:{LOCAL6_PORT}:80");
         let tcp = format!("{TCP_PORT}:80");
         let udp = format!("{UDP_PORT}:53/udp");
         self.ok(&[
@@ -465,6 +482,8 @@ stop_timeout = 1
             &self.cgroup_parent,
             "-p",
             &local,
+            "-p",
+            &local6,
             "-p",
             &tcp,
             "-p",
@@ -500,6 +519,12 @@ stop_timeout = 1
                 .parse()
                 .unwrap_or_else(|_| panic!("{name}: no address on {} in {n}", self.net)),
             gateway: n["Gateway"].as_str().unwrap_or_default().parse().ok(),
+            ip6: n["GlobalIPv6Address"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or_else(|_| panic!("{name}: no IPv6 address on {} in {n}", self.net)),
+            gateway6: n["IPv6Gateway"].as_str().unwrap_or_default().parse().ok(),
             mac: n["MacAddress"].as_str().unwrap_or_default().to_string(),
             sandbox,
             running: c["State"]["Running"].as_bool() == Some(true),
@@ -619,6 +644,8 @@ struct Container {
     name: String,
     ip: IpAddr,
     gateway: Option<IpAddr>,
+    ip6: IpAddr,
+    gateway6: Option<IpAddr>,
     mac: String,
     sandbox: String,
     running: bool,
@@ -798,49 +825,109 @@ fn assert_nothing_left(p: &Podman<'_>, what: &str) {
     assert!(cache.is_empty(), "{what}: libcni cache left: {cache:?}");
 }
 
-/// The published ports from every vantage point, with the reply's content
-/// and the source address the container saw.
+/// The published ports from every vantage point, in both families, with
+/// the reply's content and the source address the container saw.
 #[track_caller]
 fn assert_served(p: &Podman<'_>, c: &Container, what: &str) {
     let t = p.t;
     let name = &c.name;
+    // v4 peers as the dual-stack server prints them.
+    let seen = |a: &str| {
+        if a.contains(':') {
+            a.to_string()
+        } else {
+            format!("::ffff:{a}")
+        }
+    };
     // From outside, to the node address: the container sees the client.
-    let got = tcp_get(&t.ext, ip(NODE_IP), TCP_PORT)
-        .unwrap_or_else(|e| panic!("{what}: ext -> {NODE_IP}:{TCP_PORT}: {e}"));
-    assert_eq!(got, format!("{name} ::ffff:{EXT_IP}"), "{what}: ext -> tcp");
-    let (text, from) = udp_ask(&t.ext, 0, SocketAddr::new(ip(NODE_IP), UDP_PORT))
-        .unwrap_or_else(|e| panic!("{what}: ext -> udp {NODE_IP}:{UDP_PORT}: {e}"));
-    assert_eq!(
-        text,
-        format!("{name} ::ffff:{EXT_IP}"),
-        "{what}: ext -> udp"
-    );
-    assert_eq!(
-        from,
-        SocketAddr::new(ip(NODE_IP), UDP_PORT),
-        "{what}: the UDP answer comes from the address the client asked"
-    );
+    for (node, client) in [(NODE_IP, EXT_IP), (NODE_IP6, EXT_IP6)] {
+        let got = tcp_get(&t.ext, ip(node), TCP_PORT)
+            .unwrap_or_else(|e| panic!("{what}: ext -> {node}:{TCP_PORT}: {e}"));
+        assert_eq!(
+            got,
+            format!("{name} {}", seen(client)),
+            "{what}: ext -> tcp {node}"
+        );
+        let to = SocketAddr::new(ip(node), UDP_PORT);
+        let (text, from) =
+            udp_ask(&t.ext, 0, to).unwrap_or_else(|e| panic!("{what}: ext -> udp {to}: {e}"));
+        assert_eq!(
+            text,
+            format!("{name} {}", seen(client)),
+            "{what}: ext -> udp {to}"
+        );
+        assert_eq!(
+            from, to,
+            "{what}: the UDP answer comes from the address the client asked"
+        );
+    }
     // From the node itself, through the socket hooks of the topology's
-    // cgroup: 127.0.0.1 (the mapping's hostIP) and the node address.
-    let gw = c.gateway.expect("podman reports the gateway");
-    for (dst, port) in [("127.0.0.1", LOCAL_PORT), (NODE_IP, TCP_PORT)] {
+    // cgroup: 127.0.0.1 and ::1 (the mappings' hostIPs) and the node
+    // addresses; the container sees the node's address on the bridge.
+    let gw = c.gateway.expect("podman reports the gateway").to_string();
+    let gw6 = c
+        .gateway6
+        .expect("podman reports the IPv6 gateway")
+        .to_string();
+    for (dst, port, src) in [
+        ("127.0.0.1", LOCAL_PORT, &gw),
+        (NODE_IP, TCP_PORT, &gw),
+        ("::1", LOCAL6_PORT, &gw6),
+        (NODE_IP6, TCP_PORT, &gw6),
+    ] {
         let got = node_tcp_get(t, true, ip(dst), port)
             .unwrap_or_else(|e| panic!("{what}: node -> {dst}:{port}: {e}"));
         assert_eq!(
             got,
-            format!("{name} ::ffff:{gw}"),
+            format!("{name} {}", seen(src)),
             "{what}: node -> {dst}:{port}"
         );
     }
     let got = node_udp_ask(t, ip("127.0.0.1"), UDP_PORT)
         .unwrap_or_else(|e| panic!("{what}: node -> udp 127.0.0.1:{UDP_PORT}: {e}"));
-    assert_eq!(got, format!("{name} ::ffff:{gw}"), "{what}: node -> udp");
-    // The 127.0.0.1 mapping is the node's own: not reachable from outside.
-    let r = tcp_get(&t.ext, ip(NODE_IP), LOCAL_PORT);
-    assert!(
-        r.is_err(),
-        "{what}: ext reached the 127.0.0.1-only port: {r:?}"
-    );
+    assert_eq!(got, format!("{name} {}", seen(&gw)), "{what}: node -> udp");
+    // The loopback mappings are the node's own: not reachable from outside.
+    for (node, port) in [(NODE_IP, LOCAL_PORT), (NODE_IP6, LOCAL6_PORT)] {
+        let r = tcp_get(&t.ext, ip(node), port);
+        assert!(
+            r.is_err(),
+            "{what}: ext reached {node}:{port}, a loopback-only port: {r:?}"
+        );
+    }
+}
+
+/// What podman asked for is what the maps hold: the loopback mappings for
+/// their family, the others for each of the container's addresses.
+#[track_caller]
+fn assert_portmaps(t: &Topo, c: &Container) {
+    let row = |proto: &str, host_ip: &str, host_port: u16, pod: IpAddr, port: u16| {
+        format!("{proto} [{host_ip}]:{host_port} -> {pod} {port}")
+    };
+    let mut got: Vec<String> = t.inspect()["portmaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            row(
+                m["protocol"].as_str().unwrap(),
+                m["hostIP"].as_str().unwrap(),
+                m["hostPort"].as_u64().unwrap() as u16,
+                ip(m["podIP"].as_str().unwrap()),
+                m["containerPort"].as_u64().unwrap() as u16,
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        row("tcp", "127.0.0.1", LOCAL_PORT, c.ip, 80),
+        row("tcp", "::1", LOCAL6_PORT, c.ip6, 80),
+    ];
+    for pod in [c.ip, c.ip6] {
+        want.push(row("tcp", "", TCP_PORT, pod, 80));
+        want.push(row("udp", "", UDP_PORT, pod, 53));
+    }
+    want.sort();
+    assert_eq!(got, want, "{}: hostPort map entries", c.name);
 }
 
 /// The whole life of a published container under podman with `mode`.
@@ -848,7 +935,7 @@ fn lifecycle(tag: &str, mode: Mode) {
     let started = Instant::now();
     let t = Topo::new(tag);
     let p = Podman::new(&t, mode);
-    let _ext = TcpServer::start(&t.ext, "0.0.0.0", EXT_PORT, "ext");
+    let _ext = TcpServer::start(&t.ext, "::", EXT_PORT, "ext");
 
     // podman validated the network with libcni's VERSION probe.
     let nets = p.ok(&["network", "ls", "--format", "{{.Name}}"]);
@@ -862,9 +949,7 @@ fn lifecycle(tag: &str, mode: Mode) {
     assert!(c.running, "{c:?}");
     p.wait_serving(&c);
     assert_served(&p, &c, "run");
-    // What podman asked for is what the maps hold: three mappings.
-    let ports = t.inspect()["portmaps"].as_array().unwrap().clone();
-    assert_eq!(ports.len(), 3, "{ports:?}");
+    assert_portmaps(&t, &c);
     // The ADD got podman's portMappings as a capability argument.
     let adds: Vec<_> = p
         .calls_of("cni-ebpf")
@@ -877,36 +962,52 @@ fn lifecycle(tag: &str, mode: Mode) {
         stdin["runtimeConfig"]["portMappings"]
             .as_array()
             .map(Vec::len),
-        Some(3),
+        Some(4),
         "{stdin}"
     );
 
-    // Hairpin: the container reaches its own published port through the
-    // node address, and sees that node address as the source.
-    let got = p
-        .exec_get("web", NODE_IP, TCP_PORT)
-        .unwrap_or_else(|e| panic!("hairpin: {e}"));
-    assert_eq!(got, format!("web ::ffff:{NODE_IP}"), "hairpin");
-    // Egress is masqueraded: the outside sees the node's address.
-    let got = p
-        .exec_get("web", EXT_IP, EXT_PORT)
-        .unwrap_or_else(|e| panic!("egress: {e}"));
-    assert_eq!(got, format!("ext {NODE_IP}"), "egress masquerade");
+    for (node, ext, seen) in [
+        (NODE_IP, EXT_IP, format!("::ffff:{NODE_IP}")),
+        (NODE_IP6, EXT_IP6, NODE_IP6.to_string()),
+    ] {
+        // Hairpin: the container reaches its own published port through
+        // the node address, and sees that node address as the source.
+        let got = p
+            .exec_get("web", node, TCP_PORT)
+            .unwrap_or_else(|e| panic!("hairpin via {node}: {e}"));
+        assert_eq!(got, format!("web {seen}"), "hairpin via {node}");
+        // Egress is masqueraded: the outside sees the node's address.
+        let got = p
+            .exec_get("web", ext, EXT_PORT)
+            .unwrap_or_else(|e| panic!("egress to {ext}: {e}"));
+        assert_eq!(got, format!("ext {seen}"), "egress masquerade to {ext}");
+    }
 
-    // `network reload`: DEL + ADD asking for the same address (CNI_ARGS IP=).
+    // `network reload`: DEL + ADD asking for the same addresses (one
+    // address goes in CNI_ARGS `IP=`, several in the `ips` capability).
     p.ok(&["network", "reload", "web"]);
     let r = p.inspect("web");
-    assert_eq!((r.ip, &r.mac), (c.ip, &c.mac), "reload keeps the address");
-    let last_add = p
-        .calls_of("cni-ebpf")
+    assert_eq!(
+        (r.ip, r.ip6, &r.mac),
+        (c.ip, c.ip6, &c.mac),
+        "reload keeps the addresses"
+    );
+    let owner = if mode == Mode::Main {
+        "cni-ebpf"
+    } else {
+        "bridge"
+    };
+    let (env, stdin, _) = p
+        .calls_of(owner)
         .into_iter()
         .rfind(|(env, _, _)| env.contains("CNI_COMMAND=ADD"))
         .unwrap();
-    assert!(
-        last_add.0.contains(&format!("IP={}", c.ip)),
-        "reload's ADD: {}",
-        last_add.0
-    );
+    for a in [c.ip, c.ip6] {
+        assert!(
+            env.contains(&a.to_string()) || stdin.contains(&a.to_string()),
+            "reload's ADD does not ask for {a}: {env} {stdin}"
+        );
+    }
     assert_served(&p, &r, "after network reload");
 
     // `restart`: DEL, then ADD in a new namespace.
@@ -916,7 +1017,7 @@ fn lifecycle(tag: &str, mode: Mode) {
     assert_ne!(r.sandbox, c.sandbox, "restart makes a new namespace");
     p.wait_serving(&r);
     assert_served(&p, &r, "after restart");
-    assert_eq!(t.inspect()["portmaps"].as_array().unwrap().len(), 3);
+    assert_portmaps(&t, &r);
 
     // `rm -f`: nothing of the container is left.
     p.ok(&["rm", "-f", "-t", "0", "web"]);
