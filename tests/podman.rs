@@ -14,11 +14,24 @@
 //! wrapper: a failing test prints each call's CNI_* environment, stdin,
 //! stdout, stderr and exit status.
 //!
-//! Outside the topology's directory podman writes only libcni's result
-//! cache, `/var/lib/cni/results/<network>-<container>-<ifname>` (podman 4.3
-//! offers no setting for it; the network name is unique to the test, and
-//! the guard removes what a failed test left there), and the container
-//! namespaces it mounts under `/run/netns/netns-<uuid>`.
+//! Outside the topology's directory podman writes only per-container
+//! transient state under names it makes unique: libcni's result cache
+//! `/var/lib/cni/results/<network>-<container id>-<ifname>` (podman 4.3 has
+//! no setting for it; the network name is the topology's id, and the guard
+//! removes what a failed test left there), the container namespaces it
+//! mounts as `/run/netns/netns-<uuid>`, and runc's state
+//! `/run/runc/<container id>` (podman passes runc no `--root`, nor would
+//! the `container cleanup` process conmon runs when a container exits).
+//! `podman import` runs with a private, empty `/var/lib` (see
+//! [`Podman::run_with`]).
+//!
+//! Found with it: podman (containers/common 0.50, libnetwork/cni/run.go)
+//! replaces the first plugin's whole `capabilities` object with
+//! `{"ips": true}` when it asks for static addresses (`network reload`,
+//! `run --ip`) and that plugin does not declare `ips`; a main-mode cni-ebpf
+//! declaring only `portMappings` then gets no `portMappings` on that ADD and
+//! the container loses its published ports. Main-mode configs for podman
+//! declare both (as here).
 
 mod harness;
 
@@ -313,14 +326,8 @@ stop_timeout = 1
                 "ipMasq": true,
                 "hairpinMode": true,
                 "ipam": ipam,
-                // `ips` too: podman 4.3 (containers/common 0.50,
-                // libnetwork/cni/run.go) gives the first plugin of a chain
-                // `"capabilities": {"ips": true}` whenever it asks for a
-                // static address (`network reload`, `run --ip`) and that
-                // plugin lacks it, replacing the whole object: a main-mode
-                // cni-ebpf declaring only portMappings then gets no
-                // portMappings on that ADD, and the container loses its
-                // published ports.
+                // `ips` too, or podman's reload drops the portMappings
+                // (see the top of this file).
                 "capabilities": {"portMappings": true, "ips": true},
             }))],
             Mode::Chained => {
