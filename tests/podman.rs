@@ -1022,6 +1022,24 @@ fn lifecycle(tag: &str, mode: Mode) {
     let r = p.inspect("web");
     assert!(r.running, "{r:?}");
     assert_ne!(r.sandbox, c.sandbox, "restart makes a new namespace");
+    // The plugin saw a DEL of the old namespace, then an ADD in the new one.
+    let calls = p.calls_of("cni-ebpf");
+    let last = |cmd: &str| {
+        calls
+            .iter()
+            .rfind(|(env, _, _)| env.contains(&format!("CNI_COMMAND={cmd}\n")))
+            .map(|(env, _, _)| env.clone())
+            .unwrap_or_default()
+    };
+    let (del, add) = (last("DEL"), last("ADD"));
+    assert!(
+        del.contains(&format!("CNI_NETNS={}\n", c.sandbox)),
+        "restart's DEL: {del}"
+    );
+    assert!(
+        add.contains(&format!("CNI_NETNS={}\n", r.sandbox)),
+        "restart's ADD: {add}"
+    );
     p.wait_serving(&r);
     assert_served(&p, &r, "after restart");
     assert_portmaps(&t, &r);
