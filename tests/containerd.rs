@@ -370,6 +370,22 @@ fn hostport_suite(tag: &str, conflist: fn(&Topo) -> Value) {
         "call pattern of the refused sandbox c:\n  {}",
         call_pattern(&calls, &cid_c).join("\n  ")
     );
+    // kubelet's teardown reached the plugin as containerd 1.6 sends it: a
+    // DEL with the netns and the cached result, then DELs without either.
+    let dels_a: Vec<(bool, bool)> = calls
+        .iter()
+        .filter(|x| x.cid() == pa && x.plugin == "cni-ebpf" && x.cmd() == "DEL")
+        .map(|x| {
+            (
+                x.env.get("CNI_NETNS").is_some_and(|n| !n.is_empty()),
+                x.stdin.get("prevResult").is_some(),
+            )
+        })
+        .collect();
+    assert!(
+        dels_a.contains(&(true, true)) && dels_a.contains(&(false, false)),
+        "DELs of {pa} (netns set, prevResult): {dels_a:?}"
+    );
     let bad: Vec<String> = calls
         .iter()
         .filter(|x| x.rc != 0 && x.cid() != cid_c)

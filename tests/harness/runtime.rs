@@ -148,6 +148,9 @@ pub fn image_archive() -> &'static [u8] {
     })
 }
 
+/// libcni's cache of ADD results (the DEL's prevResult).
+pub const CNI_CACHE: &str = "/var/lib/cni/results";
+
 /// The reference plugins containerd may run besides ours.
 const REF_PLUGINS: &[&str] = &["loopback", "bridge", "host-local", "portmap"];
 
@@ -626,6 +629,22 @@ disabled_plugins = [
                 .args(["-l", &m])
                 .stderr(Stdio::null())
                 .status();
+        }
+        // libcni's result cache is machine-wide (containerd 1.6 has no
+        // setting for it): `<network>-<sandbox id>-<ifname>`, left behind
+        // only by sandboxes that were never stopped.
+        let sandboxes = self.dir.join("root/io.containerd.grpc.v1.cri/sandboxes");
+        for e in std::fs::read_dir(&sandboxes)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let id = format!("-{}-", e.file_name().to_string_lossy());
+            for f in std::fs::read_dir(CNI_CACHE).into_iter().flatten().flatten() {
+                if f.file_name().to_string_lossy().contains(&id) {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
         }
         // The pods' cgroups in every hierarchy (v1 controllers and unified).
         for h in std::fs::read_dir("/sys/fs/cgroup")
