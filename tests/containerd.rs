@@ -300,6 +300,14 @@ fn hostport_suite(tag: &str, conflist: fn(&Topo) -> Value) {
             .unwrap_or_else(|e| panic!("node -> {dst}:30080: {e}"));
         assert!(got.starts_with("srv-a "), "node -> {dst}:30080: {got}");
     }
+    for dst in ["127.0.0.1", "::1"] {
+        let got = node_udp_ask(&t, ip(dst), 30081)
+            .unwrap_or_else(|e| panic!("node -> {dst}:30081 (UDP): {e}"));
+        assert!(
+            got.starts_with("srv-a "),
+            "node -> {dst}:30081 (UDP): {got}"
+        );
+    }
     // Egress masqueraded to the node's address; pod-to-pod not.
     assert_line(
         "pod a -> ext (IPv4)",
