@@ -352,6 +352,7 @@ impl NetConf {
         // main set logging up from these before parsing; a bad value is
         // still an error of the config.
         let (_log_file, _log_level) = log_settings(obj)?;
+        log_format(obj)?;
         let valid_attachments = match obj
             .get("cni.dev/valid-attachments")
             .or_else(|| obj.get("cni.dev/attachments"))
@@ -484,6 +485,15 @@ pub fn log_settings(
         })?,
     };
     Ok((file, level))
+}
+
+/// `logFormat` of a config object: `text` (default) or `json`.
+pub fn log_format(obj: &serde_json::Map<String, Value>) -> Result<crate::log::Format, CniError> {
+    match get_str(obj, "logFormat")? {
+        None => Ok(crate::log::Format::default()),
+        Some(f) => crate::log::Format::parse(&f)
+            .ok_or_else(|| invalid(format!("invalid logFormat {f:?}: want text or json"))),
+    }
 }
 
 /// Parses `"min-max"` (unprivileged ports only).
