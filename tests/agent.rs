@@ -595,3 +595,48 @@ fn metrics_checked_by_promtool_and_scraped_by_prometheus() {
     let q3 = "cni_ebpf_cni_calls_total{command=\"ADD\",result=\"ok\"}";
     assert_eq!(promql(&t, prom_port, q3), Some(2.0));
 }
+
+/// `logFormat: "json"`: one JSON object per line, RFC 3339 times with a
+/// zone, and the summary line's fields as fields; text lines start with the
+/// same time format.
+#[test]
+fn log_lines_in_json_and_text_carry_rfc3339_times() {
+    let t = Topo::new("aglog");
+    let p1 = t.pod("p1");
+    let conf = t.conf(json!({"logFormat": "json"}));
+    t.add(&conf, "pod1", Some(&p1), "eth0");
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+    let bad = t.conf(json!({"logFormat": "xml"}));
+    assert_eq!(t.cni("ADD", &bad, "pod2", Some(&p1), "eth0").err_code(), 7);
+    let text = read(&t.dir.join("cni.log"));
+    let lines: Vec<Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let rfc3339 = |s: &str| {
+        let b = s.as_bytes();
+        s.len() >= 24
+            && b[4] == b'-'
+            && b[10] == b'T'
+            && b[19] == b'.'
+            && (s.ends_with('Z') || [b'+', b'-'].contains(&b[s.len() - 6]))
+    };
+    let summaries: Vec<&Value> = lines.iter().filter(|l| l.get("result").is_some()).collect();
+    assert_eq!(summaries.len(), 2, "{text}");
+    for (s, cmd) in summaries.iter().zip(["ADD", "DEL"]) {
+        assert_eq!(s["command"], cmd, "{s}");
+        assert_eq!(s["container"], "pod1");
+        assert_eq!(s["ifname"], "eth0");
+        assert_eq!(s["result"], "ok");
+        assert!(s["duration_ms"].as_f64().is_some(), "{s}");
+        assert_eq!(s["level"], "INFO");
+        assert!(rfc3339(s["time"].as_str().unwrap()), "{s}");
+        assert!(s["pid"].as_u64().is_some());
+    }
+    assert!(lines.len() > 2, "step lines too: {text}");
+    // The bad format is an error of the config, logged as text.
+    let last = text.lines().last().unwrap();
+    assert!(last.contains("result=error code=7"), "{last}");
+    assert!(rfc3339(last.split(' ').next().unwrap()), "{last}");
+}

@@ -32,6 +32,10 @@ const TOOL_PACKAGES: &[&str] = &[
     // static binary with `file`.
     "shellcheck",
     "file",
+    // tests/agent.rs: `promtool check metrics` and a real Prometheus server
+    // scraping the agent (started by the test, inside its node namespace;
+    // the package's own service is never started: see `Apt::ensure`).
+    "prometheus",
 ];
 /// Variables of an outer cargo that must not reach `cargo install`.
 pub const LEAKY_ENV: &[&str] = &[
@@ -172,11 +176,32 @@ impl Apt {
                 .run()?;
             self.updated = true;
         }
-        Cmd::new("apt-get")
+        // No package's daemon may start on this machine (prometheus ships
+        // one): invoke-rc.d asks policy-rc.d, and 101 means "not allowed".
+        let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+        let own_policy = !policy.exists();
+        if own_policy {
+            std::fs::write(
+                policy,
+                "#!/bin/sh\n# cargo xtask setup: start no service\nexit 101\n",
+            )
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    policy,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )
+            })
+            .map_err(|e| format!("write {}: {e}", policy.display()))?;
+        }
+        let installed = Cmd::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()?;
+            .run();
+        if own_policy {
+            let _ = std::fs::remove_file(policy);
+        }
+        installed?;
         for p in missing {
             match Self::installed(p) {
                 Some(v) => println!("installed: {p} {v}"),

@@ -119,11 +119,24 @@ fn settings(conf: &NetConf) -> NodeSettings<'_> {
 
 /// Runs the agent until SIGTERM; returns the exit code.
 pub fn run(a: &AgentArgs) -> i32 {
-    let (conf, raw) = match a.conf.net_conf() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("cni-ebpf agent: {e}");
-            return 2;
+    install_signals();
+    // The config may name files that appear later (flannel's subnet.env):
+    // wait for it rather than crash-loop; /healthz is not served yet, so a
+    // wait that never ends shows as a failing probe.
+    let mut said = String::new();
+    let (conf, raw) = loop {
+        match a.conf.net_conf() {
+            Ok(c) => break c,
+            Err(e) => {
+                if e != said {
+                    eprintln!("cni-ebpf agent: {e} (retrying every 2 s)");
+                    said = e;
+                }
+                if STOP.load(Ordering::SeqCst) {
+                    return 2;
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            }
         }
     };
     let obj = raw.as_object().cloned().unwrap_or_default();
@@ -143,7 +156,6 @@ pub fn run(a: &AgentArgs) -> i32 {
         }
     }
     crate::log::set_prefix("agent".into());
-    install_signals();
 
     // Subscribe first: a change during the first sync is not missed.
     let events = match watch::Events::subscribe() {
