@@ -37,11 +37,20 @@ fn run_plugin() -> (serde_json::Value, bool) {
         .take(config::MAX_STDIN as u64 + 1)
         .read_to_end(&mut raw);
     let doc = serde_json::from_slice::<serde_json::Value>(&raw).ok();
-    let cni_version = doc
+    // Read as the parser reads them (Go's key matching), so an error is
+    // reported in the version the runtime asked for and logged under the
+    // network's name however the keys are spelled.
+    let top = doc
         .as_ref()
-        .and_then(|v| v.get("cniVersion"))
-        .and_then(|x| x.as_str())
-        .map(str::to_string);
+        .and_then(|v| v.as_object())
+        .map(|o| config::ConfObject::fold(o.clone()));
+    let top_str = |k: config::Key| {
+        top.as_ref()
+            .and_then(|o| o.get(k))
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    let cni_version = top_str(config::Key::CniVersion);
     // Logging first, from the config's logFile/logLevel where they can be
     // read at all, so that a config that fails to parse is logged too.
     let (log_file, level) = doc
@@ -65,10 +74,7 @@ fn run_plugin() -> (serde_json::Value, bool) {
     );
     log::set_prefix(format!(
         "{command} {} {container}/{ifname}",
-        doc.as_ref()
-            .and_then(|v| v.get("name"))
-            .and_then(|x| x.as_str())
-            .unwrap_or("-")
+        top_str(config::Key::Name).as_deref().unwrap_or("-")
     ));
 
     let res = read

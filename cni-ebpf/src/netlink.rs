@@ -44,7 +44,21 @@ pub enum NlError {
     /// A link that must exist does not.
     #[error("link {0:?} not found")]
     NoLink(String),
+    /// A bridge has as many ports as Linux allows (`BR_MAX_PORTS`).
+    #[error(
+        "bridge {bridge} already has {BRIDGE_MAX_PORTS} ports, the most a Linux bridge takes (BR_MAX_PORTS); \
+         every pod of a bridge-mode network is one port: use \"mode\": \"routed\" (no bridge, no such limit) \
+         for nodes with more pods"
+    )]
+    BridgeFull {
+        /// The bridge's name.
+        bridge: String,
+    },
 }
+
+/// Ports a Linux bridge takes (`BR_MAX_PORTS` in net/bridge/br_private.h:
+/// `1 << BR_PORT_BITS` minus port 0). One more fails with `EXFULL`.
+pub const BRIDGE_MAX_PORTS: u32 = 1023;
 
 fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
     let op = op.into();
@@ -333,14 +347,28 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Enslaves `index` to `master`.
-    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), NlError> {
-        self.handle
+    /// Enslaves `index` to the bridge `master` (named `master_name` in errors).
+    pub async fn set_master(
+        &self,
+        index: u32,
+        master: u32,
+        master_name: &str,
+    ) -> Result<(), NlError> {
+        match self
+            .handle
             .link()
             .set(LinkUnspec::new_with_index(index).controller(master).build())
             .execute()
             .await
-            .map_err(req(format!("set master of {index} to {master}")))
+        {
+            // br_add_if: no free port number left (find_portno).
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EXFULL => {
+                Err(NlError::BridgeFull {
+                    bridge: master_name.to_string(),
+                })
+            }
+            r => r.map_err(req(format!("set master of {index} to {master}"))),
+        }
     }
 
     /// Sets hairpin mode on a bridge port.

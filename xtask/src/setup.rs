@@ -32,6 +32,18 @@ const TOOL_PACKAGES: &[&str] = &[
     // static binary with `file`.
     "shellcheck",
     "file",
+    // tests/containerd.rs: a real containerd 1.6 (CRI) with runc, its image
+    // busybox-static (both listed below); protoc builds the CRI client
+    // (k8s-cri generates its bindings at build time).
+    "containerd",
+    "protobuf-compiler",
+    // tests/podman.rs: rootful podman 4.3 with its CNI backend (the
+    // reference plugins above), runc as its OCI runtime (podman's default,
+    // crun, refuses this cgroup v1 hybrid setup), busybox in its image.
+    "podman",
+    "conmon",
+    "runc",
+    "busybox-static",
     // tests/agent.rs: `promtool check metrics` and a real Prometheus server
     // scraping the agent (started by the test, inside its node namespace;
     // the package's own service is never started: see `Apt::ensure`).
@@ -59,7 +71,8 @@ const USAGE: &str = "usage: cargo xtask setup [--dry-run]
 Checks, and installs what is missing (as root): Debian's rustc-web/cargo-web with
 the BPF core, llvm-N-dev (N = LLVM major of /usr/bin/rustc), bpf-linker
 0.13.0, bpftool, iproute2, the reference CNI plugins, nsenter, iptables, ping,
-procps, and the rustup components rustfmt and clippy.
+procps, containerd, podman, runc, busybox-static, protoc, and the rustup
+components rustfmt and clippy. No service starts during the install.
 --dry-run only checks and says what it would install.";
 
 /// Entry point of `cargo xtask setup`.
@@ -176,31 +189,15 @@ impl Apt {
                 .run()?;
             self.updated = true;
         }
-        // No package's daemon may start on this machine (prometheus ships
-        // one): invoke-rc.d asks policy-rc.d, and 101 means "not allowed".
-        let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
-        let own_policy = !policy.exists();
-        if own_policy {
-            std::fs::write(
-                policy,
-                "#!/bin/sh\n# cargo xtask setup: start no service\nexit 101\n",
-            )
-            .and_then(|()| {
-                std::fs::set_permissions(
-                    policy,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
-                )
-            })
-            .map_err(|e| format!("write {}: {e}", policy.display()))?;
-        }
+        // Installing a daemon (containerd, prometheus) must never start it on the
+        // machine: invoke-rc.d asks policy-rc.d, 101 = "not allowed".
+        let no_daemons = NoDaemons::install();
         let installed = Cmd::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .run();
-        if own_policy {
-            let _ = std::fs::remove_file(policy);
-        }
+        drop(no_daemons);
         installed?;
         for p in missing {
             match Self::installed(p) {
@@ -213,6 +210,41 @@ impl Apt {
             }
         }
         Ok(())
+    }
+}
+
+/// A `/usr/sbin/policy-rc.d` that forbids starting services, for as long as
+/// it lives; only written (and then removed) when the machine has none.
+struct NoDaemons(Option<PathBuf>);
+
+impl NoDaemons {
+    fn install() -> Self {
+        let p = PathBuf::from("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return NoDaemons(None);
+        }
+        let written = std::fs::write(
+            &p,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during apt-get install\nexit 101\n",
+        )
+        .and_then(|()| {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        });
+        match written {
+            Ok(()) => NoDaemons(Some(p)),
+            Err(e) => {
+                println!("warning: cannot write {}: {e}", p.display());
+                NoDaemons(None)
+            }
+        }
+    }
+}
+
+impl Drop for NoDaemons {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

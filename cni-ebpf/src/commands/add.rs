@@ -489,7 +489,7 @@ fn node_side(conf: &NetConf, host: &Link, ips: &[IpConfig]) -> Result<Option<Lin
             }
             nl.add_addr(br.index, *gw).await?;
         }
-        nl.set_master(hidx, br.index).await?;
+        nl.set_master(hidx, br.index, &br.name).await?;
         if hairpin {
             nl.set_hairpin(hidx, true).await?;
         }

@@ -159,7 +159,9 @@ struct WireError {
 }
 
 fn plugin_error(plugin: &str, command: &str, status: ExitStatus, stdout: &[u8]) -> CniError {
-    match serde_json::from_slice::<WireError>(stdout) {
+    let wire = serde_json::from_slice::<Value>(stdout)
+        .and_then(|v| crate::cni::gojson::from_value::<WireError>(&v));
+    match wire {
         // Code 0 is not an error code; treat it as unparseable.
         Ok(w) if w.code != 0 => CniError {
             code: w.code,
