@@ -47,6 +47,7 @@ crate::go_fields! {
         CgroupPath = "cgroupPath",
         LogFile = "logFile",
         LogLevel = "logLevel",
+        LogFormat = "logFormat",
         ValidAttachments = "cni.dev/valid-attachments",
         Attachments = "cni.dev/attachments",
         Flannel = "flannel",
@@ -449,6 +450,7 @@ impl NetConf {
         // main set logging up from these before parsing; a bad value is
         // still an error of the config.
         let (_log_file, _log_level) = log_settings_of(obj)?;
+        log_format_of(obj)?;
         let valid_attachments = match obj
             .get(Key::ValidAttachments)
             .or_else(|| obj.get(Key::Attachments))
@@ -557,13 +559,22 @@ impl NetConf {
 pub fn log_settings(
     obj: &serde_json::Map<String, Value>,
 ) -> Result<(Option<PathBuf>, crate::log::Level), CniError> {
+    log_settings_of(&log_keys(obj))
+}
+
+/// The logging keys of a raw config object, folded as [`NetConf::parse`]
+/// folds them (so logging is set up before, and even without, a full parse).
+fn log_keys(obj: &serde_json::Map<String, Value>) -> ConfObject {
     let mut logs = serde_json::Map::new();
     for (k, v) in gojson::fold_iter(obj, Key::NAMES) {
-        if k == Key::LogFile.name() || k == Key::LogLevel.name() {
+        if [Key::LogFile, Key::LogLevel, Key::LogFormat]
+            .iter()
+            .any(|l| k == l.name())
+        {
             logs.insert(k.to_string(), v.clone());
         }
     }
-    log_settings_of(&ConfObject::fold(logs))
+    ConfObject::fold(logs)
 }
 
 fn log_settings_of(obj: &ConfObject) -> Result<(Option<PathBuf>, crate::log::Level), CniError> {
@@ -586,6 +597,19 @@ fn log_settings_of(obj: &ConfObject) -> Result<(Option<PathBuf>, crate::log::Lev
         })?,
     };
     Ok((file, level))
+}
+
+/// `logFormat` of a config object: `text` (default) or `json`.
+pub fn log_format(obj: &serde_json::Map<String, Value>) -> Result<crate::log::Format, CniError> {
+    log_format_of(&log_keys(obj))
+}
+
+fn log_format_of(obj: &ConfObject) -> Result<crate::log::Format, CniError> {
+    match get_str(obj, Key::LogFormat)? {
+        None => Ok(crate::log::Format::default()),
+        Some(f) => crate::log::Format::parse(&f)
+            .ok_or_else(|| invalid(format!("invalid logFormat {f:?}: want text or json"))),
+    }
 }
 
 /// Parses `"min-max"` (unprivileged ports only).

@@ -3,6 +3,8 @@
 //! property tests can call the parsers and the allocator directly; it is not
 //! a stable API.
 
+pub mod agent;
+pub mod callstats;
 pub mod cli;
 pub mod cni;
 pub mod commands;

@@ -59,6 +59,13 @@ fn run_plugin() -> (serde_json::Value, bool) {
         .and_then(|o| config::log_settings(o).ok())
         .unwrap_or_else(|| (Some(config::DEFAULT_LOG_FILE.into()), log::Level::default()));
     log::init(log_file.as_deref(), level);
+    if let Some(Ok(f)) = doc
+        .as_ref()
+        .and_then(|v| v.as_object())
+        .map(config::log_format)
+    {
+        log::set_format(f);
+    }
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let (command, container, ifname) = (
         var("CNI_COMMAND"),
@@ -81,12 +88,20 @@ fn run_plugin() -> (serde_json::Value, bool) {
             log::write(log::Level::Error, format_args!("{e}"));
         }
     }
+    let took = started.elapsed();
     log::summary(
         &command,
         &container,
         &ifname,
         res.as_ref().map(|_| ()),
-        started.elapsed(),
+        took,
+    );
+    // For the agent's metrics (cni_ebpf_cni_calls_total and latencies).
+    cni_ebpf::callstats::record(
+        &cni_ebpf::callstats::state_dir_of(doc.as_ref()),
+        &command,
+        res.is_ok(),
+        took,
     );
     match res {
         Ok(v) => (v, true),

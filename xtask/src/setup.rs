@@ -44,6 +44,10 @@ const TOOL_PACKAGES: &[&str] = &[
     "conmon",
     "runc",
     "busybox-static",
+    // tests/agent.rs: `promtool check metrics` and a real Prometheus server
+    // scraping the agent (started by the test, inside its node namespace;
+    // the package's own service is never started: see `Apt::ensure`).
+    "prometheus",
 ];
 /// Variables of an outer cargo that must not reach `cargo install`.
 pub const LEAKY_ENV: &[&str] = &[
@@ -185,14 +189,16 @@ impl Apt {
                 .run()?;
             self.updated = true;
         }
-        // Installing a daemon (containerd) must never start it on the
+        // Installing a daemon (containerd, prometheus) must never start it on the
         // machine: invoke-rc.d asks policy-rc.d, 101 = "not allowed".
-        let _no_daemons = NoDaemons::install();
-        Cmd::new("apt-get")
+        let no_daemons = NoDaemons::install();
+        let installed = Cmd::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()?;
+            .run();
+        drop(no_daemons);
+        installed?;
         for p in missing {
             match Self::installed(p) {
                 Some(v) => println!("installed: {p} {v}"),

@@ -145,8 +145,46 @@ struct Uplink {
 }
 
 impl Datapath {
-    /// Brings the node-wide state up to date (every ADD).
+    /// Brings the node-wide state up to date (every ADD). The node's
+    /// addresses and uplinks are left to the agent when one keeps them for
+    /// these settings (agent/lease.rs), except on repair.
     pub fn prepare_node(&self, s: &NodeSettings<'_>, state_dir: &Path) -> Result<(), BpfError> {
+        self.set_config(s.snat_ports)?;
+        let agent = if s.reattach {
+            None
+        } else {
+            crate::agent::lease::holder(state_dir, s.uplinks, s.attach_mode)
+        };
+        match agent {
+            Some(l) => crate::info!(
+                "node addresses and uplinks: kept by the agent (pid {}, holds {})",
+                l.pid,
+                crate::agent::lease::path(state_dir).display()
+            ),
+            None => {
+                self.sync_addrs_and_uplinks(s, state_dir)?;
+            }
+        }
+        self.sync_no_masq(s.no_masq)?;
+        if s.reserve_ports {
+            reserve_ports(s.snat_ports)?;
+        }
+        if let Some(cg) = s.cgroup {
+            self.ensure_sock_hooks(cg, s.reattach, state_dir)?;
+        }
+        Ok(())
+    }
+
+    /// `node_addrs` := the node's addresses now; the uplinks (devices named
+    /// by the settings, else those holding default routes) attached, with
+    /// their masquerade addresses. Two netlink dumps; what ADD skips when
+    /// the agent runs, and what the agent runs on every address, link or
+    /// route change. Returns the uplinks' ifindexes.
+    pub fn sync_addrs_and_uplinks(
+        &self,
+        s: &NodeSettings<'_>,
+        state_dir: &Path,
+    ) -> Result<Vec<u32>, BpfError> {
         let names = s.uplinks.map(<[String]>::to_vec);
         let (addrs, links) = Netlink::with(|nl| async move {
             let addrs = nl.all_addrs().await?;
@@ -168,12 +206,7 @@ impl Datapath {
         })
         .map_err(|e| other("list node addresses and uplinks", "netlink", e))?;
 
-        self.set_config(s.snat_ports)?;
         self.sync_node_addrs(&addrs)?;
-        self.sync_no_masq(s.no_masq)?;
-        if s.reserve_ports {
-            reserve_ports(s.snat_ports)?;
-        }
         let uplinks: Vec<Uplink> = links
             .into_iter()
             .map(|link| {
@@ -191,10 +224,7 @@ impl Datapath {
             })
             .collect();
         self.ensure_uplinks(&uplinks, s.attach_mode, s.reattach, state_dir)?;
-        if let Some(cg) = s.cgroup {
-            self.ensure_sock_hooks(cg, s.reattach, state_dir)?;
-        }
-        Ok(())
+        Ok(uplinks.iter().map(|u| u.link.index).collect())
     }
 
     fn set_config(&self, snat: (u16, u16)) -> Result<(), BpfError> {
