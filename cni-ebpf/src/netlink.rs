@@ -155,14 +155,55 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     (n == 6).then_some(out)
 }
 
-/// A netlink connection in the calling thread's namespace.
+/// The process's one runtime: a current-thread runtime created on first use,
+/// driving every connection made with [`Netlink::open`]. Building one costs
+/// an epoll instance, an eventfd and a few allocations, which an ADD paid
+/// once per netlink call before (seven times).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, NlError> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    // A concurrent first caller may have won: its runtime is the one kept.
+    let _ = RT.set(rt);
+    Ok(RT.get().expect("set above"))
+}
+
+/// A netlink connection, bound to the network namespace of the thread that
+/// opened it (see [`crate::netns`]): a command opens one for the node and,
+/// from a short-lived thread inside the pod's namespace, one for the pod,
+/// and makes every request of that namespace on it.
+#[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }
 
 impl Netlink {
-    /// Runs `f` with a fresh connection on a current-thread runtime; the
-    /// socket belongs to the namespace of the calling thread.
+    /// Opens a connection in the calling thread's namespace, driven by the
+    /// process's runtime. The socket keeps its namespace when the handle
+    /// moves to another thread.
+    pub fn open() -> Result<Self, NlError> {
+        let rt = runtime()?;
+        // The socket registers with the runtime's reactor.
+        let _guard = rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        rt.spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Runs the requests of `fut` (made on this handle) to completion.
+    /// Not from inside another `call`.
+    pub fn call<T>(&self, fut: impl Future<Output = Result<T, NlError>>) -> Result<T, NlError> {
+        runtime()?.block_on(fut)
+    }
+
+    /// Runs `f` with a fresh connection on a runtime of its own (one-off
+    /// callers off the ADD/DEL path, and the reaper child, which has closed
+    /// the descriptors of its parent's runtime); the socket belongs to the
+    /// namespace of the calling thread.
     pub fn with<T, F, Fut>(f: F) -> Result<T, NlError>
     where
         F: FnOnce(Netlink) -> Fut,

@@ -318,7 +318,9 @@ pub fn run(a: &AgentArgs) -> i32 {
 /// device is gone.
 fn sync(dp: &Datapath, shared: &Shared) {
     let started = Instant::now();
-    let r = dp.sync_addrs_and_uplinks(&settings(&shared.conf), &shared.conf.state_dir);
+    let r = crate::datapath::node_netlink().and_then(|nl| {
+        dp.sync_addrs_and_uplinks(&nl, &settings(&shared.conf), &shared.conf.state_dir)
+    });
     let took = started.elapsed();
     shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
     shared

@@ -83,9 +83,14 @@ impl Datapath {
     /// Attaches `from_container`/`to_container` to the host veth `host`.
     /// Returns the mode actually used. Re-attaching replaces an earlier
     /// attachment of ours instead of stacking a second one.
-    pub fn attach_endpoint(&self, host: &Link, mode: AttachMode) -> Result<AttachMode, BpfError> {
+    pub fn attach_endpoint(
+        &self,
+        nl: &Netlink,
+        host: &Link,
+        mode: AttachMode,
+    ) -> Result<AttachMode, BpfError> {
         if mode == AttachMode::Netlink {
-            return self.attach_netlink_fresh(host, &ENDPOINT);
+            return self.attach_netlink_fresh(nl, host, &ENDPOINT);
         }
         self.attach_tc(&host.name, &ENDPOINT, None, mode, How::Fresh)
     }
@@ -256,10 +261,15 @@ impl Datapath {
     }
 
     /// A new attachment over netlink (every ADD): the clsact qdisc and both
-    /// cls_bpf filters in one netlink connection, with the pinned programs
+    /// cls_bpf filters on the command's netlink connection, with the pinned programs
     /// opened by `BPF_OBJ_GET` rather than through aya (see
     /// [`open_pinned_prog`] for what that saves).
-    fn attach_netlink_fresh(&self, host: &Link, hooks: &Hooks) -> Result<AttachMode, BpfError> {
+    fn attach_netlink_fresh(
+        &self,
+        nl: &Netlink,
+        host: &Link,
+        hooks: &Hooks,
+    ) -> Result<AttachMode, BpfError> {
         let mut progs = Vec::new();
         for &(name, kind, _) in hooks {
             let path = self.prog_path(name);
@@ -271,7 +281,7 @@ impl Datapath {
             progs.push((name, kind == TcAttachType::Ingress, fd));
         }
         let index = host.index;
-        Netlink::with(|nl| async move {
+        nl.call(async {
             nl.add_clsact(index).await?;
             for (name, ingress, fd) in &progs {
                 nl.add_bpf_filter(index, *ingress, fd.as_fd(), name, NL_PRIORITY, NL_HANDLE)

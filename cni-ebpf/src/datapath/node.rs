@@ -62,6 +62,12 @@ fn other(
     }
 }
 
+/// A netlink handle in the calling thread's namespace, for callers of
+/// [`Datapath::prepare_node`] that have none of their own (repair, agent).
+pub fn node_netlink() -> Result<Netlink, BpfError> {
+    Netlink::open().map_err(|e| other("open socket", "netlink", e))
+}
+
 /// The cgroup v2 mount point of this mount namespace, if any.
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -148,7 +154,12 @@ impl Datapath {
     /// Brings the node-wide state up to date (every ADD). The node's
     /// addresses and uplinks are left to the agent when one keeps them for
     /// these settings (agent/lease.rs), except on repair.
-    pub fn prepare_node(&self, s: &NodeSettings<'_>, state_dir: &Path) -> Result<(), BpfError> {
+    pub fn prepare_node(
+        &self,
+        nl: &Netlink,
+        s: &NodeSettings<'_>,
+        state_dir: &Path,
+    ) -> Result<(), BpfError> {
         self.set_config(s.snat_ports)?;
         let agent = if s.reattach {
             None
@@ -162,7 +173,7 @@ impl Datapath {
                 crate::agent::lease::path(state_dir).display()
             ),
             None => {
-                self.sync_addrs_and_uplinks(s, state_dir)?;
+                self.sync_addrs_and_uplinks(nl, s, state_dir)?;
             }
         }
         self.sync_no_masq(s.no_masq)?;
@@ -182,29 +193,31 @@ impl Datapath {
     /// route change. Returns the uplinks' ifindexes.
     pub fn sync_addrs_and_uplinks(
         &self,
+        nl: &Netlink,
         s: &NodeSettings<'_>,
         state_dir: &Path,
     ) -> Result<Vec<u32>, BpfError> {
         let names = s.uplinks.map(<[String]>::to_vec);
-        let (addrs, links) = Netlink::with(|nl| async move {
-            let addrs = nl.all_addrs().await?;
-            let links = match names {
-                None => nl.default_route_links().await?,
-                Some(names) => {
-                    let mut out = Vec::new();
-                    for n in names {
-                        out.push(
-                            nl.link_by_name(&n)
-                                .await?
-                                .ok_or(crate::netlink::NlError::NoLink(n))?,
-                        );
+        let (addrs, links) = nl
+            .call(async {
+                let addrs = nl.all_addrs().await?;
+                let links = match names {
+                    None => nl.default_route_links().await?,
+                    Some(names) => {
+                        let mut out = Vec::new();
+                        for n in names {
+                            out.push(
+                                nl.link_by_name(&n)
+                                    .await?
+                                    .ok_or(crate::netlink::NlError::NoLink(n))?,
+                            );
+                        }
+                        out
                     }
-                    out
-                }
-            };
-            Ok((addrs, links))
-        })
-        .map_err(|e| other("list node addresses and uplinks", "netlink", e))?;
+                };
+                Ok((addrs, links))
+            })
+            .map_err(|e| other("list node addresses and uplinks", "netlink", e))?;
 
         self.sync_node_addrs(&addrs)?;
         let uplinks: Vec<Uplink> = links
