@@ -2,7 +2,8 @@
 # Counts the syscalls and netlink round trips of one ADD and one DEL
 # (bridge and routed mode) of the binary $1, in a private node namespace
 # with one pod namespace, after a warm-up ADD that loads the data path.
-# Usage (root): bench/syscalls.sh target/debug/cni-ebpf
+# Usage (root): [CYCLES=20] bench/syscalls.sh target/debug/cni-ebpf
+# (CYCLES: also the mean wall time of that many ADD/DEL cycles.)
 set -eu
 BIN=$(readlink -f "${1:?binary}")
 ID=sc$$
@@ -56,5 +57,14 @@ for m in bridge routed; do
     run DEL $m $net p1 t-$m strace -f -o "$o-DEL.t" -e trace=sendmsg,recvmsg,sendto,recvfrom,socket
     report $m ADD "$o-ADD"
     report $m DEL "$o-DEL"
+    # Wall time of CYCLES add/delete cycles of one pod (no strace).
+    n=${CYCLES:-0} add=0 del=0 i=0
+    while [ $i -lt $n ]; do
+        t0=$(date +%s%N); run ADD $m $net p1 w$i-$m
+        t1=$(date +%s%N); run DEL $m $net p1 w$i-$m
+        t2=$(date +%s%N)
+        add=$((add + t1 - t0)) del=$((del + t2 - t1)) i=$((i + 1))
+    done
+    [ $n -eq 0 ] || printf '%-6s mean of %s cycles: ADD %s us  DEL %s us\n' $m $n $((add / n / 1000)) $((del / n / 1000))
     run DEL $m $net p0 warm-$m
 done

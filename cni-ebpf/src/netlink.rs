@@ -131,6 +131,12 @@ pub struct BpfFilter {
     pub name: String,
     /// The program's ID.
     pub prog_id: u32,
+    /// The filter's priority (upper half of `tcm_info`).
+    pub priority: u16,
+    /// The filter's protocol, network order (lower half of `tcm_info`).
+    pub protocol: u16,
+    /// The filter's handle.
+    pub handle: u32,
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
@@ -638,6 +644,10 @@ impl Netlink {
                 }
                 let mut f = BpfFilter {
                     ingress,
+                    priority: (m.header.info >> 16) as u16,
+                    protocol: m.header.info as u16,
+                    handle: (u32::from(m.header.handle.major) << 16)
+                        | u32::from(m.header.handle.minor),
                     ..Default::default()
                 };
                 for a in &m.attributes {
@@ -793,7 +803,11 @@ impl Netlink {
 
     /// Attaches the program `prog_fd` (named `name`) as a direct-action
     /// cls_bpf filter at clsact ingress or egress of `index`, with our fixed
-    /// `priority` and `handle`; fails (EEXIST) if that filter exists.
+    /// `priority` and `handle`. With `replace`, a filter already at that
+    /// priority and handle gets the new program in the same request (no
+    /// packet sees the hook empty); without, that filter makes it fail
+    /// (EEXIST). The one cls_bpf attach path of the plugin.
+    #[allow(clippy::too_many_arguments, reason = "the fields of one tc request")]
     pub async fn add_bpf_filter(
         &self,
         index: u32,
@@ -802,6 +816,7 @@ impl Netlink {
         name: &str,
         priority: u16,
         handle: u16,
+        replace: bool,
     ) -> Result<(), NlError> {
         use rtnetlink::{
             packet_core::{NLM_F_CREATE, NLM_F_EXCL},
@@ -833,13 +848,69 @@ impl Netlink {
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ]));
         let dir = if ingress { "ingress" } else { "egress" };
-        self.ack(
-            RouteNetlinkMessage::NewTrafficFilter(m),
-            NLM_F_CREATE | NLM_F_EXCL,
-            &[],
-            || format!("attach {name} at {dir} of {index}"),
-        )
+        // tc_new_tfilter(): NLM_F_CREATE without NLM_F_EXCL changes the
+        // filter found at (parent, priority, protocol, handle), or creates it.
+        let flags = if replace {
+            NLM_F_CREATE
+        } else {
+            NLM_F_CREATE | NLM_F_EXCL
+        };
+        self.ack(RouteNetlinkMessage::NewTrafficFilter(m), flags, &[], || {
+            format!("attach {name} at {dir} of {index}")
+        })
         .await
+    }
+
+    /// Deletes every cls_bpf filter at clsact ingress or egress of `index`
+    /// whose program name is one of `names`; returns how many hooks had one.
+    /// A missing device or qdisc is nothing to delete.
+    pub async fn del_bpf_filters(&self, index: u32, names: &[&str]) -> Result<usize, NlError> {
+        use rtnetlink::packet_route::{
+            tc::{TcHandle, TcMessage},
+            RouteNetlinkMessage,
+        };
+        let filters = match self.bpf_filters(index).await {
+            Ok(f) => f,
+            Err(NlError::Request {
+                source: rtnetlink::Error::NetlinkError(e),
+                ..
+            }) if matches!(
+                e.code.map(|c| -c.get()),
+                Some(libc::ENODEV) | Some(libc::EINVAL) | Some(libc::ENOENT)
+            ) =>
+            {
+                return Ok(0)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut hooks = Vec::new();
+        for f in filters.iter().filter(|f| names.contains(&f.name.as_str())) {
+            let mut m = TcMessage::with_index(index as i32);
+            m.header.parent = TcHandle {
+                major: TcHandle::CLSACT.major,
+                minor: if f.ingress {
+                    TcHandle::MIN_INGRESS
+                } else {
+                    TcHandle::MIN_EGRESS
+                },
+            };
+            m.header.handle = TcHandle {
+                major: (f.handle >> 16) as u16,
+                minor: f.handle as u16,
+            };
+            m.header.info = (u32::from(f.priority) << 16) | u32::from(f.protocol);
+            self.ack(
+                RouteNetlinkMessage::DelTrafficFilter(m),
+                0,
+                &[libc::ENOENT, libc::ENODEV],
+                || format!("delete filter {} of {index}", f.name),
+            )
+            .await?;
+            if !hooks.contains(&(f.ingress, &f.name)) {
+                hooks.push((f.ingress, &f.name));
+            }
+        }
+        Ok(hooks.len())
     }
 }
 

@@ -4,7 +4,10 @@
 
 use crate::warn;
 
-type Undo = Box<dyn FnOnce() -> Result<(), String>>;
+/// An undo step's failure, kept with its type and source for the log.
+pub type UndoError = Box<dyn std::error::Error>;
+
+type Undo = Box<dyn FnOnce() -> Result<(), UndoError>>;
 
 /// The undo steps registered so far.
 #[derive(Default)]
@@ -19,8 +22,13 @@ impl Rollback {
     }
 
     /// Registers the undo of `what`.
-    pub fn push(&mut self, what: &'static str, f: impl FnOnce() -> Result<(), String> + 'static) {
-        self.steps.push((what, Box::new(f)));
+    pub fn push<E: Into<UndoError>>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce() -> Result<(), E> + 'static,
+    ) {
+        self.steps
+            .push((what, Box::new(move || f().map_err(Into::into))));
     }
 
     /// Keeps every change: nothing is undone.
@@ -33,7 +41,10 @@ impl Drop for Rollback {
     fn drop(&mut self) {
         while let Some((what, f)) = self.steps.pop() {
             if let Err(e) = f() {
-                warn!("rollback of {what} failed: {e}");
+                warn!(
+                    "rollback of {what} failed: {}",
+                    crate::cni::error::chain(&*e)
+                );
             }
         }
     }

@@ -61,7 +61,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             "ADD retried: replacing the earlier attempt's {}",
             plan.host_veth
         );
-        dp.detach_endpoint(&plan.host_veth);
+        dp.detach_endpoint(&nl, &plan.host_veth);
         nl.call(nl.del_veth(&plan.host_veth))
             .map_err(|e| nl_err("remove earlier veth", e))?;
     }
@@ -118,17 +118,17 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
                 attempt,
                 &env.path,
             )?;
-            let (conf2, cid, ifn, path) = (
+            let (conf2, cid, ifn, path, netns) = (
                 conf.clone(),
                 env.container_id.clone(),
                 env.ifname.clone(),
                 env.path.clone(),
+                env.netns.as_ref().map(|p| p.display().to_string()),
             );
             // Everything this attachment holds (a retry may hold more than
             // this attempt's result names).
             rb.push("IPAM reservation", move || {
-                ipam.del(&conf2, &cid, &ifn, &[], &path)
-                    .map_err(|e| e.to_string())
+                ipam.del(&conf2, &cid, &ifn, &[], &path, netns.as_deref())
             });
             record.ips = driver.addresses(&res);
             store.save(&record)?;
@@ -157,7 +157,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
     };
     if conf.mode == Mode::Chained {
         // The veth is not ours and may carry our filters from an earlier ADD.
-        dp.detach_endpoint(&wired.host.name);
+        dp.detach_endpoint(&nl, &wired.host.name);
     }
 
     // 6. The data path: programs on the host veth, the endpoint's entries.
@@ -208,7 +208,6 @@ fn claim_ports(
     let (dp2, m, ips2) = (dp.clone(), conf.runtime.port_mappings.clone(), ips.to_vec());
     rb.push("hostPort mappings", move || {
         dp2.release_ports(Some((&m, &ips2)), owner)
-            .map_err(|e| e.to_string())
     });
     Ok(())
 }
@@ -224,9 +223,7 @@ fn begin(store: &Store, conf: &NetConf, record: &Record) -> Result<Rollback, Cni
         record.ifname.clone(),
     );
     rb.push("state record", move || {
-        Store::open(&sd, &net, false)
-            .and_then(|s| s.remove(&cid, &ifn))
-            .map_err(|e| e.to_string())
+        Store::open(&sd, &net, false).and_then(|s| s.remove(&cid, &ifn))
     });
     Ok(rb)
 }
@@ -246,10 +243,10 @@ fn publish(
     owner: u64,
 ) -> Result<AttachMode, CniError> {
     let ips: Vec<IpAddr> = nets.iter().map(IpNet::addr).collect();
-    let (dp2, name) = (dp.clone(), host.name.clone());
+    let (dp2, nl2, name) = (dp.clone(), nl.clone(), host.name.clone());
     rb.push("program attachment", move || {
-        dp2.detach_endpoint(&name);
-        Ok(())
+        dp2.detach_endpoint(&nl2, &name);
+        Ok::<_, crate::rollback::UndoError>(())
     });
     let mode = dp
         .attach_endpoint(nl, host, conf.attach_mode)
@@ -258,7 +255,6 @@ fn publish(
     let (dp2, idx) = (dp.clone(), host.index);
     rb.push("endpoint map entries", move || {
         dp2.remove_endpoint(&ips, Some(idx), owner)
-            .map_err(|e| e.to_string())
     });
     dp.add_endpoint(nets, host.index, pod_mac, owner, conf.ip_masq)
         .map_err(|e| bpf_err("endpoint map entries", e))?;

@@ -5,7 +5,7 @@
 //! (interfaces), the data path (programs, map entries, hostPorts), IPAM,
 //! then the state record.
 
-use super::{addrs, nl_err};
+use super::{addrs, nl_err, TeardownError};
 use crate::{
     cni::{CniEnv, CniError},
     config::{Mode, NetConf},
@@ -41,7 +41,7 @@ pub fn teardown(
     netns: Option<String>,
     cni_path: &str,
 ) -> Result<(), CniError> {
-    let mut errors: Vec<String> = Vec::new();
+    let mut errors: Vec<TeardownError> = Vec::new();
     // A corrupt record is treated as absent (everything is then found by the
     // derived names and the owner tag) and removed at the end.
     let record: Option<Record> = match store.load(container_id, ifname) {
@@ -61,6 +61,8 @@ pub fn teardown(
     // Interfaces, by the driver that made them.
     let mut tomb = None;
     let nl = Netlink::open();
+    // What a delegated IPAM plugin is told (GC passes the record's).
+    let ipam_netns = netns.clone();
     match &nl {
         Ok(nl) if mode != Mode::Chained => {
             let ns_path = netns
@@ -82,14 +84,13 @@ pub fn teardown(
             };
             let done = network::driver(mode).teardown(&t);
             tomb = done.tomb;
-            errors.extend(
-                done.errors
-                    .into_iter()
-                    .map(|e| CniError::from(e).to_string()),
-            );
+            errors.extend(done.errors.into_iter().map(TeardownError::Driver));
         }
         Ok(_) => {}
-        Err(e) => errors.push(nl_err("netlink socket", clone_nl(e)).to_string()),
+        Err(e) => errors.push(TeardownError::Netlink {
+            what: "netlink socket",
+            source: clone_nl(e),
+        }),
     }
 
     // Programs and map entries, if the data path exists at all (DEL never
@@ -98,15 +99,22 @@ pub fn teardown(
     let dp = Datapath::layout(&conf.pin_path);
     if dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
         // Unpins TCX links, removes our filters where the device stays
-        // (chained mode); both are no-ops when already gone.
-        dp.detach_endpoint(&host);
+        // (chained mode, or a veth the driver could not remove); both are
+        // no-ops when already gone.
+        match &nl {
+            Ok(nl) if mode == Mode::Chained || !errors.is_empty() => dp.detach_endpoint(nl, &host),
+            _ => dp.unpin_endpoint(&host),
+        }
         let res = match &record {
             Some(r) => dp.remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner),
             // No record: find what this owner holds by scanning (rare path).
             None => dp.remove_owner(owner).map(drop),
         };
         if let Err(e) = res {
-            errors.push(super::bpf_err("remove endpoint entries", e).to_string());
+            errors.push(TeardownError::Datapath {
+                what: "remove endpoint entries",
+                source: e,
+            });
         }
         // hostPorts: from the record (DEL needs no runtimeConfig), else by owner.
         let ips = record.as_ref().map(|r| addrs(&r.ips)).unwrap_or_default();
@@ -114,7 +122,10 @@ pub fn teardown(
             .as_ref()
             .map(|r| (r.port_mappings.as_slice(), ips.as_slice()));
         if let Err(e) = dp.release_ports(known, owner) {
-            errors.push(super::bpf_err("remove hostPort mappings", e).to_string());
+            errors.push(TeardownError::Datapath {
+                what: "remove hostPort mappings",
+                source: e,
+            });
         }
     }
 
@@ -124,12 +135,25 @@ pub fn teardown(
         match Ipam::from_conf(conf) {
             Ok(Some(ipam)) => {
                 let known = record.as_ref().map(|r| addrs(&r.ips)).unwrap_or_default();
-                if let Err(e) = ipam.del(conf, container_id, ifname, &known, cni_path) {
-                    errors.push(format!("IPAM release: {e}"));
+                if let Err(e) = ipam.del(
+                    conf,
+                    container_id,
+                    ifname,
+                    &known,
+                    cni_path,
+                    ipam_netns.as_deref(),
+                ) {
+                    errors.push(TeardownError::Cni {
+                        what: "IPAM release",
+                        error: e,
+                    });
                 }
             }
             Ok(None) => {}
-            Err(e) => errors.push(format!("IPAM config: {e}")),
+            Err(e) => errors.push(TeardownError::Cni {
+                what: "IPAM config",
+                error: e,
+            }),
         }
     }
 

@@ -236,7 +236,7 @@ impl Datapath {
                 Uplink { link, info }
             })
             .collect();
-        self.ensure_uplinks(&uplinks, s.attach_mode, s.reattach, state_dir)?;
+        self.ensure_uplinks(nl, &uplinks, s.attach_mode, s.reattach, state_dir)?;
         Ok(uplinks.iter().map(|u| u.link.index).collect())
     }
 
@@ -326,6 +326,7 @@ impl Datapath {
     /// has a new ifindex) and keeps the masquerade addresses current.
     fn ensure_uplinks(
         &self,
+        nl: &Netlink,
         uplinks: &[Uplink],
         mode: AttachMode,
         reattach: bool,
@@ -346,7 +347,7 @@ impl Datapath {
                         );
                     }
                     if reattach || m.get(&u.link.index, 0).is_err() {
-                        self.attach_uplink(&u.link.name, mode)?;
+                        self.attach_uplink(nl, &u.link.name, mode)?;
                     }
                 }
             }

@@ -90,8 +90,14 @@ fn log_load(load: &LoadReport) {
 /// uplinks and socket hooks, onto `dp`'s programs and maps.
 pub fn restore_all(dp: &Datapath, conf: &NetConf) -> RestoreReport {
     let mut r = RestoreReport::default();
-    let links: HashMap<String, u32> = match Netlink::with(|nl| async move { nl.all_links().await })
-    {
+    let nl = match super::node_netlink() {
+        Ok(nl) => nl,
+        Err(e) => {
+            r.errors.push(format!("list devices: {e}"));
+            return r;
+        }
+    };
+    let links: HashMap<String, u32> = match nl.call(nl.all_links()) {
         Ok(l) => l.into_iter().map(|l| (l.name, l.index)).collect(),
         Err(e) => {
             r.errors.push(format!("list devices: {e}"));
@@ -108,7 +114,7 @@ pub fn restore_all(dp: &Datapath, conf: &NetConf) -> RestoreReport {
             r.skipped.push(format!("{who}: host veth is gone"));
             continue;
         };
-        match restore(dp, &rec, ifindex, mode) {
+        match restore(dp, &nl, &rec, ifindex, mode) {
             Ok(()) => r.restored.push(who),
             Err(e) => r.errors.push(format!("{who}: {e}")),
         }
@@ -126,7 +132,13 @@ pub fn restore_all(dp: &Datapath, conf: &NetConf) -> RestoreReport {
 
 /// One attachment: endpoint entries and mappings first (the moment the new
 /// programs run on the veth they find them), then the programs.
-fn restore(dp: &Datapath, rec: &Record, ifindex: u32, mode: AttachMode) -> Result<(), String> {
+fn restore(
+    dp: &Datapath,
+    nl: &Netlink,
+    rec: &Record,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<(), String> {
     let chain = |e: &dyn std::error::Error| crate::cni::error::chain(e);
     let owner = owner(&rec.container_id, &rec.ifname);
     let nets = if rec.endpoint_nets.is_empty() {
@@ -142,7 +154,7 @@ fn restore(dp: &Datapath, rec: &Record, ifindex: u32, mode: AttachMode) -> Resul
     let ips: Vec<IpAddr> = rec.ips.iter().map(|n| n.addr()).collect();
     dp.claim_ports(&rec.port_mappings, &ips, owner)
         .map_err(|e| format!("hostPort mappings: {}", chain(&e)))?;
-    dp.reattach_endpoint(&rec.host_veth, mode)
+    dp.reattach_endpoint(nl, &rec.host_veth, mode)
         .map_err(|e| format!("programs: {}", chain(&e)))?;
     Ok(())
 }

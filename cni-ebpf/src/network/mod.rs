@@ -76,22 +76,30 @@ impl DriverError {
     }
 }
 
+impl From<&DriverError> for CniError {
+    fn from(e: &DriverError) -> Self {
+        match e {
+            DriverError::Netlink { what, source } => {
+                CniError::new(code::KERNEL, format!("{what}: {source}")).with_details(chain(source))
+            }
+            DriverError::Netns(n) => {
+                CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {n}")).with_details(chain(n))
+            }
+            DriverError::Sysctl { what, source } => {
+                CniError::new(code::IO, what.clone()).with_details(source.to_string())
+            }
+            DriverError::Env(m) => CniError::new(code::INVALID_ENV, m.clone()),
+            DriverError::Config(m) => CniError::new(code::INVALID_CONFIG, m.clone()),
+            DriverError::State(c) => c.clone(),
+        }
+    }
+}
+
 impl From<DriverError> for CniError {
     fn from(e: DriverError) -> Self {
         match e {
-            DriverError::Netlink { what, source } => {
-                CniError::new(code::KERNEL, format!("{what}: {source}"))
-                    .with_details(chain(&source))
-            }
-            DriverError::Netns(n) => {
-                CniError::new(code::INVALID_ENV, format!("CNI_NETNS: {n}")).with_details(chain(&n))
-            }
-            DriverError::Sysctl { what, source } => {
-                CniError::new(code::IO, what).with_details(source.to_string())
-            }
-            DriverError::Env(m) => CniError::new(code::INVALID_ENV, m),
-            DriverError::Config(m) => CniError::new(code::INVALID_CONFIG, m),
             DriverError::State(c) => c,
+            e => CniError::from(&e),
         }
     }
 }

@@ -120,9 +120,9 @@ pub(super) fn create_pair(
         .map_err(DriverError::nl("create veth pair"))?;
     {
         let (idx, nl) = (host_link.index, req.nl.clone());
-        steps.rb.push("veth pair", move || {
-            nl.call(nl.del_link(idx)).map_err(|e| e.to_string())
-        });
+        steps
+            .rb
+            .push("veth pair", move || nl.call(nl.del_link(idx)));
     }
     steps.record.host_ifindex = Some(host_link.index);
     steps.save()?;
