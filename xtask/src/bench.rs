@@ -67,6 +67,9 @@ const RR_PORT: u16 = 11111;
 const TP_PORT: u16 = 5201;
 /// Port of the external server the masquerade figure dials.
 const EXT_CRR_PORT: u16 = 9000;
+/// Every port a server of the bench listens on, kept out of the clients'
+/// ephemeral range.
+const SERVER_PORTS: &str = "80,5201,9000,11111";
 /// One ADD slower than this stops a configuration.
 const ADD_LIMIT: Duration = Duration::from_secs(10);
 /// The CPU client and server share (cross-CPU wake-ups swamp the figures).

@@ -86,6 +86,9 @@ pub fn sysctl_in(ns: &str, key: &str, value: &str) -> Result {
 pub fn tune_client(ns: &str) -> Result {
     sysctl_in(ns, "net.ipv4.tcp_tw_reuse", "1")?;
     sysctl_in(ns, "net.ipv4.ip_local_port_range", "1024 65535")?;
+    // ... but never the servers' ports: a client's TIME_WAIT socket on one
+    // (bound without SO_REUSEADDR) would stop the next server's bind.
+    sysctl_in(ns, "net.ipv4.ip_local_reserved_ports", super::SERVER_PORTS)?;
     // A lost SYN retransmitted twice at most: a connection that cannot be
     // made fails within 7 s instead of two minutes.
     sysctl_in(ns, "net.ipv4.tcp_syn_retries", "2")
