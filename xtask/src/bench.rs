@@ -988,7 +988,12 @@ fn median(v: &[f64]) -> f64 {
     }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
+    let m = s.len() / 2;
+    if s.len().is_multiple_of(2) {
+        (s[m - 1] + s[m]) / 2.0
+    } else {
+        s[m]
+    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
