@@ -308,6 +308,19 @@ fn uplinks_follow_without_add() {
     // hostPort and masquerade through it.
     assert_reply(&ext2, ip("198.51.100.1"), 18001, "pod1 ::ffff:198.51.100.2");
     assert_reply(&p1, ip("198.51.100.2"), 7000, "ext2 198.51.100.1");
+    // The masquerade port that flow holds is counted under up1's address.
+    let (code, body) = agent.get("/metrics").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let in_use: f64 = body
+        .lines()
+        .find(|l| {
+            l.starts_with("cni_ebpf_masquerade_ports_in_use{")
+                && l.contains(r#"address="198.51.100.1""#)
+                && l.contains(r#"protocol="tcp""#)
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no masquerade ports for 198.51.100.1/tcp in:\n{body}"));
+    assert!(in_use >= 1.0, "{in_use}");
 
     // The first uplink down and up (its default route comes back as DHCP
     // would put it back): attachments are there and work.
