@@ -3,9 +3,11 @@
 //! long as it runs (the kernel drops it when the process ends, however it
 //! ends), writes into it the settings it follows, and touches the file after
 //! every pass of its loop. ADD skips its node-wide dumps only when the lock
-//! is held, the settings are the ones of its own network, and the file was
-//! touched within [`STALE_AFTER`]: a hung agent stops counting after that,
-//! and ADD does the dumps again.
+//! is held, the agent follows the same data path (pin path) in the same
+//! network namespace (the lease file is on a filesystem every namespace of
+//! the node may share) with the settings of ADD's own network, and the file
+//! was touched within [`STALE_AFTER`]: a hung agent stops counting after
+//! that, and ADD does the dumps again.
 
 use std::{
     fs::File,
@@ -30,6 +32,11 @@ pub const STALE_AFTER: Duration = Duration::from_secs(10);
 pub struct Lease {
     /// The agent's PID (in its own PID namespace).
     pub pid: u32,
+    /// The pinned data path (`<pinPath>/v<ABI>`) whose `node_addrs` and
+    /// `uplinks` it keeps.
+    pub pin_path: PathBuf,
+    /// Cookie of the network namespace whose addresses and links it follows.
+    pub netns_cookie: u64,
     /// The `uplinks` setting it follows (None: default-route devices).
     pub uplinks: Option<Vec<String>>,
     /// How it attaches uplink programs.
@@ -96,8 +103,14 @@ impl Held {
 }
 
 /// The agent keeping this node's addresses and uplinks for a network with
-/// these settings, if one does: its lease.
-pub fn holder(state_dir: &Path, uplinks: Option<&[String]>, mode: AttachMode) -> Option<Lease> {
+/// these settings (data path, uplinks, attach mode), in the calling thread's
+/// network namespace, if one does: its lease.
+pub fn holder(
+    state_dir: &Path,
+    pin_path: &Path,
+    uplinks: Option<&[String]>,
+    mode: AttachMode,
+) -> Option<Lease> {
     let p = path(state_dir);
     let mut file = File::open(&p).ok()?;
     match flock(&file, FlockOperation::NonBlockingLockShared) {
@@ -117,5 +130,100 @@ pub fn holder(state_dir: &Path, uplinks: Option<&[String]>, mode: AttachMode) ->
     let mut s = String::new();
     file.read_to_string(&mut s).ok()?;
     let lease: Lease = serde_json::from_str(&s).ok()?;
-    (lease.uplinks.as_deref() == uplinks && lease.attach_mode == mode).then_some(lease)
+    let netns = crate::datapath::netns_cookie().ok()?;
+    (lease.pin_path == pin_path
+        && lease.netns_cookie == netns
+        && lease.uplinks.as_deref() == uplinks
+        && lease.attach_mode == mode)
+        .then_some(lease)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("cni-ebpf-lease-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        Dir(d)
+    }
+
+    fn lease(pin: &str) -> Lease {
+        Lease {
+            pid: 1,
+            pin_path: pin.into(),
+            netns_cookie: crate::datapath::netns_cookie().unwrap(),
+            uplinks: None,
+            attach_mode: AttachMode::default(),
+        }
+    }
+
+    // The lock is per open file description: another open of the file in
+    // this process is refused the shared lock as another process would be.
+    #[test]
+    fn trusted_only_for_the_same_data_path_and_namespace() {
+        let d = dir("same");
+        let l = lease("/sys/fs/bpf/a/v1");
+        let _held = Held::take(&d.0, &l, Duration::ZERO).unwrap();
+        let mode = AttachMode::default();
+        assert_eq!(
+            holder(&d.0, Path::new("/sys/fs/bpf/a/v1"), None, mode),
+            Some(l.clone())
+        );
+        // Another network's (or another ABI's) maps: not kept by this agent.
+        assert_eq!(
+            holder(&d.0, Path::new("/sys/fs/bpf/b/v1"), None, mode),
+            None
+        );
+        assert_eq!(
+            holder(&d.0, Path::new("/sys/fs/bpf/a/v2"), None, mode),
+            None
+        );
+        assert_eq!(
+            holder(
+                &d.0,
+                Path::new("/sys/fs/bpf/a/v1"),
+                Some(&["eth1".into()]),
+                mode
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn an_agent_of_another_namespace_is_not_trusted() {
+        let d = dir("netns");
+        let mut l = lease("/p/v1");
+        l.netns_cookie = l.netns_cookie.wrapping_add(1);
+        let _held = Held::take(&d.0, &l, Duration::ZERO).unwrap();
+        assert_eq!(
+            holder(&d.0, Path::new("/p/v1"), None, AttachMode::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_lease_without_the_data_path_is_not_trusted() {
+        // What an agent of a build before the data path was recorded wrote.
+        let d = dir("old");
+        let l = lease("/p/v1");
+        let held = Held::take(&d.0, &l, Duration::ZERO).unwrap();
+        std::fs::write(
+            path(&d.0),
+            r#"{"pid":1,"uplinks":null,"attachMode":"netlink"}"#,
+        )
+        .unwrap();
+        held.touch();
+        assert_eq!(
+            holder(&d.0, Path::new("/p/v1"), None, AttachMode::default()),
+            None
+        );
+    }
 }

@@ -187,8 +187,20 @@ pub fn run(a: &AgentArgs) -> i32 {
     });
     let conf = &shared.conf;
     sync(&dp, &shared);
+    let netns_cookie = match crate::datapath::netns_cookie() {
+        Ok(c) => c,
+        Err(e) => {
+            crate::log::write(
+                crate::log::Level::Error,
+                format_args!("read the network namespace's cookie: {e}"),
+            );
+            return 1;
+        }
+    };
     let lease = lease::Lease {
         pid: std::process::id(),
+        pin_path: dp.dir.clone(),
+        netns_cookie,
         uplinks: conf.uplinks.clone(),
         attach_mode: conf.attach_mode,
     };

@@ -25,7 +25,7 @@ mod remove;
 mod restore;
 
 pub use attach::AttachMode;
-pub use node::{cgroup2_root, node_netlink, NodeSettings};
+pub use node::{cgroup2_root, netns_cookie, node_netlink, NodeSettings};
 pub use pins::{BpfError, Datapath, LoadReport};
 pub use ports::{proto_name, PortError};
 pub use remove::remove_node;

@@ -164,7 +164,7 @@ impl Datapath {
         let agent = if s.reattach {
             None
         } else {
-            crate::agent::lease::holder(state_dir, s.uplinks, s.attach_mode)
+            crate::agent::lease::holder(state_dir, &self.dir, s.uplinks, s.attach_mode)
         };
         match agent {
             Some(l) => crate::info!(
