@@ -100,6 +100,18 @@ impl Held {
     pub fn touch(&self) {
         let _ = self.file.set_modified(SystemTime::now());
     }
+
+    /// After a pass of the loop: trusted again when the node's addresses and
+    /// uplinks are in sync (`in_sync`), else untrusted at once (ADD does its
+    /// own dumps, and fails as it would without the agent) until a sync
+    /// succeeds.
+    pub fn renew(&self, in_sync: bool) {
+        if in_sync {
+            self.touch();
+        } else {
+            let _ = self.file.set_modified(SystemTime::UNIX_EPOCH);
+        }
+    }
 }
 
 /// The agent keeping this node's addresses and uplinks for a network with
@@ -195,6 +207,19 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn not_trusted_while_the_agent_is_out_of_sync() {
+        let d = dir("sync");
+        let l = lease("/p/v1");
+        let held = Held::take(&d.0, &l, Duration::ZERO).unwrap();
+        let get = || holder(&d.0, Path::new("/p/v1"), None, AttachMode::default());
+        assert!(get().is_some());
+        held.renew(false);
+        assert_eq!(get(), None);
+        held.renew(true);
+        assert!(get().is_some());
     }
 
     #[test]

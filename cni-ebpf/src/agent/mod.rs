@@ -211,6 +211,8 @@ pub fn run(a: &AgentArgs) -> i32 {
             return 1;
         }
     };
+    // The first sync ran before the lease was taken: vouch only if it worked.
+    held.renew(in_sync(&shared));
     if let Err(e) = http::serve(a.metrics_address, shared.clone()) {
         crate::log::write(
             crate::log::Level::Error,
@@ -264,7 +266,7 @@ pub fn run(a: &AgentArgs) -> i32 {
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + tick;
-            held.touch();
+            held.renew(in_sync(&shared));
             *shared.heartbeat.lock().unwrap_or_else(|e| e.into_inner()) = now;
             // Cheap (a few stats): this build's pins all there?
             if !Datapath::layout(&conf.pin_path).is_ready() {
@@ -304,6 +306,10 @@ pub fn run(a: &AgentArgs) -> i32 {
         if dirty {
             next_resync = now + Duration::from_secs(a.resync_interval.max(1));
             sync(&dp, &shared);
+            if !in_sync(&shared) {
+                // Stop vouching at once, not at the next tick.
+                held.renew(false);
+            }
         }
         if now >= next_prune {
             next_prune = now + Duration::from_secs(a.nat_prune_interval.max(1));
@@ -324,6 +330,16 @@ pub fn run(a: &AgentArgs) -> i32 {
     info!("agent stopping (signal {sig}); the data path is left as it is");
     drop(held);
     0
+}
+
+/// Whether the last sync of node addresses and uplinks succeeded (what the
+/// lease vouches for).
+fn in_sync(shared: &Shared) -> bool {
+    shared
+        .last_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_none()
 }
 
 /// Brings `node_addrs` and the uplinks up to date and forgets uplinks whose
