@@ -240,6 +240,26 @@ pub fn render(s: &Shared) -> String {
     o.s
 }
 
+/// The labels of one attachment's series: its record's pod, container,
+/// interface and network. An endpoint without a record here (one of a
+/// network with another state directory, or leaked) gets empty ones and its
+/// owner tag, so two of them are still two series: Prometheus drops all but
+/// one sample of a label set that repeats in a scrape.
+fn endpoint_labels(owner: u64, r: Option<&crate::state::Record>) -> Vec<(&'static str, String)> {
+    let f = |g: fn(&crate::state::Record) -> &String| r.map(|r| g(r).clone()).unwrap_or_default();
+    let mut labels = vec![
+        ("namespace", f(|r| &r.pod_namespace)),
+        ("pod", f(|r| &r.pod_name)),
+        ("container_id", f(|r| &r.container_id)),
+        ("interface", f(|r| &r.ifname)),
+        ("network", f(|r| &r.network)),
+    ];
+    if r.is_none() {
+        labels.push(("owner", format!("{owner:016x}")));
+    }
+    labels
+}
+
 fn endpoints(o: &mut Out, dp: &Datapath, conf: &crate::config::NetConf) {
     let records = crate::state::owners(&conf.state_dir);
     // One series set per attachment (owner), whatever its address count.
@@ -251,18 +271,10 @@ fn endpoints(o: &mut Out, dp: &Datapath, conf: &crate::config::NetConf) {
     let rows: Vec<Row> = seen
         .iter()
         .map(|(owner, ifindex)| {
-            let r = records.get(owner);
-            let f = |g: fn(&crate::state::Record) -> &String| {
-                r.map(|r| g(r).clone()).unwrap_or_default()
-            };
-            let labels = vec![
-                ("namespace", f(|r| &r.pod_namespace)),
-                ("pod", f(|r| &r.pod_name)),
-                ("container_id", f(|r| &r.container_id)),
-                ("interface", f(|r| &r.ifname)),
-                ("network", f(|r| &r.network)),
-            ];
-            (labels, dp.endpoint_stats(*ifindex).unwrap_or_default())
+            (
+                endpoint_labels(*owner, records.get(owner)),
+                dp.endpoint_stats(*ifindex).unwrap_or_default(),
+            )
         })
         .collect();
     let lab = |l: &[(&'static str, String)], extra: Option<(&'static str, &'static str)>| {
@@ -522,4 +534,27 @@ fn agent(o: &mut Out, s: &Shared) {
             .unwrap_or_default()
             .as_secs_f64(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_without_a_record_are_distinct_series() {
+        let a = endpoint_labels(1, None);
+        let b = endpoint_labels(2, None);
+        assert_ne!(a, b);
+        assert_eq!(
+            a.last().unwrap(),
+            &("owner", "0000000000000001".to_string())
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut o = Out { s: String::new() };
+        o.sample("m", &[("pod", "a\"b\\c\nd")], 1.0);
+        assert_eq!(o.s, "m{pod=\"a\\\"b\\\\c\\nd\"} 1\n");
+    }
 }
