@@ -287,16 +287,7 @@ pub fn run(a: &AgentArgs) -> i32 {
             // Endpoints of live records missing from the maps.
             if let Some(e) = repair::lost(conf) {
                 warn!("{}: repairing", e.msg);
-                let r = repair::run(&dp, conf);
-                for e in &r.errors {
-                    warn!("repair: {e}");
-                }
-                info!(
-                    "repair: {} attachment(s) restored, {} skipped, {} error(s)",
-                    r.restored.len(),
-                    r.skipped.len(),
-                    r.errors.len()
-                );
+                repair::run(&dp, conf).log();
                 shared.stats.repairs.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -40,6 +40,21 @@ pub struct RestoreReport {
     pub errors: Vec<String>,
 }
 
+impl RestoreReport {
+    /// Logs each error (warn) and the counts (info).
+    pub fn log(&self) {
+        for e in &self.errors {
+            warn!("repair: {e}");
+        }
+        info!(
+            "repair: {} attachment(s) restored, {} skipped, {} error(s)",
+            self.restored.len(),
+            self.skipped.len(),
+            self.errors.len()
+        );
+    }
+}
+
 /// The node-wide settings of `conf`.
 pub fn node_settings(conf: &NetConf, reattach: bool) -> NodeSettings<'_> {
     NodeSettings {
@@ -63,16 +78,7 @@ pub fn open(conf: &NetConf) -> Result<Datapath, BpfError> {
         conf.nat_map_entries,
         &mut |dp, load| {
             log_load(load);
-            let r = restore_all(dp, conf);
-            for e in &r.errors {
-                warn!("repair: {e}");
-            }
-            info!(
-                "repair: {} attachment(s) restored, {} skipped, {} error(s)",
-                r.restored.len(),
-                r.skipped.len(),
-                r.errors.len()
-            );
+            restore_all(dp, conf).log();
         },
     )
 }
