@@ -145,23 +145,42 @@ pub fn read(state_dir: &Path) -> Table {
     out
 }
 
-/// The state directory a raw config names (`stateDir`, any letter case),
-/// else the default.
+/// The state directory a raw config names (`stateDir`, matched as the
+/// parser matches it: Go's rule), else the default.
 pub fn state_dir_of(doc: Option<&serde_json::Value>) -> PathBuf {
+    use crate::{cni::gojson::Fields, config::Key};
     doc.and_then(|v| v.as_object())
         .and_then(|o| {
-            o.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case("stateDir"))
+            crate::cni::gojson::fold_iter(o, Key::NAMES)
+                .find(|(k, _)| *k == Key::StateDir.name())
                 .and_then(|(_, v)| v.as_str())
         })
-        .filter(|s| s.starts_with('/'))
-        .unwrap_or(crate::config::DEFAULT_STATE_DIR)
-        .into()
+        .and_then(|s| crate::config::absolute_path("stateDir", s).ok())
+        .unwrap_or_else(|| crate::config::DEFAULT_STATE_DIR.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_dir_as_the_parser_reads_it() {
+        let sd = |v: serde_json::Value| state_dir_of(Some(&v));
+        // The exact spelling wins over a folded one, as in the parser.
+        assert_eq!(
+            sd(serde_json::json!({"StateDir": "/a", "stateDir": "/b"})),
+            PathBuf::from("/b")
+        );
+        // Go's fold: U+017F is an `s`.
+        assert_eq!(
+            sd(serde_json::json!({"\u{17f}tatedir": "/c"})),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            sd(serde_json::json!({"stateDir": "/x/../y"})),
+            PathBuf::from(crate::config::DEFAULT_STATE_DIR)
+        );
+    }
 
     #[test]
     fn counts_and_buckets() {
