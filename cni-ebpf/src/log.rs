@@ -189,11 +189,7 @@ fn emit_fields(level: Level, msg: std::fmt::Arguments<'_>, fields: &[(&str, Fiel
         l.push('\n');
         l
     } else {
-        format!(
-            "{time} {} [{}] {prefix} {msg}\n",
-            level.name(),
-            std::process::id()
-        )
+        text_line(&time, level, &prefix, &msg.to_string())
     };
     // One write per line: O_APPEND keeps lines of concurrent calls whole.
     if let Some(f) = SINK.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
@@ -202,6 +198,19 @@ fn emit_fields(level: Level, msg: std::fmt::Arguments<'_>, fields: &[(&str, Fiel
     if STDERR.load(Ordering::Relaxed) || std::env::var_os("CNI_EBPF_LOG_STDERR").is_some() {
         let _ = std::io::stderr().write_all(line.as_bytes());
     }
+}
+
+/// A `logFormat: "text"` line. A message that spans lines (a delegated
+/// plugin's error, a multi-line detail) is kept on one, its line breaks
+/// written `\n`: a reader (or a shipper) takes each line for a record of
+/// its own, with the time and level it starts with.
+fn text_line(time: &str, level: Level, prefix: &str, msg: &str) -> String {
+    let msg = msg.replace('\r', "\\r").replace('\n', "\\n");
+    format!(
+        "{time} {} [{}] {prefix} {msg}\n",
+        level.name(),
+        std::process::id()
+    )
 }
 
 /// The line each CNI call ends with, whatever the level:
@@ -281,6 +290,18 @@ mod tests {
         assert!(Level::Error < Level::Warn && Level::Info < Level::Debug);
         assert_eq!(Format::parse("JSON"), Some(Format::Json));
         assert_eq!(Format::parse("xml"), None);
+    }
+
+    #[test]
+    fn a_text_record_is_one_line() {
+        let l = text_line(
+            "T",
+            Level::Error,
+            "ADD n c/eth0",
+            "ipam failed:\nline 2\r\n",
+        );
+        assert_eq!(l.matches('\n').count(), 1, "{l:?}");
+        assert!(l.ends_with(" ipam failed:\\nline 2\\r\\n\n"), "{l:?}");
     }
 
     #[test]
