@@ -131,11 +131,11 @@ pub fn holder(
         Err(rustix::io::Errno::WOULDBLOCK) => {}
         Err(_) => return None,
     }
-    let age = file
-        .metadata()
-        .and_then(|m| m.modified())
-        .ok()
-        .map(|m| SystemTime::now().duration_since(m).unwrap_or_default())?;
+    let touched = file.metadata().and_then(|m| m.modified()).ok()?;
+    // A time ahead of the clock (it was stepped back) says nothing of how
+    // long ago the agent last went round: not trusted until it touches the
+    // file again, within a second if it is alive.
+    let age = SystemTime::now().duration_since(touched).ok()?;
     if age > STALE_AFTER {
         return None;
     }
@@ -220,6 +220,24 @@ mod tests {
         assert_eq!(get(), None);
         held.renew(true);
         assert!(get().is_some());
+    }
+
+    #[test]
+    fn a_touch_ahead_of_the_clock_is_not_trusted() {
+        // The clock stepped back an hour after the last touch: a hung agent
+        // would otherwise be trusted for that hour.
+        let d = dir("clock");
+        let l = lease("/p/v1");
+        let held = Held::take(&d.0, &l, Duration::ZERO).unwrap();
+        held.file
+            .set_modified(SystemTime::now() + Duration::from_secs(3600))
+            .unwrap();
+        assert_eq!(
+            holder(&d.0, Path::new("/p/v1"), None, AttachMode::default()),
+            None
+        );
+        held.touch();
+        assert!(holder(&d.0, Path::new("/p/v1"), None, AttachMode::default()).is_some());
     }
 
     #[test]
