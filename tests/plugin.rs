@@ -782,7 +782,7 @@ fn host_ports_are_owned_by_one_container() {
 
     // The same port with another protocol, or another hostIP, is fine.
     let c3 = with_ports(
-        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.99"}]),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}]),
     );
     t.cni("ADD", &c3, "other", Some(&p3), "eth0").ok();
     assert_eq!(t.inspect()["portmaps"].as_array().unwrap().len(), 6);

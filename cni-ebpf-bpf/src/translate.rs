@@ -44,25 +44,28 @@ pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
     }
 }
 
-/// The hostPort mapping a packet to `key.daddr:key.dport` hits: one bound to
-/// that exact address, else one without hostIP if the address is the node's.
+/// The hostPort mapping a packet to `key.daddr:key.dport` hits, only if the
+/// address is the node's own (as the reference `portmap`'s `--dst-type
+/// LOCAL`): one bound to that exact address, else one without hostIP. A
+/// mapping whose hostIP is not (or no longer) a node address never matches,
+/// so it cannot take the traffic of a host, a server or a pod that has it.
 #[inline(never)]
 pub fn hostport(key: &NatKey) -> Option<PortTarget> {
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
         return None;
     }
+    // SAFETY: values are only read (copied out).
+    unsafe { node_addrs.get(ip_key(key.family, &key.daddr)) }?;
     let mut pk = PortKey {
         proto: key.proto,
         family: key.family,
         host_port: key.dport,
         host_ip: key.daddr,
     };
-    // SAFETY: values are only read (copied out).
+    // SAFETY: as above.
     if let Some(t) = unsafe { portmap.get(pk) } {
         return Some(*t);
     }
-    // SAFETY: as above.
-    unsafe { node_addrs.get(ip_key(key.family, &key.daddr)) }?;
     pk.host_ip = [0; 16];
     // SAFETY: as above.
     unsafe { portmap.get(pk) }.copied()

@@ -678,6 +678,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         ip_masq: conf.ip_masq,
         ..Default::default()
     };
+    super::check_ports(&dp, conf, &ips, owner(env))?;
     let mut rb = begin(&store, conf, &record)?;
     claim_ports(&mut rb, &dp, conf, &ips, owner(env))?;
     // The veth is not ours and may carry our filters from an earlier ADD.
