@@ -5,7 +5,7 @@
 
 mod harness;
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use harness::*;
 use serde_json::{json, Value};
@@ -190,4 +190,221 @@ fn stale_host_ip_never_hijacks_bridge() {
 #[test]
 fn stale_host_ip_never_hijacks_routed() {
     stale_host_ip_never_hijacks("routed");
+}
+
+// ------------------------------------------------------------ raw packets
+
+/// One's-complement sum of `data` as big-endian 16-bit words, added to `acc`.
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    for c in data.chunks(2) {
+        acc += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// Checksum of an L4 segment `seg` from `src` to `dst` (pseudo-header).
+fn l4_csum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8]) -> u16 {
+    let mut p = Vec::new();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&[0, proto]);
+            p.extend_from_slice(&(seg.len() as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            p.extend_from_slice(&s.octets());
+            p.extend_from_slice(&d.octets());
+            p.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+            p.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => unreachable!("mixed families"),
+    }
+    fold(sum16(seg, sum16(&p, 0)))
+}
+
+/// A TCP segment with `flags` (0x02 SYN), checksum filled.
+fn tcp_segment(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    s.extend_from_slice(&[0, 0, 0, 0, 0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    let c = l4_csum(src, dst, 6, &s);
+    s[16..18].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// Sends `seg` (an L4 segment of protocol `proto`) from `ns` to `dst`
+/// through a raw socket: the kernel adds the IP header with `ns`'s source
+/// address, nothing else touches the segment (no socket of `ns` sees it).
+fn send_raw(ns: &str, proto: u8, dst: IpAddr, seg: Vec<u8>) {
+    in_ns(ns, move || {
+        // SAFETY: plain socket calls on a fresh descriptor with fully
+        // initialised, correctly sized socket addresses.
+        unsafe {
+            let (fam, addr, len): (i32, Vec<u8>, u32) = match dst {
+                IpAddr::V4(a) => {
+                    let mut sin: libc::sockaddr_in = std::mem::zeroed();
+                    sin.sin_family = libc::AF_INET as u16;
+                    sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+                    let b = std::slice::from_raw_parts(
+                        std::ptr::addr_of!(sin).cast::<u8>(),
+                        std::mem::size_of_val(&sin),
+                    );
+                    (libc::AF_INET, b.to_vec(), b.len() as u32)
+                }
+                IpAddr::V6(a) => {
+                    let mut sin: libc::sockaddr_in6 = std::mem::zeroed();
+                    sin.sin6_family = libc::AF_INET6 as u16;
+                    sin.sin6_addr.s6_addr = a.octets();
+                    let b = std::slice::from_raw_parts(
+                        std::ptr::addr_of!(sin).cast::<u8>(),
+                        std::mem::size_of_val(&sin),
+                    );
+                    (libc::AF_INET6, b.to_vec(), b.len() as u32)
+                }
+            };
+            let fd = libc::socket(fam, libc::SOCK_RAW, i32::from(proto));
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let n = libc::sendto(
+                fd,
+                seg.as_ptr().cast(),
+                seg.len(),
+                0,
+                addr.as_ptr().cast(),
+                len,
+            );
+            assert_eq!(
+                n,
+                seg.len() as isize,
+                "raw send: {}",
+                std::io::Error::last_os_error()
+            );
+            libc::close(fd);
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// A node counter from `cni-ebpf inspect`.
+fn counter(t: &Topo, name: &str) -> u64 {
+    t.inspect()["counters"]["node"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+// ---------------------------------------------------------------- finding 5
+
+/// A socket made in namespace `ns` (it stays bound there; usable from any
+/// thread).
+fn in_ns_ret<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    in_ns(ns, f).join().unwrap()
+}
+
+/// One packet from outside (a TCP SYN, a UDP datagram), from or spoofed as
+/// the peer, to the pod's own address and port of its live masqueraded
+/// flow: the flow keeps working and stays masqueraded (its packets still
+/// leave from the node address, the same port), and the packet is dropped
+/// and counted as `drop_nat_conflict`.
+fn inbound_packet_cannot_touch_live_flows(mode: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    let t = Topo::new(if mode == "routed" { "ibr" } else { "ibb" });
+    let p = t.pod("p");
+    let conf = mode_conf(&t, mode, json!({"ipMasq": true}));
+    let res = t.add(&conf, "pod", Some(&p), "eth0");
+    let mut report = Vec::new();
+    for (v6, ext, node) in [(false, EXT_IP, NODE_IP), (true, EXT_IP6, NODE_IP6)] {
+        let (ext, node, pod) = (ip(ext), ip(node), result_ip(&res, v6));
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        // TCP: a live masqueraded connection.
+        let l = in_ns_ret(&t.ext, move || TcpListener::bind((ext, 7000)).unwrap());
+        let c = in_ns_ret(&p, move || {
+            TcpStream::connect_timeout(&(ext, 7000).into(), Duration::from_secs(3)).unwrap()
+        });
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let pport = c.local_addr().unwrap().port();
+        let (srv, peer) = l.accept().unwrap();
+        srv.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        assert_eq!(peer.ip(), node, "{fam}: the connection is masqueraded");
+        let mut cr = BufReader::new(c.try_clone().unwrap());
+        let mut sr = BufReader::new(srv.try_clone().unwrap());
+        let mut talk = |what: &str| -> Result<(), String> {
+            let mut line = String::new();
+            (&c).write_all(format!("{what}\n").as_bytes())
+                .map_err(|e| e.to_string())?;
+            sr.read_line(&mut line).map_err(|e| e.to_string())?;
+            if line.trim() != what {
+                return Err(format!("server read {line:?}"));
+            }
+            (&srv).write_all(b"ok\n").map_err(|e| e.to_string())?;
+            line.clear();
+            cr.read_line(&mut line).map_err(|e| e.to_string())?;
+            (line.trim() == "ok")
+                .then_some(())
+                .ok_or(format!("client read {line:?}"))
+        };
+        talk("before").unwrap();
+        let drops = counter(&t, "drop_nat_conflict");
+        // The SYN, as if from the peer, to the pod's own address and port.
+        send_raw(&t.ext, 6, pod, tcp_segment(ext, pod, 7000, pport, 0x02));
+        std::thread::sleep(Duration::from_millis(200));
+        let after = talk("after");
+        let dropped = counter(&t, "drop_nat_conflict") - drops;
+        report.push(format!(
+            "{fam} TCP SYN to {pod}:{pport}: flow {after:?}, drop_nat_conflict +{dropped}"
+        ));
+        assert!(
+            after.is_ok(),
+            "{fam}: a spoofed SYN broke the flow: {after:?}"
+        );
+        assert_eq!(dropped, 1, "{fam}: the SYN is counted");
+
+        // UDP: a live masqueraded flow from a fixed pod port.
+        let s = in_ns_ret(&t.ext, move || UdpSocket::bind((ext, 7001)).unwrap());
+        let any: IpAddr = if v6 { ip("::") } else { ip("0.0.0.0") };
+        let u = in_ns_ret(&p, move || UdpSocket::bind((any, 40501)).unwrap());
+        for x in [&s, &u] {
+            x.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+        }
+        let mut buf = [0u8; 64];
+        u.send_to(b"one", (ext, 7001)).unwrap();
+        let (_, first) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(first.ip(), node, "{fam}: UDP is masqueraded");
+        let drops = counter(&t, "drop_nat_conflict");
+        // The peer (its very socket) sends straight to the pod's address.
+        s.send_to(b"spoof", (pod, 40501)).unwrap();
+        let got_spoof = u.recv_from(&mut buf).is_ok();
+        u.send_to(b"two", (ext, 7001)).unwrap();
+        let (_, second) = s.recv_from(&mut buf).unwrap();
+        let dropped = counter(&t, "drop_nat_conflict") - drops;
+        report.push(format!(
+            "{fam} UDP to {pod}:40501: delivered {got_spoof}, then the flow left from {second} (before: {first}), drop_nat_conflict +{dropped}"
+        ));
+        assert_eq!(second, first, "{fam}: masquerade stopped for the flow");
+        assert!(!got_spoof, "{fam}: the colliding datagram was delivered");
+        assert_eq!(dropped, 1, "{fam}: the datagram is counted");
+    }
+    eprintln!("{mode}:\n  {}", report.join("\n  "));
+    t.del(&conf, "pod", Some(&p), "eth0");
+}
+
+#[test]
+fn inbound_packet_cannot_touch_live_flows_bridge() {
+    inbound_packet_cannot_touch_live_flows("bridge");
+}
+
+#[test]
+fn inbound_packet_cannot_touch_live_flows_routed() {
+    inbound_packet_cannot_touch_live_flows("routed");
 }

@@ -50,7 +50,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
             && !is_loopback(f.key.family, &f.key.daddr)
             && !to_hostport(ctx, &f)
         {
-            inbound(&f);
+            return inbound(ctx, &f);
         }
     }
     TC_ACT_OK as i32
@@ -105,14 +105,29 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
 /// entry left by an earlier translated flow with the same ports (and
 /// masquerade only starts flows at a SYN); a UDP flow to a masquerading pod
 /// gets a pass-through entry, so its replies are not masqueraded.
+///
+/// It may only create state where no live flow holds it: a packet to the
+/// pod's address and port of one of its live masqueraded flows, from (or
+/// spoofed as) that flow's peer, would delete or replace the flow's
+/// translation (its next packets would leave with the pod address, the
+/// connection dies or masquerade silently stops). It is no packet of that
+/// flow (whose replies come to the node address), so it is dropped, as
+/// conntrack refuses a tuple that clashes with a confirmed one.
 #[inline(never)]
-fn inbound(f: &Flow) {
+fn inbound(ctx: &TcContext, f: &Flow) -> i32 {
+    let ok = TC_ACT_OK as i32;
+    if !f.syn && !f.udp {
+        return ok;
+    }
+    let pod_if = live_masq_holds(&f.key);
+    if pod_if != 0 {
+        dropped(Counter::DropNatConflict, pod_if);
+        drop_event(ctx, Counter::DropNatConflict, pod_if);
+        return TC_ACT_SHOT as i32;
+    }
     if f.syn {
         forget_reply(&f.key);
-        return;
-    }
-    if !f.udp {
-        return;
+        return ok;
     }
     let key = &f.key;
     match endpoint(key.family, &key.daddr) {
@@ -128,6 +143,83 @@ fn inbound(f: &Flow) {
         }
         _ => forget_reply(key),
     }
+    ok
+}
+
+/// The host ifindex of the pod whose live masqueraded flow is the reverse
+/// of `key` (`key` reversed is its forward entry), 0 if there is none or
+/// its flow is over (closed, idle, or its pod gone).
+#[inline(never)]
+fn live_masq_holds(key: &NatKey) -> u32 {
+    let fk = NatKey {
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport: key.dport,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        scope: key.scope,
+        pad: 0,
+    };
+    // SAFETY: copied out.
+    let Some(v) = (unsafe { nat.get(&fk) }).copied() else {
+        return 0;
+    };
+    if v.kind != nat_kind::MASQ {
+        return 0;
+    }
+    let Some(ep) = endpoint(fk.family, &fk.saddr) else {
+        return 0;
+    };
+    if ep.owner != v.owner {
+        return 0;
+    }
+    let pod_if = ep.ifindex;
+    let rk = NatKey {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        proto: fk.proto,
+        family: fk.family,
+        scope: fk.scope,
+        pad: 0,
+    };
+    // SAFETY: copied out.
+    let (r_flags, r_stamp) = match unsafe { nat.get(&rk) } {
+        Some(r) => (r.flags, r.stamp),
+        // Its reply entry is gone: the flow can no longer be translated back.
+        None => return 0,
+    };
+    if over(fk.proto, r_flags, r_stamp, v.flags, v.stamp) {
+        0
+    } else {
+        pod_if
+    }
+}
+
+/// True if a masqueraded flow whose reply entry has `e_flags`/`e_stamp` and
+/// forward entry `f_flags`/`f_stamp` is over: closed (RST, or FIN both ways,
+/// longer ago than the grace), or idle past its protocol's timeout.
+#[inline(always)]
+fn over(proto_: u8, e_flags: u8, e_stamp: u64, f_flags: u8, f_stamp: u64) -> bool {
+    let last = if f_stamp > e_stamp { f_stamp } else { e_stamp };
+    let idle = now().wrapping_sub(last);
+    let both_fin = e_flags & nat_flag::FIN != 0 && f_flags & nat_flag::FIN != 0;
+    // The outside closed first: it holds TIME_WAIT on the translated tuple.
+    let wait = if e_flags & nat_flag::FIN_FIRST != 0 {
+        NAT_TIME_WAIT_NS
+    } else {
+        NAT_CLOSED_REUSE_NS
+    };
+    let closed = ((e_flags | f_flags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
+        || (both_fin && idle > wait);
+    let timeout = if proto_ == proto::TCP {
+        NAT_IDLE_TCP_NS
+    } else {
+        NAT_IDLE_DGRAM_NS
+    };
+    closed || idle > timeout
 }
 
 /// A packet to a hostPort: DNAT to the pod, remember the reply. False if
@@ -330,27 +422,11 @@ fn reusable(s: &mut NatScratch) -> bool {
         Some(f) => (f.stamp, f.flags),
         None => (0, nat_flag::RST),
     };
-    let last = if fstamp > e_stamp { fstamp } else { e_stamp };
-    let idle = now().wrapping_sub(last);
     let gone = match endpoint(s.fk.family, &s.fk.saddr) {
         Some(ep) => ep.owner != e_owner,
         None => true,
     };
-    let both_fin = e_flags & nat_flag::FIN != 0 && fflags & nat_flag::FIN != 0;
-    // The outside closed first: it holds TIME_WAIT on the translated tuple.
-    let wait = if e_flags & nat_flag::FIN_FIRST != 0 {
-        NAT_TIME_WAIT_NS
-    } else {
-        NAT_CLOSED_REUSE_NS
-    };
-    let closed = ((e_flags | fflags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
-        || (both_fin && idle > wait);
-    let timeout = if s.rk.proto == proto::TCP {
-        NAT_IDLE_TCP_NS
-    } else {
-        NAT_IDLE_DGRAM_NS
-    };
-    let ok = gone || closed || idle > timeout;
+    let ok = gone || over(s.rk.proto, e_flags, e_stamp, fflags, fstamp);
     if ok {
         let _ = nat.remove(&s.fk);
     }

@@ -375,11 +375,15 @@ pub enum Counter {
     /// neighbour solicitation for another address, router solicitations and
     /// MLD reports of other pods). Counted, never reported as an event.
     ToContainerFiltered = 17,
+    /// Dropped: a packet from outside straight to a pod's address and port
+    /// that a live masqueraded flow of the pod holds (it would have deleted
+    /// or replaced that flow's translation).
+    DropNatConflict = 18,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 19;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -400,6 +404,7 @@ impl Counter {
         (Counter::DropSpoofedNd, "drop_spoofed_nd"),
         (Counter::DropVlan, "drop_vlan"),
         (Counter::ToContainerFiltered, "to_container_filtered"),
+        (Counter::DropNatConflict, "drop_nat_conflict"),
     ];
 }
 
