@@ -408,3 +408,468 @@ fn inbound_packet_cannot_touch_live_flows_bridge() {
 fn inbound_packet_cannot_touch_live_flows_routed() {
     inbound_packet_cannot_touch_live_flows("routed");
 }
+
+// ----------------------------------------------------------- raw frames
+
+/// The MAC of the pod interface an ADD result names.
+fn pod_mac(r: &Value) -> [u8; 6] {
+    let s = r["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["sandbox"].is_string())
+        .unwrap()["mac"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}
+
+/// The EUI-64 link-local address of `mac`.
+fn eui64(mac: [u8; 6]) -> std::net::Ipv6Addr {
+    let mut a = [0u8; 16];
+    a[..2].copy_from_slice(&[0xfe, 0x80]);
+    a[8..].copy_from_slice(&[
+        mac[0] ^ 2,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    a.into()
+}
+
+fn eth(dst: [u8; 6], src: [u8; 6], ty: u16, body: &[u8]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ty.to_be_bytes());
+    f.extend_from_slice(body);
+    f
+}
+
+/// An IPv4 packet (header checksum filled) around `payload`.
+fn ipv4_pkt(src: IpAddr, dst: IpAddr, proto: u8, payload: &[u8]) -> Vec<u8> {
+    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
+        unreachable!()
+    };
+    let mut h = vec![0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    h[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    h.extend_from_slice(&s.octets());
+    h.extend_from_slice(&d.octets());
+    let c = fold(sum16(&h, 0));
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An IPv6 packet with hop limit 255 (as neighbour discovery needs); `ext`
+/// extension headers (already chained, first next-header given as `next`)
+/// go before `l4`, whose checksum field at `csum_at` is filled.
+fn ipv6_pkt(
+    src: IpAddr,
+    dst: IpAddr,
+    next: u8,
+    ext: &[u8],
+    l4_proto: u8,
+    mut l4: Vec<u8>,
+    csum_at: usize,
+) -> Vec<u8> {
+    let (IpAddr::V6(s), IpAddr::V6(d)) = (src, dst) else {
+        unreachable!()
+    };
+    let c = l4_csum(src, dst, l4_proto, &l4);
+    l4[csum_at..csum_at + 2].copy_from_slice(&c.to_be_bytes());
+    let mut p = vec![0x60, 0, 0, 0];
+    p.extend_from_slice(&((ext.len() + l4.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[next, 255]);
+    p.extend_from_slice(&s.octets());
+    p.extend_from_slice(&d.octets());
+    p.extend_from_slice(ext);
+    p.extend_from_slice(&l4);
+    p
+}
+
+fn udp_dgram(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = sport.to_be_bytes().to_vec();
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+/// A router advertisement (RFC 4861 4.2): high preference, 30 min router
+/// lifetime, an autonomous on-link prefix, and `marker` in an experimental
+/// option (ignored by receivers).
+fn router_advert(prefix: std::net::Ipv6Addr, marker: &[u8]) -> Vec<u8> {
+    let mut ra = vec![134, 0, 0, 0, 64, 0x08, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+    ra.extend_from_slice(&[3, 4, 64, 0xc0]);
+    ra.extend_from_slice(&3600u32.to_be_bytes());
+    ra.extend_from_slice(&1800u32.to_be_bytes());
+    ra.extend_from_slice(&[0; 4]);
+    ra.extend_from_slice(&prefix.octets());
+    let mut opt = vec![253, 2];
+    opt.extend_from_slice(marker);
+    opt.resize(16, 0);
+    ra.extend_from_slice(&opt);
+    ra
+}
+
+/// Opens an AF_PACKET socket in the current netns bound to `ifname`.
+fn packet_socket(ifname: &str, proto: u16) -> (i32, libc::sockaddr_ll) {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: plain socket syscalls on a fresh descriptor with a zeroed,
+    // fully initialised sockaddr_ll.
+    unsafe {
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto.to_be()));
+        assert!(fd >= 0, "AF_PACKET: {}", std::io::Error::last_os_error());
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto.to_be();
+        sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+        sll.sll_halen = 6;
+        assert!(sll.sll_ifindex > 0, "no {ifname}");
+        (fd, sll)
+    }
+}
+
+/// Sends raw frames from `ifname` in `ns`.
+fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
+    let ifname = ifname.to_string();
+    in_ns_ret(ns, move || {
+        let (fd, sll) = packet_socket(&ifname, 0);
+        for f in &frames {
+            // SAFETY: `f` and `sll` outlive the call; lengths are theirs.
+            let n = unsafe {
+                libc::sendto(
+                    fd,
+                    f.as_ptr().cast(),
+                    f.len(),
+                    0,
+                    std::ptr::addr_of!(sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            assert_eq!(n, f.len() as isize, "{}", std::io::Error::last_os_error());
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+    });
+}
+
+/// Captures on `ifname` in `ns` for `window`: the markers (`SPOOFnn`) seen.
+fn capture_markers(
+    ns: &str,
+    ifname: &str,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ifname = ifname.to_string();
+    let h = in_ns(ns, move || {
+        let (fd, sll) = packet_socket(&ifname, libc::ETH_P_ALL as u16);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid descriptor, option value and sockaddr of the right sizes.
+        unsafe {
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    std::ptr::addr_of!(sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32
+                ),
+                0
+            );
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + window;
+        let mut buf = [0u8; 2048];
+        while std::time::Instant::now() < end {
+            // SAFETY: `buf` is writable for its whole length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if let Some(i) = f.windows(5).position(|w| w == b"SPOOF") {
+                if let Some(m) = f.get(i..i + 7) {
+                    seen.push(String::from_utf8_lossy(m).into_owned());
+                }
+            }
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        seen
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("capture did not start");
+    h
+}
+
+// ---------------------------------------------------------------- finding 2
+
+/// What a pod that is not a router or DHCP server sends as one: (what,
+/// frame, is a router/server message). Markers `SPOOFnn` in each.
+fn router_frames(
+    attacker: &Value,
+    victim: &Value,
+    prefix: std::net::Ipv6Addr,
+) -> Vec<(&'static str, Vec<u8>, bool)> {
+    let (am, vm) = (pod_mac(attacker), pod_mac(victim));
+    let a4 = result_ip(attacker, false);
+    let v4 = result_ip(victim, false);
+    let ll = IpAddr::V6(eui64(am));
+    let vll = IpAddr::V6(eui64(vm));
+    let all_nodes = ip("ff02::1");
+    let mc = [0x33, 0x33, 0, 0, 0, 1];
+    let bcast = IpAddr::V4([255, 255, 255, 255].into());
+    let mk = |i: usize| format!("SPOOF{i:02}").into_bytes();
+    let redirect6 = |m: &[u8]| {
+        let mut r = vec![137, 0, 0, 0, 0, 0, 0, 0];
+        r.extend_from_slice(&eui64(am).octets());
+        r.extend_from_slice(
+            &ip("2001:db8::2")
+                .to_string()
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        r.extend_from_slice(m);
+        r
+    };
+    let mut redirect4 = vec![5, 1, 0, 0];
+    if let IpAddr::V4(a) = a4 {
+        redirect4.extend_from_slice(&a.octets());
+    }
+    redirect4.extend_from_slice(&mk(4));
+    let c = fold(sum16(&redirect4, 0));
+    redirect4[2..4].copy_from_slice(&c.to_be_bytes());
+    vec![
+        (
+            "router advertisement (high preference, with a prefix)",
+            eth(
+                mc,
+                am,
+                0x86dd,
+                &ipv6_pkt(ll, all_nodes, 58, &[], 58, router_advert(prefix, &mk(0)), 2),
+            ),
+            true,
+        ),
+        (
+            "router advertisement behind a hop-by-hop header",
+            eth(
+                mc,
+                am,
+                0x86dd,
+                &ipv6_pkt(
+                    ll,
+                    all_nodes,
+                    0,
+                    &[58, 0, 1, 4, 0, 0, 0, 0],
+                    58,
+                    router_advert(prefix, &mk(1)),
+                    2,
+                ),
+            ),
+            true,
+        ),
+        (
+            "router advertisement, first fragment",
+            eth(
+                mc,
+                am,
+                0x86dd,
+                &ipv6_pkt(
+                    ll,
+                    all_nodes,
+                    44,
+                    &[58, 0, 0, 1, 0, 0, 0, 7],
+                    58,
+                    router_advert(prefix, &mk(2)),
+                    2,
+                ),
+            ),
+            true,
+        ),
+        (
+            "ICMPv6 redirect to the victim",
+            eth(
+                vm,
+                am,
+                0x86dd,
+                &ipv6_pkt(ll, vll, 58, &[], 58, redirect6(&mk(3)), 2),
+            ),
+            true,
+        ),
+        (
+            "ICMP redirect to the victim",
+            eth(vm, am, 0x0800, &ipv4_pkt(a4, v4, 1, &redirect4)),
+            true,
+        ),
+        (
+            "DHCPOFFER (UDP 67 -> 68, broadcast)",
+            eth(
+                [0xff; 6],
+                am,
+                0x0800,
+                &ipv4_pkt(a4, bcast, 17, &udp_dgram(67, 68, &mk(5))),
+            ),
+            true,
+        ),
+        (
+            "DHCPv6 ADVERTISE (UDP 547 -> 546)",
+            eth(
+                mc,
+                am,
+                0x86dd,
+                &ipv6_pkt(ll, all_nodes, 17, &[], 17, udp_dgram(547, 546, &mk(6)), 6),
+            ),
+            true,
+        ),
+        (
+            "control: DHCPDISCOVER (a client, UDP 68 -> 67, broadcast)",
+            eth(
+                [0xff; 6],
+                am,
+                0x0800,
+                &ipv4_pkt(a4, bcast, 17, &udp_dgram(68, 67, &mk(7))),
+            ),
+            false,
+        ),
+        (
+            "control: IPv6 UDP to all nodes",
+            eth(
+                mc,
+                am,
+                0x86dd,
+                &ipv6_pkt(
+                    ll,
+                    all_nodes,
+                    17,
+                    &[],
+                    17,
+                    udp_dgram(12345, 12345, &mk(8)),
+                    6,
+                ),
+            ),
+            false,
+        ),
+    ]
+}
+
+/// The victim's IPv6 routes and addresses (what an accepted RA changes).
+fn v6_state(ns: &str) -> String {
+    format!(
+        "{}{}",
+        ip_n(ns, &["-6", "route", "show"]),
+        ip_n(ns, &["-6", "addr", "show", "dev", "eth0"])
+    )
+}
+
+/// Router advertisements, ICMP/ICMPv6 redirects and DHCP/DHCPv6 server
+/// messages from a pod do not reach its neighbours (nor change their routes
+/// or addresses) and are counted as `drop_router_msg`; client messages and
+/// ordinary multicast still do. A pod of a network with
+/// `allowRouterMessages` may send them.
+fn pods_are_not_routers(mode: &str) {
+    let t = Topo::new(if mode == "routed" { "rar" } else { "rab" });
+    let (pa, pv, pr) = (t.pod("attacker"), t.pod("victim"), t.pod("router"));
+    let conf = mode_conf(&t, mode, json!({}));
+    let ra = t.add(&conf, "attacker", Some(&pa), "eth0");
+    let rv = t.add(&conf, "victim", Some(&pv), "eth0");
+    // Let the victim finish its own start-up (DAD, router solicitations).
+    std::thread::sleep(Duration::from_millis(300));
+    let before_state = v6_state(&pv);
+    let prefix: std::net::Ipv6Addr = "2001:db8:bad::".parse().unwrap();
+    let frames = router_frames(&ra, &rv, prefix);
+    let drops = counter(&t, "drop_router_msg");
+    let cap = capture_markers(&pv, "eth0", Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(100));
+    send_frames(&pa, "eth0", frames.iter().map(|f| f.1.clone()).collect());
+    let seen = cap.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after_state = v6_state(&pv);
+    let dropped = counter(&t, "drop_router_msg") - drops;
+    let mut failures = Vec::new();
+    let mut want_drops = 0;
+    for (i, (what, _, server)) in frames.iter().enumerate() {
+        let got = seen.contains(&format!("SPOOF{i:02}"));
+        // In routed mode nothing reaches another pod at layer 2: only the
+        // control to the host matters, so only drops are asserted.
+        if mode == "bridge" && got == *server {
+            failures.push(format!("{what}: reached the victim {got}"));
+        }
+        want_drops += u64::from(*server);
+    }
+    if dropped != want_drops {
+        failures.push(format!("drop_router_msg +{dropped}, want +{want_drops}"));
+    }
+    if after_state.contains("2001:db8:bad")
+        || after_state.matches("default").count() != before_state.matches("default").count()
+    {
+        failures.push(format!(
+            "the victim's routes changed:\n{before_state}\n->\n{after_state}"
+        ));
+    }
+    eprintln!(
+        "{mode}: {} crafted frames, drop_router_msg +{dropped}, victim saw {seen:?}",
+        frames.len()
+    );
+    assert!(failures.is_empty(), "{mode}: {}", failures.join("\n"));
+
+    // The switch: a network whose pods may be routers / DHCP servers.
+    let allowed = mode_conf(&t, mode, json!({"allowRouterMessages": true}));
+    let rr = t.add(&allowed, "router", Some(&pr), "eth0");
+    let frames = router_frames(&rr, &rv, prefix);
+    let drops = counter(&t, "drop_router_msg");
+    let cap = capture_markers(&pv, "eth0", Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(100));
+    send_frames(&pr, "eth0", frames.iter().map(|f| f.1.clone()).collect());
+    let seen = cap.join().unwrap();
+    assert_eq!(
+        counter(&t, "drop_router_msg"),
+        drops,
+        "{mode}: allowed, nothing dropped"
+    );
+    if mode == "bridge" {
+        let missing: Vec<&str> = frames
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !seen.contains(&format!("SPOOF{i:02}")))
+            .map(|(_, f)| f.0)
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "allowed router's frames missing: {missing:?}"
+        );
+    }
+    t.del(&allowed, "router", Some(&pr), "eth0");
+    t.del(&conf, "victim", Some(&pv), "eth0");
+    t.del(&conf, "attacker", Some(&pa), "eth0");
+}
+
+#[test]
+fn pods_are_not_routers_bridge() {
+    pods_are_not_routers("bridge");
+}
+
+#[test]
+fn pods_are_not_routers_routed() {
+    pods_are_not_routers("routed");
+}

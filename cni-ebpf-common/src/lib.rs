@@ -302,11 +302,18 @@ pub struct EndpointIface {
     /// carry it as source (and ARP as sender hardware address). All zero:
     /// unknown (chained after a plugin that reported none), not checked.
     pub mac: [u8; 6],
+    /// `IFACE_FLAG_*` bits.
+    pub flags: u8,
     /// Explicit padding, always zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
     /// [`owner_id`] of the attachment.
     pub owner: u64,
 }
+
+/// The pod may send router advertisements, ICMP/ICMPv6 redirects and
+/// DHCP/DHCPv6 server messages (`allowRouterMessages`): it is a router or a
+/// DHCP server. Without it these are dropped as `drop_router_msg`.
+pub const IFACE_FLAG_ROUTER: u8 = 1;
 
 /// Per-endpoint traffic counters (per CPU; userspace sums them).
 #[repr(C)]
@@ -379,11 +386,15 @@ pub enum Counter {
     /// that a live masqueraded flow of the pod holds (it would have deleted
     /// or replaced that flow's translation).
     DropNatConflict = 18,
+    /// Dropped: a router advertisement, an ICMP or ICMPv6 redirect, or a
+    /// DHCP/DHCPv6 server message from a pod that is not allowed to be a
+    /// router or DHCP server (`allowRouterMessages`).
+    DropRouterMsg = 19,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -405,6 +416,7 @@ impl Counter {
         (Counter::DropVlan, "drop_vlan"),
         (Counter::ToContainerFiltered, "to_container_filtered"),
         (Counter::DropNatConflict, "drop_nat_conflict"),
+        (Counter::DropRouterMsg, "drop_router_msg"),
     ];
 }
 

@@ -95,6 +95,10 @@ pub struct NetConf {
     pub promisc_mode: bool,
     /// `ipMasq`: masquerade traffic leaving the pod subnets.
     pub ip_masq: bool,
+    /// `allowRouterMessages`: the network's pods may send router
+    /// advertisements, ICMP/ICMPv6 redirects and DHCP/DHCPv6 server
+    /// messages (routers, DHCP servers); dropped by default.
+    pub allow_router_messages: bool,
     /// `ipam` object as given (passed to delegated plugins verbatim).
     pub ipam: Option<Value>,
     /// `ipam.type`.
@@ -436,6 +440,7 @@ impl NetConf {
             hairpin_mode: get_bool(obj, "hairpinMode")?,
             promisc_mode: get_bool(obj, "promiscMode")?,
             ip_masq: get_bool(obj, "ipMasq")?,
+            allow_router_messages: get_bool(obj, "allowRouterMessages")?,
             ipam,
             ipam_type,
             dns,

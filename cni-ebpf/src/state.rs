@@ -60,6 +60,9 @@ pub struct Record {
     /// `ipMasq` of the network at ADD (for the NAT data plane).
     #[serde(default)]
     pub ip_masq: bool,
+    /// `allowRouterMessages` of the network at ADD.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_router_messages: bool,
     /// How programs were attached, once they are.
     #[serde(default)]
     pub attach_mode: Option<AttachMode>,

@@ -165,8 +165,15 @@ fn publish(
         dp2.remove_endpoint(&ips, Some(idx), owner)
             .map_err(|e| e.to_string())
     });
-    dp.add_endpoint(nets, host.index, pod_mac, owner, conf.ip_masq)
-        .map_err(|e| bpf_err("endpoint map entries", e))?;
+    dp.add_endpoint(
+        nets,
+        host.index,
+        pod_mac,
+        owner,
+        conf.ip_masq,
+        conf.allow_router_messages,
+    )
+    .map_err(|e| bpf_err("endpoint map entries", e))?;
     prepare_node(dp, conf)?;
     failpoint::hit("after-maps");
     Ok(mode)
@@ -241,6 +248,7 @@ fn wire(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
         host_veth: host.clone(),
         port_mappings: conf.runtime.port_mappings.clone(),
         ip_masq: conf.ip_masq,
+        allow_router_messages: conf.allow_router_messages,
         ..Default::default()
     };
     let mut rb = begin(&store, conf, &record)?;
@@ -676,6 +684,7 @@ fn chained(env: &CniEnv, conf: &NetConf) -> Result<CniResult, CniError> {
             .collect(),
         port_mappings: conf.runtime.port_mappings.clone(),
         ip_masq: conf.ip_masq,
+        allow_router_messages: conf.allow_router_messages,
         ..Default::default()
     };
     super::check_ports(&dp, conf, &ips, owner(env))?;

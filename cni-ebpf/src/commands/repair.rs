@@ -135,8 +135,15 @@ fn restore(dp: &Datapath, rec: &Record, ifindex: u32, mode: AttachMode) -> Resul
     };
     let mac = parse_mac(&rec.mac).unwrap_or([0; 6]);
     if !dp.has_endpoint(nets, ifindex, mac, owner, rec.ip_masq) {
-        dp.add_endpoint(nets, ifindex, mac, owner, rec.ip_masq)
-            .map_err(|e| format!("endpoint: {}", chain(&e)))?;
+        dp.add_endpoint(
+            nets,
+            ifindex,
+            mac,
+            owner,
+            rec.ip_masq,
+            rec.allow_router_messages,
+        )
+        .map_err(|e| format!("endpoint: {}", chain(&e)))?;
     }
     let ips: Vec<IpAddr> = rec.ips.iter().map(|n| n.addr()).collect();
     dp.claim_ports(&rec.port_mappings, &ips, owner)
