@@ -873,3 +873,206 @@ fn pods_are_not_routers_bridge() {
 fn pods_are_not_routers_routed() {
     pods_are_not_routers("routed");
 }
+
+// ---------------------------------------------------------------- finding 6
+
+/// An ICMP error (IPv4 port unreachable / ICMPv6 destination unreachable)
+/// quoting a UDP datagram `qsrc:qsport -> qdst:qdport` carrying `marker`.
+fn icmp_unreachable(
+    v6: bool,
+    qsrc: IpAddr,
+    qdst: IpAddr,
+    qsport: u16,
+    qdport: u16,
+    marker: &[u8],
+) -> Vec<u8> {
+    let mut udp = udp_dgram(qsport, qdport, marker);
+    let c = l4_csum(qsrc, qdst, 17, &udp);
+    udp[6..8].copy_from_slice(&c.to_be_bytes());
+    let quoted = if v6 {
+        ipv6_pkt(qsrc, qdst, 17, &[], 17, udp, 6)
+    } else {
+        ipv4_pkt(qsrc, qdst, 17, &udp)
+    };
+    let mut e = if v6 {
+        vec![1, 4, 0, 0, 0, 0, 0, 0]
+    } else {
+        vec![3, 3, 0, 0, 0, 0, 0, 0]
+    };
+    e.extend_from_slice(&quoted);
+    if !v6 {
+        // ICMPv6 raw sockets checksum for us; ICMP ones do not.
+        let c = fold(sum16(&e, 0));
+        e[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    e
+}
+
+/// ICMP errors seen on `ifname` in `ns` for `window`, by the marker in the
+/// quoted datagram: (outer source, quoted destination, quoted destination
+/// port).
+fn capture_icmp_errors(
+    ns: &str,
+    ifname: &str,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<(String, IpAddr, IpAddr, u16)>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ifname = ifname.to_string();
+    let h = in_ns(ns, move || {
+        let (fd, sll) = packet_socket(&ifname, libc::ETH_P_ALL as u16);
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: valid descriptor, option value and sockaddr of the right sizes.
+        unsafe {
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    std::ptr::addr_of!(sll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32
+                ),
+                0
+            );
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::addr_of!(tv).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let end = std::time::Instant::now() + window;
+        let mut buf = [0u8; 2048];
+        let a4 = |b: &[u8]| IpAddr::V4(<[u8; 4]>::try_from(b).unwrap().into());
+        let a6 = |b: &[u8]| IpAddr::V6(<[u8; 16]>::try_from(b).unwrap().into());
+        while std::time::Instant::now() < end {
+            // SAFETY: `buf` is writable for its whole length.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            let Some(m) = f.windows(5).position(|w| w == b"SPOOF") else {
+                continue;
+            };
+            let marker = String::from_utf8_lossy(&f[m..(m + 7).min(f.len())]).into_owned();
+            let parsed = (|| -> Option<(IpAddr, IpAddr, u16)> {
+                match u16::from_be_bytes([f[12], f[13]]) {
+                    0x0800 if f[23] == 1 => {
+                        let l3 = 14;
+                        let icmp = l3 + usize::from(f[l3] & 15) * 4;
+                        let inner = icmp + 8;
+                        let il4 = inner + usize::from(*f.get(inner)? & 15) * 4;
+                        Some((
+                            a4(f.get(l3 + 12..l3 + 16)?),
+                            a4(f.get(inner + 16..inner + 20)?),
+                            u16::from_be_bytes([*f.get(il4 + 2)?, *f.get(il4 + 3)?]),
+                        ))
+                    }
+                    0x86dd if f[20] == 58 => {
+                        let inner = 14 + 40 + 8;
+                        Some((
+                            a6(f.get(22..38)?),
+                            a6(f.get(inner + 24..inner + 40)?),
+                            u16::from_be_bytes([*f.get(inner + 42)?, *f.get(inner + 43)?]),
+                        ))
+                    }
+                    _ => None,
+                }
+            })();
+            if let Some((src, qdst, qport)) = parsed {
+                seen.push((marker, src, qdst, qport));
+            }
+        }
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        seen
+    });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("capture did not start");
+    h
+}
+
+/// A pod's forged ICMP error quoting another pod's masqueraded flow never
+/// leaves the node: it is dropped and counted (`drop_icmp_foreign`), so
+/// the victim's masquerade port is never revealed; the victim's own error
+/// about its flow still leaves translated (node address and port).
+fn foreign_icmp_errors_are_not_translated(mode: &str) {
+    use std::net::UdpSocket;
+    let t = Topo::new(if mode == "routed" { "ier" } else { "ieb" });
+    let (pv, pa) = (t.pod("victim"), t.pod("attacker"));
+    let conf = mode_conf(&t, mode, json!({"ipMasq": true}));
+    let rv = t.add(&conf, "victim", Some(&pv), "eth0");
+    let ra = t.add(&conf, "attacker", Some(&pa), "eth0");
+    let mut report = Vec::new();
+    for (i, (v6, ext, node)) in [(false, EXT_IP, NODE_IP), (true, EXT_IP6, NODE_IP6)]
+        .into_iter()
+        .enumerate()
+    {
+        let (ext, node) = (ip(ext), ip(node));
+        let (victim, attacker) = (result_ip(&rv, v6), result_ip(&ra, v6));
+        let fam = if v6 { "IPv6" } else { "IPv4" };
+        // The victim's live masqueraded flow, and its masquerade port.
+        let s = in_ns_ret(&t.ext, move || UdpSocket::bind((ext, 7002)).unwrap());
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let any: IpAddr = if v6 { ip("::") } else { ip("0.0.0.0") };
+        let u = in_ns_ret(&pv, move || UdpSocket::bind((any, 40600)).unwrap());
+        u.send_to(b"hello", (ext, 7002)).unwrap();
+        let mut buf = [0u8; 64];
+        let (_, masq) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(masq.ip(), node, "{fam}: masqueraded");
+        let proto = if v6 { 58 } else { 1 };
+        let (forged, own) = (
+            format!("SPOOF{:02}", 2 * i),
+            format!("SPOOF{:02}", 2 * i + 1),
+        );
+        let drops = counter(&t, "drop_icmp_foreign");
+        let cap = capture_icmp_errors(&t.ext, "eth0", Duration::from_millis(1200));
+        std::thread::sleep(Duration::from_millis(100));
+        // The attacker quotes the reply the victim got (ext:7002 -> victim:40600).
+        send_raw(
+            &pa,
+            proto,
+            ext,
+            icmp_unreachable(v6, ext, victim, 7002, 40600, forged.as_bytes()),
+        );
+        // The control: the victim's own error about its own flow.
+        send_raw(
+            &pv,
+            proto,
+            ext,
+            icmp_unreachable(v6, ext, victim, 7002, 40600, own.as_bytes()),
+        );
+        let seen = cap.join().unwrap();
+        let dropped = counter(&t, "drop_icmp_foreign") - drops;
+        let got = |m: &str| seen.iter().find(|s| s.0 == m).map(|s| (s.1, s.2, s.3));
+        report.push(format!(
+            "{fam}: masquerade {masq}; attacker {attacker}'s forged error arrived as {:?}, the victim's own as {:?}, drop_icmp_foreign +{dropped}",
+            got(&forged),
+            got(&own)
+        ));
+        assert_eq!(got(&forged), None, "{fam}: the forged error left: {seen:?}");
+        assert_eq!(dropped, 1, "{fam}: the forgery is counted");
+        assert_eq!(
+            got(&own),
+            Some((node, node, masq.port())),
+            "{fam}: the victim's own error is translated"
+        );
+    }
+    eprintln!("{mode}:\n  {}", report.join("\n  "));
+    t.del(&conf, "attacker", Some(&pa), "eth0");
+    t.del(&conf, "victim", Some(&pv), "eth0");
+}
+
+#[test]
+fn foreign_icmp_errors_are_not_translated_bridge() {
+    foreign_icmp_errors_are_not_translated("bridge");
+}
+
+#[test]
+fn foreign_icmp_errors_are_not_translated_routed() {
+    foreign_icmp_errors_are_not_translated("routed");
+}

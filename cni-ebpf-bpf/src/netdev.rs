@@ -22,8 +22,8 @@ use crate::{
     maps::{count, nat, no_masq_hit, scratch, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
     translate::{
-        dropped, endpoint, forget_reply, hostport, is_loopback, live, now, remember_reply,
-        reply_of, touch, translated,
+        dropped, endpoint, forget_reply, hostport, is_loopback, is_node_addr, live, now,
+        remember_reply, reply_of, touch, translated,
     },
 };
 
@@ -45,7 +45,7 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     if parse(ctx, &mut f) {
         f.key.scope = scope::NETDEV;
         if f.icmp_err {
-            icmp_error(ctx, &f);
+            return icmp_error(ctx, &f, false);
         } else if !known_flow(ctx, &f)
             && !is_loopback(f.key.family, &f.key.daddr)
             && !to_hostport(ctx, &f)
@@ -65,8 +65,7 @@ pub fn to_netdev(ctx: &TcContext) -> i32 {
     }
     f.key.scope = scope::NETDEV;
     if f.icmp_err {
-        icmp_error(ctx, &f);
-        return TC_ACT_OK as i32;
+        return icmp_error(ctx, &f, true);
     }
     if known_flow(ctx, &f) {
         return TC_ACT_OK as i32;
@@ -442,11 +441,22 @@ fn is_echo_request(ctx: &TcContext, f: &Flow) -> bool {
 
 /// An ICMP error about a translated flow: finds the flow by the quoted packet
 /// (reversed, as a reply) and translates the outer and the quoted headers.
+///
+/// Only an error from the flow's own peer side is translated: it travels
+/// back to the quoted packet's source (the outer destination is the flow's),
+/// and leaving the node (`egress`) it comes from the flow's own pod or from
+/// the node itself (forwarding). Another pod's forged error quoting a
+/// victim's flow, or one from outside addressed to anyone but the flow,
+/// would otherwise leave with the victim's translated tuple (node address
+/// and masquerade port) revealed to whoever it is sent to: dropped and
+/// counted (`drop_icmp_foreign`). An error that cannot be rewritten whole
+/// is dropped too, never let through half-translated.
 #[inline(never)]
-fn icmp_error(ctx: &TcContext, f: &Flow) {
+fn icmp_error(ctx: &TcContext, f: &Flow, egress: bool) -> i32 {
+    let ok = TC_ACT_OK as i32;
     let mut inner = Inner::default();
     if !parse_inner(ctx, f, &mut inner) {
-        return;
+        return ok;
     }
     // The quoted packet reversed: a packet of the flow in the error's direction.
     let q = &mut inner.key;
@@ -456,10 +466,23 @@ fn icmp_error(ctx: &TcContext, f: &Flow) {
     let rkey = &inner.key;
     let mut v = NatValue::default();
     let ep = live(rkey, &mut v);
-    if ep == 0 {
-        return;
+    if ep == 0 || v.kind == nat_kind::PASS {
+        return ok;
+    }
+    let k = &f.key;
+    let from_peer = k.daddr == rkey.daddr
+        && (!egress || k.saddr == rkey.saddr || is_node_addr(k.family, &k.saddr));
+    if !from_peer {
+        let sender = endpoint(k.family, &k.saddr).map_or(0, |e| e.ifindex);
+        dropped(Counter::DropIcmpForeign, sender);
+        drop_event(ctx, Counter::DropIcmpForeign, sender);
+        return TC_ACT_SHOT as i32;
     }
     if rewrite_icmp_error(ctx, f, &inner, rkey, &v) {
         translated(Counter::NatIcmpError, ep);
+        ok
+    } else {
+        dropped(Counter::DropMalformed, ep);
+        TC_ACT_SHOT as i32
     }
 }

@@ -44,6 +44,13 @@ pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
     }
 }
 
+/// True if `addr` is one of the node's own addresses.
+#[inline(always)]
+pub fn is_node_addr(family: u8, addr: &[u8; 16]) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe { node_addrs.get(ip_key(family, addr)) }.is_some()
+}
+
 /// The hostPort mapping a packet to `key.daddr:key.dport` hits, only if the
 /// address is the node's own (as the reference `portmap`'s `--dst-type
 /// LOCAL`): one bound to that exact address, else one without hostIP. A
@@ -54,15 +61,16 @@ pub fn hostport(key: &NatKey) -> Option<PortTarget> {
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
         return None;
     }
-    // SAFETY: values are only read (copied out).
-    unsafe { node_addrs.get(ip_key(key.family, &key.daddr)) }?;
+    if !is_node_addr(key.family, &key.daddr) {
+        return None;
+    }
     let mut pk = PortKey {
         proto: key.proto,
         family: key.family,
         host_port: key.dport,
         host_ip: key.daddr,
     };
-    // SAFETY: as above.
+    // SAFETY: values are only read (copied out).
     if let Some(t) = unsafe { portmap.get(pk) } {
         return Some(*t);
     }

@@ -390,11 +390,15 @@ pub enum Counter {
     /// DHCP/DHCPv6 server message from a pod that is not allowed to be a
     /// router or DHCP server (`allowRouterMessages`).
     DropRouterMsg = 19,
+    /// Dropped: an ICMP error about a translated flow that does not come
+    /// from the flow's peer side (another pod's forgery quoting a victim's
+    /// flow, or one addressed to someone other than the flow).
+    DropIcmpForeign = 20,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 21;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -417,6 +421,7 @@ impl Counter {
         (Counter::ToContainerFiltered, "to_container_filtered"),
         (Counter::DropNatConflict, "drop_nat_conflict"),
         (Counter::DropRouterMsg, "drop_router_msg"),
+        (Counter::DropIcmpForeign, "drop_icmp_foreign"),
     ];
 }
 
