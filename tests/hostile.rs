@@ -1076,3 +1076,245 @@ fn foreign_icmp_errors_are_not_translated_bridge() {
 fn foreign_icmp_errors_are_not_translated_routed() {
     foreign_icmp_errors_are_not_translated("routed");
 }
+
+// ---------------------------------------------------------------- finding 7
+
+/// Unmounts whatever got mounted at `.0` (only if the plugin wrongly
+/// mounted there), also when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for _ in 0..8 {
+            let mounted = std::fs::read_to_string("/proc/self/mounts")
+                .map(|m| m.lines().any(|l| l.split(' ').nth(1) == self.0.to_str()))
+                .unwrap_or(false);
+            if !mounted {
+                break;
+            }
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+}
+
+/// Every file under `dir` with its content.
+fn contents(dir: &std::path::Path) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        std::fs::read_to_string(e.path()).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// What an administrator gets wrong is refused before it does harm: a
+/// `pinPath` on a directory that holds files (it is not mounted over), a
+/// symbolic link in `stateDir` or the IPAM `dataDir` (never written
+/// through), a state record naming a link the plugin did not create (DEL
+/// leaves it), a veth named like a tombstone that the plugin did not retire
+/// (GC leaves it).
+#[test]
+fn admin_mistakes_are_refused_before_any_change() {
+    let t = Topo::new("adm");
+    let mut failures = Vec::new();
+    let victim = t.dir.join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    let precious = |name: &str| {
+        let f = victim.join(name);
+        std::fs::write(&f, "precious\n").unwrap();
+        f
+    };
+
+    // pinPath on a directory with content.
+    let etc = t.dir.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("passwd"), "root:x:0:0\n").unwrap();
+    let _guard = Unmount(etc.clone());
+    let links_before = links(&t.node);
+    let p = t.pod("p1");
+    let out = t.cni(
+        "ADD",
+        &t.conf(json!({"pinPath": etc})),
+        "c1",
+        Some(&p),
+        "eth0",
+    );
+    let seen = contents(&etc);
+    eprintln!(
+        "pinPath {}: code {} {:?}; its content now {seen:?}",
+        etc.display(),
+        out.code,
+        out.msg()
+    );
+    if out.code == 0 || seen != [("passwd".into(), "root:x:0:0\n".into())] {
+        failures.push(format!(
+            "pinPath over a directory with files: {out:?}, content {seen:?}"
+        ));
+    }
+    if out.code == 0 {
+        t.del(&t.conf(json!({"pinPath": etc})), "c1", Some(&p), "eth0");
+    } else if links(&t.node) != links_before {
+        failures.push("the refused ADD left links".into());
+    }
+    drop(_guard);
+
+    // A symbolic link for the network's state directory.
+    let state = t.dir.join("state1");
+    std::fs::create_dir_all(&state).unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("testnet")).unwrap();
+    let before = contents(&victim);
+    let p = t.pod("p2");
+    let out = t.cni(
+        "ADD",
+        &t.conf(json!({"stateDir": state})),
+        "c2",
+        Some(&p),
+        "eth0",
+    );
+    eprintln!(
+        "stateDir/testnet -> {}: code {} {:?}",
+        victim.display(),
+        out.code,
+        out.msg()
+    );
+    if out.code == 0 || contents(&victim) != before {
+        failures.push(format!(
+            "state dir symlink: {out:?}, victim now {:?}",
+            contents(&victim)
+        ));
+    }
+    if out.code == 0 {
+        t.del(&t.conf(json!({"stateDir": state})), "c2", Some(&p), "eth0");
+    }
+
+    // A symbolic link where the record is written (its temp file).
+    let state = t.dir.join("state2");
+    std::fs::create_dir_all(state.join("testnet")).unwrap();
+    let target = precious("record");
+    std::os::unix::fs::symlink(&target, state.join("testnet/c3:eth0.json.tmp")).unwrap();
+    let p = t.pod("p3");
+    let out = t.cni(
+        "ADD",
+        &t.conf(json!({"stateDir": state})),
+        "c3",
+        Some(&p),
+        "eth0",
+    );
+    eprintln!(
+        "record temp file -> {}: code {} {:?}",
+        target.display(),
+        out.code,
+        out.msg()
+    );
+    if out.code == 0 || std::fs::read_to_string(&target).unwrap() != "precious\n" {
+        failures.push(format!(
+            "record symlink: {out:?}, target now {:?}",
+            std::fs::read_to_string(&target)
+        ));
+    }
+    if out.code == 0 {
+        t.del(&t.conf(json!({"stateDir": state})), "c3", Some(&p), "eth0");
+    }
+
+    // A symbolic link for the IPAM cursor.
+    let ipam = t.dir.join("ipam2");
+    std::fs::create_dir_all(ipam.join("testnet")).unwrap();
+    let target = precious("cursor");
+    std::os::unix::fs::symlink(&target, ipam.join("testnet/last_reserved_ip.0")).unwrap();
+    let c = t.conf(json!({"ipam": {"dataDir": ipam}}));
+    let p = t.pod("p4");
+    let out = t.cni("ADD", &c, "c4", Some(&p), "eth0");
+    eprintln!(
+        "IPAM cursor -> {}: code {} {:?}",
+        target.display(),
+        out.code,
+        out.msg()
+    );
+    if out.code == 0 || std::fs::read_to_string(&target).unwrap() != "precious\n" {
+        failures.push(format!(
+            "IPAM cursor symlink: {out:?}, target now {:?}",
+            std::fs::read_to_string(&target)
+        ));
+    }
+    if out.code == 0 {
+        t.del(&c, "c4", Some(&p), "eth0");
+    }
+    let left: Vec<String> = links(&t.node)
+        .into_iter()
+        .filter(|l| l.starts_with("veth"))
+        .collect();
+    if !left.is_empty() {
+        failures.push(format!("refused ADDs left veths: {left:?}"));
+    }
+
+    // DEL of a record that names a link the plugin did not create.
+    ip_n(
+        &t.node,
+        &[
+            "link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1",
+        ],
+    );
+    let conf = t.conf(json!({}));
+    let p = t.pod("p5");
+    t.add(&conf, "ghost", Some(&p), "eth0");
+    let rec_path = t.dir.join("state/testnet/ghost:eth0.json");
+    let mut rec: Value =
+        serde_json::from_str(&std::fs::read_to_string(&rec_path).unwrap()).unwrap();
+    let own = rec["hostVeth"]
+        .as_str()
+        .or(rec["host_veth"].as_str())
+        .map(str::to_string);
+    for k in ["hostVeth", "host_veth"] {
+        if rec.get(k).is_some() {
+            rec[k] = json!("foreign0");
+        }
+    }
+    std::fs::write(&rec_path, rec.to_string()).unwrap();
+    t.del(&conf, "ghost", Some(&p), "eth0");
+    let now = links(&t.node);
+    eprintln!("DEL of a record naming foreign0 (own veth {own:?}): links now {now:?}");
+    if !now.iter().any(|l| l == "foreign0") {
+        failures.push("DEL deleted foreign0, named by an edited record".into());
+    }
+    if let Some(own) = &own {
+        if now.iter().any(|l| l == own) {
+            failures.push(format!("DEL left the attachment's own veth {own}"));
+        }
+    }
+
+    // GC and a veth that looks like a tombstone.
+    ip_n(
+        &t.node,
+        &[
+            "link",
+            "add",
+            "cebz00000099",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "cebzpeer",
+        ],
+    );
+    let gc = merged(
+        &conf,
+        json!({"cniVersion": "1.1.0", "cni.dev/valid-attachments": []}),
+    );
+    t.gc(&gc).ok();
+    let now = links(&t.node);
+    eprintln!("GC with cebz00000099 present: links now {now:?}");
+    if !now.iter().any(|l| l == "cebz00000099") {
+        failures.push("GC deleted cebz00000099, which it never retired".into());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    ip_n(&t.node, &["link", "del", "foreign0"]);
+    ip_n(&t.node, &["link", "del", "cebz00000099"]);
+}

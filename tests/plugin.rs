@@ -556,13 +556,25 @@ fn del_frees_names_at_once_and_retired_veths_are_deleted() {
     assert_clean(&t);
     assert_pod_untouched(&p1);
 
-    // A retired pair whose reaper never ran: GC deletes it. Only veths with
-    // the prefix count; another kind of link with it is not ours.
-    let tomb = format!("{TOMBSTONE_PREFIX}0000beef");
+    // A retired pair whose reaper never ran: GC deletes it. Only veths
+    // named as DEL retires them (the prefix and their own ifindex) count;
+    // another kind of link with it is not ours (a veth that merely looks
+    // retired: tests/hostile.rs).
     ip_n(
         &t.node,
-        &["link", "add", &tomb, "type", "veth", "peer", "name", "x0"],
+        &[
+            "link", "add", "retiring", "type", "veth", "peer", "name", "x0",
+        ],
     );
+    let index: u32 = ip_n(&t.node, &["-o", "link", "show", "retiring"])
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let tomb = format!("{TOMBSTONE_PREFIX}{index:08x}");
+    ip_n(&t.node, &["link", "set", "retiring", "name", &tomb]);
     ip_n(&t.node, &["link", "add", "cebzbr", "type", "bridge"]);
     let gc = merged(
         &conf,

@@ -457,7 +457,10 @@ where
     Ok(())
 }
 
-/// Makes sure `path` is on a bpffs, mounting one there if it is not.
+/// Makes sure `path` is on a bpffs, mounting one there if it is not. Only
+/// over an empty directory: a mount over one that holds something (a
+/// `pinPath` set to `/etc` by mistake) would hide its content from the whole
+/// node, so that is refused before anything is changed.
 pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     let err = |source: std::io::Error| BpfError::Bpffs {
         path: path.display().to_string(),
@@ -467,6 +470,13 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     let st = rustix::fs::statfs(path).map_err(|e| err(e.into()))?;
     if st.f_type as u64 == BPF_FS_MAGIC {
         return Ok(());
+    }
+    let mut entries = std::fs::read_dir(path).map_err(err)?;
+    if let Some(first) = entries.next() {
+        let name = first.map_or_else(|_| "?".into(), |e| e.file_name());
+        return Err(err(std::io::Error::other(format!(
+            "pinPath is neither a bpffs nor an empty directory (it holds {name:?}, which a bpffs mounted there would hide): point pinPath at a directory of its own"
+        ))));
     }
     rustix::mount::mount(
         "bpf",
