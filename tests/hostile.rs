@@ -1395,3 +1395,147 @@ fn admin_mistakes_are_refused_before_any_change() {
     ip_n(&t.node, &["link", "del", "foreign0"]);
     ip_n(&t.node, &["link", "del", "cebz00000099"]);
 }
+
+// ---------------------------------------------------------------- finding 3
+
+/// Sends many L4 segments of protocol `proto` from `ns` through one raw
+/// socket (as [`send_raw`]), as fast as the socket takes them.
+fn send_raw_many(ns: &str, proto: u8, dst: IpAddr, segs: Vec<Vec<u8>>) {
+    in_ns_ret(ns, move || {
+        let IpAddr::V4(a) = dst else {
+            unreachable!("IPv4 only")
+        };
+        // SAFETY: plain socket calls on a fresh descriptor with a fully
+        // initialised sockaddr_in.
+        unsafe {
+            let mut sin: libc::sockaddr_in = std::mem::zeroed();
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.octets());
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, i32::from(proto));
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            for seg in &segs {
+                loop {
+                    let n = libc::sendto(
+                        fd,
+                        seg.as_ptr().cast(),
+                        seg.len(),
+                        0,
+                        std::ptr::addr_of!(sin).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as u32,
+                    );
+                    if n >= 0 {
+                        break;
+                    }
+                    // ENOBUFS: the device queue is full; let it drain.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            libc::close(fd);
+        }
+    });
+}
+
+/// Floods from outside cannot evict a pod's idle masqueraded flows: UDP
+/// datagrams sprayed at the pod's address (each made a pass-through entry)
+/// and SYNs through another pod's hostPort (each makes a reply entry), 8
+/// times `natMapEntries` each, land in `nat_in`; the idle TCP connection
+/// and UDP flow still work afterwards, from the same node address and port.
+fn outside_floods_do_not_evict_pod_flows(mode: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    const ENTRIES: u16 = 1024;
+    let t = Topo::new(if mode == "routed" { "fdr" } else { "fdb" });
+    let (pv, ph) = (t.pod("victim"), t.pod("server"));
+    let base = json!({"ipMasq": true, "natMapEntries": ENTRIES});
+    let cv = mode_conf(&t, mode, base.clone());
+    let mut ch = mode_conf(&t, mode, base);
+    merge(
+        &mut ch,
+        mappings(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}])),
+    );
+    let rv = t.add(&cv, "victim", Some(&pv), "eth0");
+    t.add(&ch, "server", Some(&ph), "eth0");
+    let _srv = TcpServer::start(&ph, "0.0.0.0", 80, "server");
+    let (ext, node, victim) = (ip(EXT_IP), ip(NODE_IP), result_ip(&rv, false));
+
+    // The victim's flows, then idle.
+    let l = in_ns_ret(&t.ext, move || TcpListener::bind((ext, 7100)).unwrap());
+    let c = in_ns_ret(&pv, move || {
+        TcpStream::connect_timeout(&(ext, 7100).into(), Duration::from_secs(3)).unwrap()
+    });
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (srv, peer) = l.accept().unwrap();
+    srv.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(peer.ip(), node);
+    let mut cr = BufReader::new(c.try_clone().unwrap());
+    let mut sr = BufReader::new(srv.try_clone().unwrap());
+    let mut talk = |what: &str| -> Result<(), String> {
+        let mut line = String::new();
+        (&c).write_all(format!("{what}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        sr.read_line(&mut line).map_err(|e| e.to_string())?;
+        (&srv).write_all(b"ok\n").map_err(|e| e.to_string())?;
+        line.clear();
+        cr.read_line(&mut line).map_err(|e| e.to_string())?;
+        (line.trim() == "ok")
+            .then_some(())
+            .ok_or(format!("client read {line:?}"))
+    };
+    talk("before").unwrap();
+    let s = in_ns_ret(&t.ext, move || UdpSocket::bind((ext, 7101)).unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let u = in_ns_ret(&pv, move || UdpSocket::bind(("0.0.0.0", 40700)).unwrap());
+    let mut buf = [0u8; 64];
+    u.send_to(b"one", (ext, 7101)).unwrap();
+    let (_, first) = s.recv_from(&mut buf).unwrap();
+    assert_eq!(first.ip(), node);
+
+    // The floods, from outside.
+    let n = 8 * u32::from(ENTRIES);
+    let started = std::time::Instant::now();
+    let spray: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut d = udp_dgram(10000 + (i % 50000) as u16, 20000 + (i / 50000) as u16, b"x");
+            let c = l4_csum(ext, victim, 17, &d);
+            d[6..8].copy_from_slice(&c.to_be_bytes());
+            d
+        })
+        .collect();
+    send_raw_many(&t.ext, 17, victim, spray);
+    let syns: Vec<Vec<u8>> = (0..n)
+        .map(|i| tcp_segment(ext, node, 10000 + i as u16, 8080, 0x02))
+        .collect();
+    send_raw_many(&t.ext, 6, node, syns);
+    let secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let entries = t.inspect()["nat"].as_array().unwrap().len();
+
+    // The victim's idle flows survived.
+    let tcp = talk("after");
+    u.send_to(b"two", (ext, 7101)).unwrap();
+    let second = s.recv_from(&mut buf).map(|(_, f)| f);
+    eprintln!(
+        "{mode}: {n} sprayed datagrams + {n} hostPort SYNs in {secs:.1}s, nat map {ENTRIES} entries ({entries} live after); idle TCP {tcp:?}, idle UDP left from {second:?} (before: {first})"
+    );
+    assert!(
+        tcp.is_ok(),
+        "{mode}: the idle TCP connection broke: {tcp:?}"
+    );
+    assert_eq!(
+        second.ok(),
+        Some(first),
+        "{mode}: the idle UDP flow lost its translation"
+    );
+    t.del(&ch, "server", Some(&ph), "eth0");
+    t.del(&cv, "victim", Some(&pv), "eth0");
+}
+
+#[test]
+fn outside_floods_do_not_evict_pod_flows_bridge() {
+    outside_floods_do_not_evict_pod_flows("bridge");
+}
+
+#[test]
+fn outside_floods_do_not_evict_pod_flows_routed() {
+    outside_floods_do_not_evict_pod_flows("routed");
+}

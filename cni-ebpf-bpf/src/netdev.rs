@@ -132,6 +132,10 @@ fn inbound(ctx: &TcContext, f: &Flow) -> i32 {
     match endpoint(key.family, &key.daddr) {
         Some(ep) if ep.flags & EP_FLAG_MASQ != 0 => {
             let owner = ep.owner;
+            // A masqueraded flow of this tuple that is over (a live one was
+            // refused above) would take precedence over the pass-through
+            // entry, which lives in the other map.
+            forget_masq(key);
             let same = Target {
                 saddr: key.saddr,
                 daddr: key.daddr,
@@ -143,6 +147,25 @@ fn inbound(ctx: &TcContext, f: &Flow) -> i32 {
         _ => forget_reply(key),
     }
     ok
+}
+
+/// Removes the masquerade entry that is the reverse of `key`, if any.
+#[inline(never)]
+fn forget_masq(key: &NatKey) {
+    let fk = NatKey {
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport: key.dport,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        scope: key.scope,
+        pad: 0,
+    };
+    // SAFETY: only the kind is read.
+    if unsafe { nat.get(&fk) }.is_some_and(|v| v.kind == nat_kind::MASQ) {
+        let _ = nat.remove(&fk);
+    }
 }
 
 /// The host ifindex of the pod whose live masqueraded flow is the reverse

@@ -8,7 +8,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    maps::{count, endpoints, ep_stats, nat, node_addrs, portmap},
+    maps::{count, endpoints, ep_stats, nat, nat_in, node_addrs, portmap},
     rewrite::Target,
 };
 
@@ -97,18 +97,39 @@ fn pod_addr<'a>(key: &'a NatKey, v: &'a NatValue) -> &'a [u8; 16] {
 #[inline(never)]
 pub fn live(key: &NatKey, v: &mut NatValue) -> u32 {
     // SAFETY: copied out at once; LRU entries may be replaced concurrently.
-    let Some(cur) = (unsafe { nat.get(key) }) else {
-        return 0;
+    let inbound = match unsafe { nat.get(key) } {
+        Some(cur) => {
+            *v = *cur;
+            false
+        }
+        // SAFETY: as above.
+        None => match unsafe { nat_in.get(key) } {
+            Some(cur) => {
+                *v = *cur;
+                true
+            }
+            None => return 0,
+        },
     };
-    *v = *cur;
     match endpoint(key.family, pod_addr(key, v)) {
         Some(ep) if ep.owner == v.owner => ep.ifindex,
         _ => {
-            let _ = nat.remove(key);
+            let _ = if inbound {
+                nat_in.remove(key)
+            } else {
+                nat.remove(key)
+            };
             count(Counter::NatStale);
             0
         }
     }
+}
+
+/// True for the kinds of state that packets from outside create: they live
+/// in `nat_in`, where their floods cannot evict a pod's translations.
+#[inline(always)]
+fn from_outside(kind: u8) -> bool {
+    kind == nat_kind::HOSTPORT_REPLY || kind == nat_kind::PASS
 }
 
 /// Monotonic time in ns.
@@ -203,8 +224,14 @@ pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) -> bool {
     let mut rk = NatKey::default();
     let mut rv = NatValue::default();
     reply_of(key, to, kind, owner, &mut rk, &mut rv);
+    let outside = from_outside(kind);
     // SAFETY: compared by value.
-    if let Some(cur) = unsafe { nat.get(&rk) } {
+    let cur = if outside {
+        unsafe { nat_in.get(&rk) }
+    } else {
+        unsafe { nat.get(&rk) }
+    };
+    if let Some(cur) = cur {
         if cur.saddr == rv.saddr
             && cur.daddr == rv.daddr
             && cur.sport == rv.sport
@@ -215,7 +242,11 @@ pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) -> bool {
             return false;
         }
     }
-    let _ = nat.insert(&rk, &rv, BPF_ANY);
+    let _ = if outside {
+        nat_in.insert(&rk, &rv, BPF_ANY)
+    } else {
+        nat.insert(&rk, &rv, BPF_ANY)
+    };
     true
 }
 
@@ -263,5 +294,9 @@ pub fn forget_reply(key: &NatKey) {
     // SAFETY: only tested for presence.
     if unsafe { nat.get(&rk) }.is_some() {
         let _ = nat.remove(&rk);
+    }
+    // SAFETY: as above.
+    if unsafe { nat_in.get(&rk) }.is_some() {
+        let _ = nat_in.remove(&rk);
     }
 }

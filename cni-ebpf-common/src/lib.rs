@@ -64,8 +64,14 @@ pub mod map {
     /// [`PortKey`](crate::PortKey) -> [`PortTarget`](crate::PortTarget): hostPort mappings.
     pub const PORTMAP: &str = "portmap";
     /// [`NatKey`](crate::NatKey) -> [`NatValue`](crate::NatValue): the
-    /// translations of live flows, both directions (LRU).
+    /// translations of flows pods start (masquerade, both directions;
+    /// hairpin replies), LRU.
     pub const NAT: &str = "nat";
+    /// Same layout: the state that packets from outside create (hostPort
+    /// replies, pass-through entries of inbound UDP flows), in an LRU of its
+    /// own, so that a flood from outside evicts only its own kind and never
+    /// a pod's masqueraded flow (`natMapEntries` sizes both).
+    pub const NAT_IN: &str = "nat_in";
     /// Node address ([`IpKey`](crate::IpKey)) -> `u32` flags: what counts as
     /// "the node" for a hostPort without hostIP.
     pub const NODE_ADDRS: &str = "node_addrs";
@@ -87,9 +93,9 @@ pub mod map {
     /// report events at (0 = none: no ring buffer writes at all).
     pub const MONITOR: &str = "monitor";
     /// Every map.
-    pub const ALL: [&str; 13] = [
-        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG, SOCK_REV,
-        EP_IFACES, EVENTS, MONITOR,
+    pub const ALL: [&str; 14] = [
+        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NAT_IN, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG,
+        SOCK_REV, EP_IFACES, EVENTS, MONITOR,
     ];
 }
 

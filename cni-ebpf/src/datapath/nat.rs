@@ -54,6 +54,12 @@ impl Datapath {
         self.map(map::NAT)
     }
 
+    /// `nat_in`, if this data path has it (one pinned by an older build
+    /// does not).
+    fn nat_in(&self) -> Option<HashMap<MapData, NatKey, NatValue>> {
+        self.map(map::NAT_IN).ok()
+    }
+
     /// Every raw `nat` entry with whether it is still live: its pod's
     /// address (as the programs pick it) still has the entry's owner.
     fn raw_entries(&self) -> Result<Vec<(NatKey, NatValue, bool)>, BpfError> {
@@ -62,10 +68,12 @@ impl Datapath {
             .into_iter()
             .map(|e| (e.ip, e.info.owner))
             .collect();
-        Ok(self
-            .nat()?
-            .iter()
-            .filter_map(Result::ok)
+        let mut all: Vec<(NatKey, NatValue)> = self.nat()?.iter().filter_map(Result::ok).collect();
+        if let Some(m) = self.nat_in() {
+            all.extend(m.iter().filter_map(Result::ok));
+        }
+        Ok(all
+            .into_iter()
             .map(|(k, v)| {
                 let pod = if v.kind == nat_kind::MASQ_REPLY {
                     addr(k.family, &v.daddr)
@@ -112,8 +120,13 @@ impl Datapath {
             .map(|(k, _, _)| k)
             .collect();
         let mut m = self.nat()?;
+        let mut inbound = self.nat_in();
         for k in &stale {
-            let _ = m.remove(k);
+            if m.remove(k).is_err() {
+                if let Some(i) = inbound.as_mut() {
+                    let _ = i.remove(k);
+                }
+            }
         }
         Ok(stale.len())
     }

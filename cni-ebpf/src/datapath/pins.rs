@@ -286,7 +286,13 @@ impl Datapath {
             // The NAT map's size is a setting (natMapEntries): a pinned one
             // keeps its size. Any other size change is a layout change (the
             // counters array grows with each new counter).
-            let sized = |n: u32| if name == map::NAT { 0 } else { n };
+            let sized = |n: u32| {
+                if name == map::NAT || name == map::NAT_IN {
+                    0
+                } else {
+                    n
+                }
+            };
             let have = (
                 info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
                 info.key_size(),
@@ -322,6 +328,7 @@ impl Datapath {
         // Only maps created now get it: aya reuses a map found at its pin
         // (migrate_maps compares type and key/value sizes, not capacity).
         loader.map_max_entries(map::NAT, nat_entries);
+        loader.map_max_entries(map::NAT_IN, nat_entries);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
