@@ -1539,3 +1539,155 @@ fn outside_floods_do_not_evict_pod_flows_bridge() {
 fn outside_floods_do_not_evict_pod_flows_routed() {
     outside_floods_do_not_evict_pod_flows("routed");
 }
+
+/// One pod's flood of answered flows cannot evict another pod's established
+/// (idle) masqueraded flows: those moved to `nat_est` at their first reply,
+/// which no LRU eviction reaches, and the flooding pod gets only its quota
+/// of it (an eighth of `natMapEntries`); the rest of its flows churn in the
+/// LRU among themselves, counted as `nat_est_refused`. A flow the victim
+/// starts after the flood is established too.
+fn pod_floods_do_not_evict_other_pods_flows(mode: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    };
+    const ENTRIES: u32 = 1024;
+    let t = Topo::new(if mode == "routed" { "pfr" } else { "pfb" });
+    let (pv, pa) = (t.pod("victim"), t.pod("attacker"));
+    let conf = mode_conf(&t, mode, json!({"ipMasq": true, "natMapEntries": ENTRIES}));
+    let rv = t.add(&conf, "victim", Some(&pv), "eth0");
+    let ra = t.add(&conf, "attacker", Some(&pa), "eth0");
+    let (ext, node) = (ip(EXT_IP), ip(NODE_IP));
+    let (victim, attacker) = (result_ip(&rv, false), result_ip(&ra, false));
+
+    // The victim's flows, established, then idle.
+    let l = in_ns_ret(&t.ext, move || TcpListener::bind((ext, 7300)).unwrap());
+    let c = in_ns_ret(&pv, move || {
+        TcpStream::connect_timeout(&(ext, 7300).into(), Duration::from_secs(3)).unwrap()
+    });
+    c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let (srv, peer) = l.accept().unwrap();
+    srv.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(peer.ip(), node);
+    let mut cr = BufReader::new(c.try_clone().unwrap());
+    let mut sr = BufReader::new(srv.try_clone().unwrap());
+    let mut talk = |what: &str| -> Result<(), String> {
+        let mut line = String::new();
+        (&c).write_all(format!("{what}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        sr.read_line(&mut line).map_err(|e| e.to_string())?;
+        (&srv).write_all(b"ok\n").map_err(|e| e.to_string())?;
+        line.clear();
+        cr.read_line(&mut line).map_err(|e| e.to_string())?;
+        (line.trim() == "ok")
+            .then_some(())
+            .ok_or(format!("client read {line:?}"))
+    };
+    talk("before").unwrap();
+    let s = in_ns_ret(&t.ext, move || UdpSocket::bind((ext, 7301)).unwrap());
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let u = in_ns_ret(&pv, move || UdpSocket::bind(("0.0.0.0", 40800)).unwrap());
+    u.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut buf = [0u8; 64];
+    u.send_to(b"one", (ext, 7301)).unwrap();
+    let (_, first) = s.recv_from(&mut buf).unwrap();
+    s.send_to(b"ack", first).unwrap();
+    u.recv_from(&mut buf)
+        .expect("the victim's UDP flow is answered");
+    assert_eq!(first.ip(), node);
+
+    // The attacker: 8 x natMapEntries answered flows (an echo server
+    // outside answers each, from its own address).
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let echo = {
+        let (stop, answered) = (stop.clone(), answered.clone());
+        let e = in_ns_ret(&t.ext, move || UdpSocket::bind((ext, 7302)).unwrap());
+        e.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        std::thread::spawn(move || {
+            let mut b = [0u8; 64];
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok((n, from)) = e.recv_from(&mut b) {
+                    if e.send_to(&b[..n], from).is_ok() {
+                        answered.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let before = (
+        counter(&t, "nat_established"),
+        counter(&t, "nat_est_refused"),
+    );
+    let n = 8 * ENTRIES;
+    let started = std::time::Instant::now();
+    let flood: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let mut d = udp_dgram(10000 + i as u16, 7302, b"x");
+            let c = l4_csum(attacker, ext, 17, &d);
+            d[6..8].copy_from_slice(&c.to_be_bytes());
+            d
+        })
+        .collect();
+    // In rounds, so the echo keeps up and each flow is answered.
+    for chunk in flood.chunks(512) {
+        send_raw_many(&pa, 17, ext, chunk.to_vec());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    echo.join().unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    let established = counter(&t, "nat_established") - before.0;
+    let refused = counter(&t, "nat_est_refused") - before.1;
+
+    // The victim's idle flows survived, and it can still establish more.
+    let tcp = talk("after");
+    u.send_to(b"two", (ext, 7301)).unwrap();
+    let second = s.recv_from(&mut buf).map(|(_, f)| f);
+    let u2 = in_ns_ret(&pv, move || UdpSocket::bind(("0.0.0.0", 40801)).unwrap());
+    u2.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let est = counter(&t, "nat_established");
+    u2.send_to(b"new", (ext, 7301)).unwrap();
+    let (_, third) = s.recv_from(&mut buf).unwrap();
+    s.send_to(b"ack", third).unwrap();
+    let new_answered = u2.recv_from(&mut buf).is_ok();
+    let new_established = counter(&t, "nat_established") - est;
+    eprintln!(
+        "{mode}: attacker {attacker}: {n} flows in {secs:.1}s, {} answered; established +{established}, refused (quota) +{refused}; victim {victim}: idle TCP {tcp:?}, idle UDP from {second:?} (before {first}); a new flow answered {new_answered}, established +{new_established}",
+        answered.load(Ordering::SeqCst)
+    );
+    assert!(
+        tcp.is_ok(),
+        "{mode}: the victim's idle TCP connection broke: {tcp:?}"
+    );
+    assert_eq!(
+        second.ok(),
+        Some(first),
+        "{mode}: the victim's idle UDP flow lost its translation"
+    );
+    assert!(refused > 0, "{mode}: the flood was never held to its quota");
+    assert!(
+        established <= u64::from(ENTRIES / 8 / 2) + 1,
+        "{mode}: the attacker established {established} flows, beyond its quota"
+    );
+    assert!(
+        new_answered && new_established == 1,
+        "{mode}: the victim's new flow was not established"
+    );
+    t.del(&conf, "attacker", Some(&pa), "eth0");
+    t.del(&conf, "victim", Some(&pv), "eth0");
+}
+
+#[test]
+fn pod_floods_do_not_evict_other_pods_flows_bridge() {
+    pod_floods_do_not_evict_other_pods_flows("bridge");
+}
+
+#[test]
+fn pod_floods_do_not_evict_other_pods_flows_routed() {
+    pod_floods_do_not_evict_other_pods_flows("routed");
+}

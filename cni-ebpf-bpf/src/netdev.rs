@@ -19,11 +19,11 @@ use cni_ebpf_common::{
 use crate::{
     events::{drop_event, flow_event},
     flow::{parse, parse_inner, Flow, Inner, IPPROTO_ICMP, IPPROTO_ICMPV6},
-    maps::{count, nat, no_masq_hit, scratch, settings, uplinks},
+    maps::{count, nat, nat_est, no_masq_hit, scratch, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
     translate::{
-        dropped, endpoint, forget_reply, hostport, is_loopback, is_node_addr, live, now,
-        remember_reply, reply_of, touch, translated,
+        dropped, endpoint, est_remove, forget_reply, hostport, is_loopback, is_node_addr, live,
+        live_at, now, quota_add, quota_of, remember_reply, reply_of, touch, translated, AT_NAT,
     },
 };
 
@@ -78,7 +78,8 @@ pub fn to_netdev(ctx: &TcContext) -> i32 {
 #[inline(never)]
 fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
     let mut v = NatValue::default();
-    let ep = live(&f.key, &mut v);
+    let mut at = 0;
+    let ep = live_at(&f.key, &mut v, &mut at);
     if ep == 0 {
         return false;
     }
@@ -87,6 +88,10 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
     }
     if v.kind == nat_kind::MASQ || v.kind == nat_kind::MASQ_REPLY {
         touch(&f.key, f.tcp_flags);
+    }
+    // The first reply of a masqueraded flow: it is established.
+    if v.kind == nat_kind::MASQ_REPLY && at == AT_NAT {
+        promote(&f.key, &v);
     }
     if rewrite(ctx, f, &Target::of(&v)) {
         let c = if v.kind == nat_kind::MASQ {
@@ -149,6 +154,49 @@ fn inbound(ctx: &TcContext, f: &Flow) -> i32 {
     ok
 }
 
+/// Moves an established masqueraded flow (`rk` -> `rv` is its reply entry,
+/// just used by its first reply) from the LRU `nat` to `nat_est`, where no
+/// flood evicts it, if its pod's quota allows; else it stays (counted).
+#[inline(never)]
+fn promote(rk: &NatKey, rv: &NatValue) {
+    let quota = settings().est_quota;
+    let owner = rv.owner;
+    if quota == 0 || quota_of(owner) >= quota {
+        count(Counter::NatEstRefused);
+        return;
+    }
+    let fk = NatKey {
+        saddr: rv.daddr,
+        daddr: rk.saddr,
+        sport: rv.dport,
+        dport: rk.sport,
+        proto: rk.proto,
+        family: rk.family,
+        scope: rk.scope,
+        pad: 0,
+    };
+    // SAFETY: copied out.
+    let Some(fv) = (unsafe { nat.get(&fk) }).copied() else {
+        return;
+    };
+    if fv.kind != nat_kind::MASQ || fv.owner != owner {
+        return;
+    }
+    if nat_est.insert(&fk, &fv, BPF_NOEXIST).is_err() {
+        count(Counter::NatEstRefused);
+        return;
+    }
+    if nat_est.insert(rk, rv, BPF_NOEXIST).is_err() {
+        let _ = nat_est.remove(&fk);
+        count(Counter::NatEstRefused);
+        return;
+    }
+    quota_add(owner, 2);
+    let _ = nat.remove(&fk);
+    let _ = nat.remove(rk);
+    count(Counter::NatEstablished);
+}
+
 /// Removes the masquerade entry that is the reverse of `key`, if any.
 #[inline(never)]
 fn forget_masq(key: &NatKey) {
@@ -165,6 +213,12 @@ fn forget_masq(key: &NatKey) {
     // SAFETY: only the kind is read.
     if unsafe { nat.get(&fk) }.is_some_and(|v| v.kind == nat_kind::MASQ) {
         let _ = nat.remove(&fk);
+    }
+    // SAFETY: copied out.
+    if let Some(v) = unsafe { nat_est.get(&fk) }.copied() {
+        if v.kind == nat_kind::MASQ {
+            est_remove(&fk, v.owner);
+        }
     }
 }
 
@@ -184,7 +238,7 @@ fn live_masq_holds(key: &NatKey) -> u32 {
         pad: 0,
     };
     // SAFETY: copied out.
-    let Some(v) = (unsafe { nat.get(&fk) }).copied() else {
+    let Some(v) = (unsafe { nat_est.get(&fk).or_else(|| nat.get(&fk)) }).copied() else {
         return 0;
     };
     if v.kind != nat_kind::MASQ {
@@ -208,7 +262,7 @@ fn live_masq_holds(key: &NatKey) -> u32 {
         pad: 0,
     };
     // SAFETY: copied out.
-    let (r_flags, r_stamp) = match unsafe { nat.get(&rk) } {
+    let (r_flags, r_stamp) = match unsafe { nat_est.get(&rk).or_else(|| nat.get(&rk)) } {
         Some(r) => (r.flags, r.stamp),
         // Its reply entry is gone: the flow can no longer be translated back.
         None => return 0,
@@ -406,7 +460,10 @@ fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 
         let port = ((lo + r % span) as u16).to_be();
         t.sport = port;
         reply_of(key, &t, nat_kind::MASQ_REPLY, owner, &mut s.rk, &mut s.rv);
-        if nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
+        // A port an established flow holds is in `nat_est`, not `nat`.
+        // SAFETY: only tested for presence.
+        let held = unsafe { nat_est.get(&s.rk) }.is_some();
+        if !held && nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
             return port;
         }
         // Taken: free again if its flow is over (closed, idle, or its pod gone).
@@ -424,7 +481,7 @@ fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 
 fn reusable(s: &mut NatScratch) -> bool {
     let rk = &s.rk;
     // SAFETY: read in place; fields are copied before any map update.
-    let Some(e) = (unsafe { nat.get(rk) }) else {
+    let Some(e) = (unsafe { nat_est.get(rk).or_else(|| nat.get(rk)) }) else {
         return true;
     };
     if e.kind != nat_kind::MASQ_REPLY {
@@ -440,7 +497,7 @@ fn reusable(s: &mut NatScratch) -> bool {
     s.fk.scope = rk.scope;
     s.fk.pad = 0;
     // SAFETY: copied out.
-    let (fstamp, fflags) = match unsafe { nat.get(&s.fk) } {
+    let (fstamp, fflags) = match unsafe { nat_est.get(&s.fk).or_else(|| nat.get(&s.fk)) } {
         Some(f) => (f.stamp, f.flags),
         None => (0, nat_flag::RST),
     };
@@ -451,6 +508,9 @@ fn reusable(s: &mut NatScratch) -> bool {
     let ok = gone || over(s.rk.proto, e_flags, e_stamp, fflags, fstamp);
     if ok {
         let _ = nat.remove(&s.fk);
+        est_remove(&s.fk, e_owner);
+        // The new flow's reply entry goes to `nat`.
+        est_remove(&s.rk, e_owner);
     }
     ok
 }

@@ -8,7 +8,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    maps::{count, endpoints, ep_stats, nat, nat_in, node_addrs, portmap},
+    maps::{count, endpoints, ep_stats, nat, nat_est, nat_in, nat_quota, node_addrs, portmap},
     rewrite::Target,
 };
 
@@ -96,32 +96,86 @@ fn pod_addr<'a>(key: &'a NatKey, v: &'a NatValue) -> &'a [u8; 16] {
 /// every caller a second copy of the limited stack.)
 #[inline(never)]
 pub fn live(key: &NatKey, v: &mut NatValue) -> u32 {
-    // SAFETY: copied out at once; LRU entries may be replaced concurrently.
-    let inbound = match unsafe { nat.get(key) } {
-        Some(cur) => {
-            *v = *cur;
-            false
-        }
-        // SAFETY: as above.
-        None => match unsafe { nat_in.get(key) } {
-            Some(cur) => {
-                *v = *cur;
-                true
-            }
-            None => return 0,
-        },
+    let mut at = 0;
+    live_at(key, v, &mut at)
+}
+
+/// [`live`], also saying in which map the entry is (`at`: [`AT_EST`] ...).
+#[inline(never)]
+pub fn live_at(key: &NatKey, v: &mut NatValue, at_out: &mut u8) -> u32 {
+    // Established flows first (most packets), then new ones, then what
+    // came from outside. SAFETY: copied out at once; entries may be
+    // replaced concurrently.
+    let at = if let Some(cur) = unsafe { nat_est.get(key) } {
+        *v = *cur;
+        AT_EST
+    } else if let Some(cur) = unsafe { nat.get(key) } {
+        *v = *cur;
+        AT_NAT
+    } else if let Some(cur) = unsafe { nat_in.get(key) } {
+        *v = *cur;
+        AT_IN
+    } else {
+        return 0;
     };
+    *at_out = at;
     match endpoint(key.family, pod_addr(key, v)) {
         Some(ep) if ep.owner == v.owner => ep.ifindex,
         _ => {
-            let _ = if inbound {
-                nat_in.remove(key)
+            if at == AT_EST {
+                est_remove(key, v.owner);
+            } else if at == AT_NAT {
+                let _ = nat.remove(key);
             } else {
-                nat.remove(key)
-            };
+                let _ = nat_in.remove(key);
+            }
             count(Counter::NatStale);
             0
         }
+    }
+}
+
+/// Which map an entry was found in: `nat_est`, `nat`, `nat_in`.
+pub const AT_EST: u8 = 1;
+/// See [`AT_EST`].
+pub const AT_NAT: u8 = 2;
+/// See [`AT_EST`].
+pub const AT_IN: u8 = 3;
+
+/// Adds `delta` to the `nat_est` count of `owner` (not atomic: a lost
+/// update only skews the quota until GC recounts).
+#[inline(always)]
+pub fn quota_add(owner: u64, delta: i32) {
+    match quota_ptr(owner) {
+        Some(p) => {
+            // SAFETY: a live map value.
+            let q = unsafe { &mut *p };
+            *q = q.saturating_add_signed(delta);
+        }
+        None if delta > 0 => {
+            let _ = nat_quota.insert(&owner, &(delta as u32), BPF_ANY);
+        }
+        None => {}
+    }
+}
+
+#[inline(always)]
+fn quota_ptr(owner: u64) -> Option<*mut u32> {
+    nat_quota.get_ptr_mut(&owner)
+}
+
+/// `owner`'s count of `nat_est` entries.
+#[inline(always)]
+pub fn quota_of(owner: u64) -> u32 {
+    // SAFETY: copied out.
+    unsafe { nat_quota.get(&owner) }.copied().unwrap_or(0)
+}
+
+/// Removes `key` from `nat_est` (if there) and counts it off `owner`.
+#[inline(never)]
+pub fn est_remove(key: &NatKey, owner: u64) {
+    if nat_est.remove(key).is_ok() {
+        quota_add(owner, -1);
     }
 }
 
@@ -143,7 +197,7 @@ pub fn now() -> u64 {
 /// the time (at most every `NAT_STAMP_NS`) and TCP FIN/RST.
 #[inline(never)]
 pub fn touch(key: &NatKey, tcp_flags: u8) {
-    let Some(p) = nat.get_ptr_mut(key) else {
+    let Some(p) = nat_est.get_ptr_mut(key).or_else(|| nat.get_ptr_mut(key)) else {
         return;
     };
     let t = now();
@@ -183,7 +237,8 @@ fn peer_fin(key: &NatKey, v: &NatValue) -> bool {
         pad: 0,
     };
     // SAFETY: only a flag is read.
-    unsafe { nat.get(&pk) }.is_some_and(|p| p.flags & nat_flag::FIN != 0)
+    unsafe { nat_est.get(&pk).or_else(|| nat.get(&pk)) }
+        .is_some_and(|p| p.flags & nat_flag::FIN != 0)
 }
 
 /// The reply direction of a translation: `key` became `to`, so a reply to
@@ -298,5 +353,9 @@ pub fn forget_reply(key: &NatKey) {
     // SAFETY: as above.
     if unsafe { nat_in.get(&rk) }.is_some() {
         let _ = nat_in.remove(&rk);
+    }
+    // SAFETY: the owner is copied out.
+    if let Some(owner) = unsafe { nat_est.get(&rk) }.map(|v| v.owner) {
+        est_remove(&rk, owner);
     }
 }

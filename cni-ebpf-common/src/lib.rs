@@ -72,6 +72,15 @@ pub mod map {
     /// own, so that a flood from outside evicts only its own kind and never
     /// a pod's masqueraded flow (`natMapEntries` sizes both).
     pub const NAT_IN: &str = "nat_in";
+    /// Same layout, not LRU: masqueraded flows that are established (their
+    /// first reply came back) move here from `nat`, within a per-pod quota
+    /// ([`map::NAT_QUOTA`]), so no flood of anyone else's evicts them; they
+    /// leave when their flow is over (port reuse), their pod is gone, or GC.
+    pub const NAT_EST: &str = "nat_est";
+    /// Owner ([`owner_id`](crate::owner_id)) -> `u32`: how many `nat_est`
+    /// entries the attachment holds (approximate: updated without atomics;
+    /// GC recounts).
+    pub const NAT_QUOTA: &str = "nat_quota";
     /// Node address ([`IpKey`](crate::IpKey)) -> `u32` flags: what counts as
     /// "the node" for a hostPort without hostIP.
     pub const NODE_ADDRS: &str = "node_addrs";
@@ -93,9 +102,9 @@ pub mod map {
     /// report events at (0 = none: no ring buffer writes at all).
     pub const MONITOR: &str = "monitor";
     /// Every map.
-    pub const ALL: [&str; 14] = [
-        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NAT_IN, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG,
-        SOCK_REV, EP_IFACES, EVENTS, MONITOR,
+    pub const ALL: [&str; 16] = [
+        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NAT_IN, NAT_EST, NAT_QUOTA, NODE_ADDRS, UPLINKS,
+        NO_MASQ, CONFIG, SOCK_REV, EP_IFACES, EVENTS, MONITOR,
     ];
 }
 
@@ -400,11 +409,16 @@ pub enum Counter {
     /// from the flow's peer side (another pod's forgery quoting a victim's
     /// flow, or one addressed to someone other than the flow).
     DropIcmpForeign = 20,
+    /// A masqueraded flow became established and moved to `nat_est`.
+    NatEstablished = 21,
+    /// An established flow stayed in the LRU `nat`: its pod's quota of
+    /// `nat_est` is used up, or `nat_est` is full.
+    NatEstRefused = 22,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 23;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -428,6 +442,8 @@ impl Counter {
         (Counter::DropNatConflict, "drop_nat_conflict"),
         (Counter::DropRouterMsg, "drop_router_msg"),
         (Counter::DropIcmpForeign, "drop_icmp_foreign"),
+        (Counter::NatEstablished, "nat_established"),
+        (Counter::NatEstRefused, "nat_est_refused"),
     ];
 }
 
@@ -573,8 +589,8 @@ pub struct Config {
     pub snat_min: u16,
     /// Last masquerade port (host order).
     pub snat_max: u16,
-    /// Explicit padding, always zero.
-    pub pad: u32,
+    /// How many `nat_est` entries one attachment may hold (0: none).
+    pub est_quota: u32,
     /// Network namespace cookie of the node: the socket hooks act only there.
     pub netns_cookie: u64,
 }

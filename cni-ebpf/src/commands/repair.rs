@@ -46,11 +46,19 @@ pub fn node_settings(conf: &NetConf, reattach: bool) -> NodeSettings<'_> {
         uplinks: conf.uplinks.as_deref(),
         no_masq: &conf.non_masquerade_cidrs,
         snat_ports: conf.snat_ports,
+        est_quota: est_quota(conf.nat_map_entries),
         reserve_ports: conf.ip_masq,
         cgroup: conf.cgroup_path.as_deref(),
         attach_mode: conf.attach_mode,
         reattach,
     }
+}
+
+/// How many `nat_est` entries (two per established masqueraded flow) one
+/// attachment may hold: an eighth of the map, so one pod's flood of
+/// answered flows never takes the room other pods' established flows need.
+pub fn est_quota(nat_map_entries: u32) -> u32 {
+    (nat_map_entries / 8).max(64)
 }
 
 /// Opens the data path for `conf`, loading this build and repairing every
