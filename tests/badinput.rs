@@ -574,3 +574,151 @@ fn files_and_pins_are_private_to_root() {
     eprintln!("{} directories and {} files checked", seen.0, seen.1);
     t.del(&conf, "c1", Some(&pod), "eth0");
 }
+
+/// libcni's `GetVersionInfo`, exactly as podman runs it to validate a
+/// network (and drops the network when it fails): `CNI_COMMAND=VERSION`,
+/// `CNI_CONTAINERID` empty, `CNI_NETNS`, `CNI_IFNAME` and `CNI_PATH` all
+/// `dummy`, and a config holding only `cniVersion` on stdin. Then the same
+/// with garbage in every variable VERSION does not use.
+#[test]
+fn libcni_version_probe_succeeds() {
+    require_root();
+    let probe = [
+        ("CNI_CONTAINERID", ""),
+        ("CNI_NETNS", "dummy"),
+        ("CNI_IFNAME", "dummy"),
+        ("CNI_PATH", "dummy"),
+    ];
+    let garbage = [
+        ("CNI_CONTAINERID", "../../etc/passwd"),
+        ("CNI_NETNS", "relative/netns"),
+        ("CNI_IFNAME", "far-too-long-for-an-ifname/"),
+        ("CNI_PATH", "bin::x"),
+        ("CNI_ARGS", "UNKNOWN=1;novalue"),
+    ];
+    // libcni 1.0 and 1.1+ send their own version.Current().
+    for (vars, stdin) in [
+        (&probe[..], r#"{"cniVersion":"1.0.0"}"#),
+        (&probe[..], r#"{"cniVersion":"1.1.0"}"#),
+        (&garbage[..], r#"{"cniVersion":"1.1.0"}"#),
+    ] {
+        // A private mount namespace with its own /var/log: the probe carries
+        // no logFile, so the plugin writes to the default log file, which a
+        // test must not leave lines in.
+        let mut cmd = std::process::Command::new("unshare");
+        cmd.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs tmpfs /var/log && exec \"$0\"",
+            BIN,
+        ]);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", "VERSION");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(stdin.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("run the plugin");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{vars:?} {stdin}: {:?} {stdout} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_str(stdout.trim()).expect("VERSION prints JSON");
+        let want: Value = serde_json::from_str(stdin).unwrap();
+        assert_eq!(v["cniVersion"], want["cniVersion"], "{stdout}");
+        let supported = v["supportedVersions"]
+            .as_array()
+            .expect("supportedVersions");
+        for need in ["0.4.0", "1.0.0", "1.1.0"] {
+            assert!(supported.contains(&need.into()), "{need} in {stdout}");
+        }
+    }
+}
+
+/// ADD as containerd calls it: go-cni marshals its `PortMapping` and `DNS`
+/// structs without JSON tags, so the capabilities arrive Pascal-cased, and
+/// libcni passes the pod's CNI_ARGS. The hostPort then carries a real TCP
+/// connection from outside the node; STATUS and GC ignore the attachment
+/// variables; DEL with a netns that no longer exists removes the hostPort.
+#[test]
+fn containerd_pascal_case_capabilities_carry_traffic() {
+    let t = Topo::new("gocmp");
+    let pod = t.pod("p");
+    let conf = t.conf(json!({
+        "cniVersion": "1.1.0",
+        "runtimeConfig": {
+            "portMappings": [{"HostPort": 18080, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}],
+            "dns": {"Servers": ["10.96.0.10"], "Searches": ["default.svc.cluster.local"], "Options": ["ndots:5"]},
+        },
+    }));
+    let netns = format!("/run/netns/{pod}");
+    let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=0a1b";
+    let call = |cmd| Call {
+        cmd,
+        cid: "c1",
+        netns: Some(netns.clone()),
+        ifname: "eth0",
+        args: Some(args),
+        ..Default::default()
+    };
+    let r = t
+        .exec(BIN, &call("ADD"), conf.to_string().as_bytes())
+        .ok()
+        .json
+        .expect("ADD prints a result");
+    let pod_ip = result_ip(&r, false);
+    let _srv = TcpServer::start(&pod, "::", 80, "web");
+    let node: std::net::IpAddr = NODE_IP.parse().unwrap();
+    assert_reply(&t.ext, node, 18080, &format!("web ::ffff:{EXT_IP}"));
+    // The pod itself is reached on containerPort, from the node.
+    assert_reply(&t.node, pod_ip, 80, "web ::ffff:10.1.0.1");
+
+    // STATUS and GC as libcni sends them: attachment variables empty or
+    // anything at all.
+    let junk = |cmd| Call {
+        cmd,
+        netns: Some("dummy".into()),
+        ifname: "dummy",
+        args: Some("NOT=known"),
+        ..Default::default()
+    };
+    t.exec(BIN, &junk("STATUS"), conf.to_string().as_bytes())
+        .ok();
+    let gc_conf = merged(
+        &conf,
+        json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}),
+    );
+    t.exec(BIN, &junk("GC"), gc_conf.to_string().as_bytes())
+        .ok();
+    assert_reply(&t.ext, node, 18080, &format!("web ::ffff:{EXT_IP}"));
+
+    // The pod's netns is gone before DEL (the runtime removed it).
+    drop(_srv);
+    t.del_ns(&pod);
+    t.exec(BIN, &call("DEL"), conf.to_string().as_bytes()).ok();
+    let _other = TcpServer::start(&t.node, "::", 18080, "node");
+    // The hostPort is the node's own again: nothing is redirected.
+    assert_reply(&t.ext, node, 18080, &format!("node ::ffff:{EXT_IP}"));
+    let records: Vec<String> = t
+        .files("state/testnet")
+        .into_iter()
+        .filter(|f| f.ends_with(".json"))
+        .collect();
+    assert!(records.is_empty(), "state records left: {records:?}");
+}

@@ -122,6 +122,97 @@ fn daemonset_has_what_the_install_relies_on() {
     assert!(containerfile.contains("COPY cni-ebpf /cni-ebpf"));
 }
 
+/// The main container is the node agent: the flags it is given exist, its
+/// probes and the metrics annotation point at the address it serves, and it
+/// has the mounts a repair needs.
+#[test]
+fn main_container_runs_the_agent_with_probes_and_metrics() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let (_, ds) = manifest();
+    let tmpl = &ds.spec.as_ref().unwrap().template;
+    let pod = tmpl.spec.as_ref().unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    let agent = &pod.containers[0];
+    let cmd = agent.command.as_ref().expect("command");
+    assert_eq!(cmd[..2], ["/cni-ebpf", "agent"]);
+    // Every flag is one `cni-ebpf agent` knows.
+    let help = Command::new(BIN)
+        .args(["agent", "--help"])
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).into_owned();
+    for flag in cmd.iter().filter(|a| a.starts_with("--")) {
+        assert!(help.contains(flag.as_str()), "agent has no {flag}: {help}");
+    }
+    let flag = |name: &str| {
+        let i = cmd.iter().position(|a| a == name).unwrap();
+        cmd[i + 1].clone()
+    };
+    let addr: std::net::SocketAddr = flag("--metrics-address").parse().unwrap();
+    assert!(
+        addr.ip().is_loopback(),
+        "metrics on the node's loopback by default"
+    );
+    let port = i32::from(addr.port());
+    let ann = tmpl
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap();
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], port.to_string());
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    let ports = agent.ports.as_ref().unwrap();
+    assert!(ports.iter().any(|p| p.container_port == port));
+    for (probe, path) in [
+        (agent.liveness_probe.as_ref(), "/healthz"),
+        (agent.readiness_probe.as_ref(), "/readyz"),
+    ] {
+        let g = probe
+            .and_then(|p| p.http_get.as_ref())
+            .expect("httpGet probe");
+        assert_eq!(g.path.as_deref(), Some(path));
+        assert_eq!(g.port, IntOrString::Int(port));
+        assert_eq!(g.host.as_deref(), Some(addr.ip().to_string().as_str()));
+    }
+    let res = agent.resources.as_ref().expect("resources");
+    let req = res.requests.as_ref().expect("requests");
+    assert!(req.contains_key("cpu") && req.contains_key("memory"));
+    assert_eq!(
+        agent.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let m = mounts(agent, pod.volumes.as_ref().unwrap());
+    for (mount, host) in [
+        ("/sys/fs/bpf", "/sys/fs/bpf"),
+        ("/var/lib/cni", "/var/lib/cni"),
+        ("/sys/fs/cgroup", "/sys/fs/cgroup"),
+        ("/run", "/run"),
+    ] {
+        assert_eq!(m.get(mount).map(String::as_str), Some(host), "{mount}");
+    }
+    // The paths it is given are on those mounts.
+    assert!(flag("--pin-path").starts_with("/sys/fs/bpf/"));
+    assert!(flag("--state-dir").starts_with("/var/lib/cni/"));
+    assert!(m.contains_key(
+        Path::new(&flag("--conf"))
+            .parent()
+            .unwrap()
+            .to_str()
+            .unwrap()
+    ));
+    let bpf = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.mount_path == "/sys/fs/bpf")
+        .unwrap();
+    assert_eq!(bpf.mount_propagation.as_deref(), Some("Bidirectional"));
+}
+
 /// Maps a path inside the init container to the stand-in host directory.
 fn to_host(p: &str, m: &BTreeMap<String, String>, host: &Path) -> Option<PathBuf> {
     let (mount, src) = m

@@ -312,6 +312,48 @@ fn failed_add_rolls_back_everything() {
 }
 
 #[test]
+fn a_full_bridge_is_refused_in_words_and_rolled_back() {
+    // A Linux bridge takes at most 1023 ports (BR_MAX_PORTS); the next
+    // enslave fails with EXFULL ("Exchange full"), which says nothing to a
+    // user. Fill the bridge with bare veth ports (cheaper than 1023 pods;
+    // this kernel has no dummy driver).
+    let t = Topo::new("full");
+    let p1 = t.pod("p1");
+    ip_n(&t.node, &["link", "add", "cni0", "type", "bridge"]);
+    let batch: String = (0..1023)
+        .map(|i| format!("link add d{i} master cni0 type veth peer name e{i}\n"))
+        .collect();
+    let mut child = std::process::Command::new("ip")
+        .args(["-n", &t.node, "-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "1023 veth bridge ports");
+    let conf = t.conf(json!({}));
+    let out = t.cni("ADD", &conf, "pod1", Some(&p1), "eth0");
+    assert!(out.err_code() >= 100, "{}", out.stdout);
+    let msg = out.msg();
+    for want in ["cni0", "1023 ports", "routed"] {
+        assert!(msg.contains(want), "{want:?} not in {msg:?}");
+    }
+    assert!(!msg.contains("Exchange full"), "{msg}");
+    assert_clean(&t);
+    assert_pod_untouched(&p1);
+    // One port freed: the same pod now gets its network.
+    ip_n(&t.node, &["link", "del", "d0"]);
+    t.add(&conf, "pod1", Some(&p1), "eth0");
+    t.del(&conf, "pod1", Some(&p1), "eth0");
+    assert_clean(&t);
+}
+
+#[test]
 fn parallel_adds_get_distinct_addresses() {
     let t = std::sync::Arc::new(Topo::new("par"));
     let conf = t.conf(json!({"ipam": {"ranges": [[{"subnet": "10.4.0.0/24"}]]}}));

@@ -64,6 +64,11 @@ enum Cmd {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Run the node agent (the DaemonSet's main container): keep node
+    /// addresses and uplinks current, repair lost pins, prune dead
+    /// translations, serve Prometheus metrics and health probes. Until
+    /// SIGTERM; the data path is left as it is.
+    Agent(crate::agent::AgentArgs),
     /// Deletes retired veths (started by DEL; see reaper.rs).
     #[command(hide = true)]
     Reap {
@@ -88,6 +93,7 @@ pub fn run() -> i32 {
             json,
             count,
         } => crate::monitor::run(&pin_path, &state_dir, level, json, count),
+        Cmd::Agent(a) => crate::agent::run(&a),
         Cmd::Reap { names } => i32::from(crate::reaper::reap(&names).is_err()),
     }
 }

@@ -1,13 +1,73 @@
 //! The network configuration read from stdin: the reference `bridge` plugin's
 //! keys with their meanings, this plugin's own keys, `runtimeConfig`
-//! capabilities and `prevResult`. Unknown keys are ignored, as the spec asks.
+//! capabilities and `prevResult`. Unknown keys are ignored, as the spec asks,
+//! and keys match as Go's `encoding/json` matches them (exact name first, then
+//! case-insensitively; see [`crate::cni::gojson`]): each object level is read
+//! through a [`Fields`] list that names every key it reads.
 
 use std::{net::IpAddr, path::PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::cni::{code, env::valid_id, version, CniError, CniResult, Dns};
+use crate::cni::{
+    code,
+    env::valid_id,
+    gojson::{self, Fields, Object},
+    version, CniError, CniResult, Dns,
+};
+use crate::ipam::host_local::{IpamKey, IpamObject};
+
+crate::go_fields! {
+    /// The network config's top-level keys: everything [`NetConf::parse`],
+    /// [`log_settings`] and flannel interop read.
+    pub enum Key {
+        CniVersion = "cniVersion",
+        Name = "name",
+        Mode = "mode",
+        Bridge = "bridge",
+        IsGateway = "isGateway",
+        IsDefaultGateway = "isDefaultGateway",
+        ForceAddress = "forceAddress",
+        Mtu = "mtu",
+        HairpinMode = "hairpinMode",
+        PromiscMode = "promiscMode",
+        IpMasq = "ipMasq",
+        AllowRouterMessages = "allowRouterMessages",
+        Ipam = "ipam",
+        Dns = "dns",
+        RuntimeConfig = "runtimeConfig",
+        PrevResult = "prevResult",
+        PinPath = "pinPath",
+        StateDir = "stateDir",
+        AttachMode = "attachMode",
+        Uplinks = "uplinks",
+        NonMasqueradeCidrs = "nonMasqueradeCIDRs",
+        SnatPortRange = "snatPortRange",
+        NatMapEntries = "natMapEntries",
+        CgroupPath = "cgroupPath",
+        LogFile = "logFile",
+        LogLevel = "logLevel",
+        LogFormat = "logFormat",
+        ValidAttachments = "cni.dev/valid-attachments",
+        Attachments = "cni.dev/attachments",
+        Flannel = "flannel",
+        SubnetFile = "subnetFile",
+    }
+}
+
+crate::go_fields! {
+    /// `runtimeConfig`'s keys: the capabilities this plugin reads.
+    pub enum RuntimeKey {
+        PortMappings = "portMappings",
+        Ips = "ips",
+        Mac = "mac",
+        Dns = "dns",
+    }
+}
+
+/// The top-level object, folded.
+pub type ConfObject = Object<Key>;
 
 /// Largest config accepted on stdin. Real configs are a few KiB.
 pub const MAX_STDIN: usize = 1 << 20;
@@ -58,6 +118,20 @@ pub struct Attachment {
     pub ifname: String,
 }
 
+/// The `dns` capability (CNI conventions): what the runtime puts in the
+/// pod's resolv.conf. containerd's go-cni sends it as `Servers`, `Searches`,
+/// `Options` (no JSON tags), matched as Go matches them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct RuntimeDns {
+    /// Name servers.
+    pub servers: Vec<String>,
+    /// Search domains.
+    pub searches: Vec<String>,
+    /// resolv.conf options.
+    pub options: Vec<String>,
+}
+
 /// Capability arguments from the runtime.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RuntimeConfig {
@@ -67,6 +141,9 @@ pub struct RuntimeConfig {
     pub ips: Vec<IpAddr>,
     /// `mac`: requested MAC of the container interface.
     pub mac: Option<String>,
+    /// `dns`: parsed and checked, not used (Linux runtimes write resolv.conf
+    /// themselves; the reference Linux plugins ignore it too).
+    pub dns: RuntimeDns,
 }
 
 /// A parsed network configuration.
@@ -162,29 +239,36 @@ fn invalid(msg: String) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg)
 }
 
-fn get_bool(obj: &serde_json::Map<String, Value>, key: &str) -> Result<bool, CniError> {
+fn get_bool(obj: &ConfObject, key: Key) -> Result<bool, CniError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(v) => Err(invalid(format!("invalid {key}: {v} is not a boolean"))),
+        Some(v) => Err(invalid(format!(
+            "invalid {}: {v} is not a boolean",
+            key.name()
+        ))),
     }
 }
 
-fn get_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>, CniError> {
+fn get_str(obj: &ConfObject, key: Key) -> Result<Option<String>, CniError> {
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(v) => Err(invalid(format!("invalid {key}: {v} is not a string"))),
+        Some(v) => Err(invalid(format!(
+            "invalid {}: {v} is not a string",
+            key.name()
+        ))),
     }
 }
 
-fn get_path(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-    default: &str,
-) -> Result<PathBuf, CniError> {
+fn get_path(obj: &ConfObject, key: Key, default: &str) -> Result<PathBuf, CniError> {
     let p = get_str(obj, key)?.unwrap_or_else(|| default.to_string());
-    absolute_path(key, &p)
+    absolute_path(key.name(), &p)
+}
+
+/// Decodes a value of the config with Go's key matching.
+fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &Value) -> Result<T, CniError> {
+    gojson::from_value(v).map_err(|e| invalid(format!("invalid {what}: {e}")))
 }
 
 /// A directory the config names (`pinPath`, `stateDir`, `ipam.dataDir`...):
@@ -209,14 +293,21 @@ fn parse_requested_ip(s: &str) -> Option<IpAddr> {
 /// The config the plugin would be called with for `v`: a single-plugin
 /// config as is, or the first `cni-ebpf` entry of a conflist with the list's
 /// `name` and `cniVersion` filled in (as libcni does). `None` when a conflist
-/// has no such entry.
+/// has no such entry. The list's own keys are matched exactly: libcni reads
+/// a conflist as a `map[string]interface{}`, not through a struct.
 pub fn plugin_conf(v: &Value) -> Option<Value> {
     let Some(plugins) = v.get("plugins").and_then(Value::as_array) else {
         return Some(v.clone());
     };
     let mut c = plugins
         .iter()
-        .find(|p| p.get("type").and_then(Value::as_str) == Some("cni-ebpf"))?
+        .find(|p| {
+            // An entry's `type` is read by libcni through a Go struct.
+            p.as_object().is_some_and(|o| {
+                gojson::fold_iter(o, &["type"])
+                    .any(|(k, v)| k == "type" && v.as_str() == Some("cni-ebpf"))
+            })
+        })?
         .clone();
     for key in ["name", "cniVersion"] {
         if let Some(x) = v.get(key) {
@@ -266,19 +357,24 @@ impl NetConf {
         }
         // serde_json refuses nesting deeper than 128 levels ("recursion limit
         // exceeded"), so a hostile document cannot exhaust the stack.
-        let mut v: Value = serde_json::from_str(text).map_err(|e| {
+        let v: Value = serde_json::from_str(text).map_err(|e| {
             CniError::new(
                 code::DECODE,
                 format!("failed to decode network config: {e}"),
             )
         })?;
-        let obj = v
-            .as_object_mut()
-            .ok_or_else(|| CniError::new(code::DECODE, "network config is not a JSON object"))?;
+        let Value::Object(map) = v else {
+            return Err(CniError::new(
+                code::DECODE,
+                "network config is not a JSON object",
+            ));
+        };
+        // Keys folded first: flannel reads and rewrites some of them below.
+        let mut obj = ConfObject::fold(map);
 
-        let cni_version = get_str(obj, "cniVersion")?.unwrap_or_else(|| "0.1.0".to_string());
+        let cni_version = get_str(&obj, Key::CniVersion)?.unwrap_or_else(|| "0.1.0".to_string());
         version::check(&cni_version, command)?;
-        let name = get_str(obj, "name")?
+        let name = get_str(&obj, Key::Name)?
             .ok_or_else(|| invalid("missing network name (\"name\")".into()))?;
         if !valid_id(&name) || name.len() > 255 {
             return Err(invalid(format!(
@@ -288,29 +384,29 @@ impl NetConf {
 
         // flannel: the file's subnet, MTU and masquerade setting become
         // ordinary keys of this config before anything else reads them.
-        let subnet_file = crate::flannel::subnet_file(obj)?;
+        let subnet_file = crate::flannel::subnet_file(&obj)?;
         if let Some(file) = &subnet_file {
-            if get_str(obj, "mode")?.as_deref() == Some("chained") {
+            if get_str(&obj, Key::Mode)?.as_deref() == Some("chained") {
                 return Err(invalid(
                     "flannel/subnetFile need mode bridge or routed: in chained mode the plugin before cni-ebpf allocates the addresses".into(),
                 ));
             }
-            let state_dir = get_path(obj, "stateDir", DEFAULT_STATE_DIR)?;
+            let state_dir = get_path(&obj, Key::StateDir, DEFAULT_STATE_DIR)?;
             if read_files {
-                crate::flannel::resolve(obj, file, command, &state_dir, &name)?;
+                crate::flannel::resolve(&mut obj, file, command, &state_dir, &name)?;
             }
         }
-        let obj = &*obj;
+        let obj = &obj;
 
-        let prev_result = match obj.get("prevResult") {
+        let prev_result = match obj.get(Key::PrevResult) {
             None | Some(Value::Null) => None,
             Some(pr) => Some(CniResult::from_value(pr)?),
         };
         // libcni passes prevResult to every plugin on CHECK and DEL too, so a
         // prevResult alone does not mean chained: a main-mode config has ipam.
-        let has_ipam = matches!(obj.get("ipam"), Some(Value::Object(m)) if !m.is_empty())
+        let has_ipam = matches!(obj.get(Key::Ipam), Some(Value::Object(m)) if !m.is_empty())
             || subnet_file.is_some();
-        let mode = match get_str(obj, "mode")?.as_deref() {
+        let mode = match get_str(obj, Key::Mode)?.as_deref() {
             None if prev_result.is_some() && !has_ipam => Mode::Chained,
             None | Some("bridge") => Mode::Bridge,
             Some("routed") => Mode::Routed,
@@ -321,53 +417,54 @@ impl NetConf {
                 )))
             }
         };
-        let bridge = get_str(obj, "bridge")?.unwrap_or_else(|| "cni0".to_string());
+        let bridge = get_str(obj, Key::Bridge)?.unwrap_or_else(|| "cni0".to_string());
         crate::cni::env::validate_ifname(&bridge)
             .map_err(|e| invalid(format!("invalid bridge: {}", e.msg)))?;
-        let mtu = match obj.get("mtu") {
+        let mtu = match obj.get(Key::Mtu) {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
                 Some(m) if (68..=65535).contains(&m) => Some(m as u32),
                 _ => return Err(invalid(format!("invalid mtu {v}: want 68..65535"))),
             },
         };
-        let (ipam, ipam_type) = match obj.get("ipam") {
+        let (ipam, ipam_type) = match obj.get(Key::Ipam) {
             None | Some(Value::Null) => (None, None),
             Some(Value::Object(m)) if m.is_empty() => (None, None),
-            Some(i @ Value::Object(m)) => {
-                let t = match m.get("type") {
+            Some(Value::Object(m)) => {
+                // Folded with host-local's names: the built-in IPAM reads the
+                // stored object, and libcni reads `type` as Go does.
+                let ipam = IpamObject::fold(m.clone());
+                let t = match ipam.get(IpamKey::Type) {
                     Some(Value::String(t)) if !t.is_empty() => t.clone(),
                     _ => return Err(invalid("ipam.type is missing or not a string".into())),
                 };
-                (Some(i.clone()), Some(t))
+                (Some(Value::Object(ipam.into_map())), Some(t))
             }
             Some(v) => return Err(invalid(format!("invalid ipam: {v} is not an object"))),
         };
-        let dns = match obj.get("dns") {
+        let dns = match obj.get(Key::Dns) {
             None | Some(Value::Null) => Dns::default(),
-            Some(d) => Dns::deserialize(d).map_err(|e| invalid(format!("invalid dns: {e}")))?,
+            Some(d) => decode::<Dns>("dns", d)?,
         };
         // Only ADD uses the capability arguments; DEL and the others work from
         // the state record, so a bad runtimeConfig must not make them fail.
-        let runtime = match parse_runtime(obj.get("runtimeConfig")) {
+        let runtime = match parse_runtime(obj.get(Key::RuntimeConfig)) {
             Err(_) if command != "ADD" => RuntimeConfig::default(),
             r => r?,
         };
         // main set logging up from these before parsing; a bad value is
         // still an error of the config.
-        let (_log_file, _log_level) = log_settings(obj)?;
+        let (_log_file, _log_level) = log_settings_of(obj)?;
+        log_format_of(obj)?;
         let valid_attachments = match obj
-            .get("cni.dev/valid-attachments")
-            .or_else(|| obj.get("cni.dev/attachments"))
+            .get(Key::ValidAttachments)
+            .or_else(|| obj.get(Key::Attachments))
         {
             None | Some(Value::Null) => None,
-            Some(v) => Some(
-                Vec::<Attachment>::deserialize(v)
-                    .map_err(|e| invalid(format!("invalid cni.dev/valid-attachments: {e}")))?,
-            ),
+            Some(v) => Some(decode::<Vec<Attachment>>("cni.dev/valid-attachments", v)?),
         };
-        let is_default_gateway = get_bool(obj, "isDefaultGateway")?;
-        let attach_mode = match get_str(obj, "attachMode")?.as_deref() {
+        let is_default_gateway = get_bool(obj, Key::IsDefaultGateway)?;
+        let attach_mode = match get_str(obj, Key::AttachMode)?.as_deref() {
             None | Some("netlink") => crate::datapath::AttachMode::Netlink,
             Some("auto") => crate::datapath::AttachMode::Auto,
             Some("tcx") => crate::datapath::AttachMode::Tcx,
@@ -377,11 +474,10 @@ impl NetConf {
                 )))
             }
         };
-        let uplinks = match obj.get("uplinks") {
+        let uplinks = match obj.get(Key::Uplinks) {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let l = Vec::<String>::deserialize(v)
-                    .map_err(|e| invalid(format!("invalid uplinks: {e}")))?;
+                let l = decode::<Vec<String>>("uplinks", v)?;
                 for u in &l {
                     crate::cni::env::validate_ifname(u)
                         .map_err(|e| invalid(format!("invalid uplinks entry {u:?}: {}", e.msg)))?;
@@ -389,10 +485,9 @@ impl NetConf {
                 Some(l)
             }
         };
-        let non_masquerade_cidrs = match obj.get("nonMasqueradeCIDRs") {
+        let non_masquerade_cidrs = match obj.get(Key::NonMasqueradeCidrs) {
             None | Some(Value::Null) => Vec::new(),
-            Some(v) => Vec::<String>::deserialize(v)
-                .map_err(|e| invalid(format!("invalid nonMasqueradeCIDRs: {e}")))?
+            Some(v) => decode::<Vec<String>>("nonMasqueradeCIDRs", v)?
                 .iter()
                 .map(|c| {
                     c.parse::<ipnet::IpNet>()
@@ -401,7 +496,7 @@ impl NetConf {
                 })
                 .collect::<Result<_, _>>()?,
         };
-        let snat_ports = match get_str(obj, "snatPortRange")? {
+        let snat_ports = match get_str(obj, Key::SnatPortRange)? {
             None => DEFAULT_SNAT_PORTS,
             Some(r) => parse_port_range(&r).ok_or_else(|| {
                 invalid(format!(
@@ -409,7 +504,7 @@ impl NetConf {
                 ))
             })?,
         };
-        let nat_map_entries = match obj.get("natMapEntries") {
+        let nat_map_entries = match obj.get(Key::NatMapEntries) {
             None | Some(Value::Null) => cni_ebpf_common::NAT_MAX,
             Some(v) => match v.as_u64() {
                 Some(n) if NAT_MAP_ENTRIES.contains(&n) => n as u32,
@@ -422,9 +517,9 @@ impl NetConf {
                 }
             },
         };
-        let cgroup_path = match get_str(obj, "cgroupPath")? {
+        let cgroup_path = match get_str(obj, Key::CgroupPath)? {
             Some(p) if p.is_empty() => None,
-            Some(_) => Some(get_path(obj, "cgroupPath", "")?),
+            Some(_) => Some(get_path(obj, Key::CgroupPath, "")?),
             None => crate::datapath::cgroup2_root(),
         };
         let subnet_file_applied = subnet_file.is_some();
@@ -433,21 +528,21 @@ impl NetConf {
             name,
             mode,
             bridge,
-            is_gateway: get_bool(obj, "isGateway")? || is_default_gateway,
+            is_gateway: get_bool(obj, Key::IsGateway)? || is_default_gateway,
             is_default_gateway,
-            force_address: get_bool(obj, "forceAddress")?,
+            force_address: get_bool(obj, Key::ForceAddress)?,
             mtu,
-            hairpin_mode: get_bool(obj, "hairpinMode")?,
-            promisc_mode: get_bool(obj, "promiscMode")?,
-            ip_masq: get_bool(obj, "ipMasq")?,
-            allow_router_messages: get_bool(obj, "allowRouterMessages")?,
+            hairpin_mode: get_bool(obj, Key::HairpinMode)?,
+            promisc_mode: get_bool(obj, Key::PromiscMode)?,
+            ip_masq: get_bool(obj, Key::IpMasq)?,
+            allow_router_messages: get_bool(obj, Key::AllowRouterMessages)?,
             ipam,
             ipam_type,
             dns,
             runtime,
             prev_result,
-            pin_path: get_path(obj, "pinPath", DEFAULT_PIN_PATH)?,
-            state_dir: get_path(obj, "stateDir", DEFAULT_STATE_DIR)?,
+            pin_path: get_path(obj, Key::PinPath, DEFAULT_PIN_PATH)?,
+            state_dir: get_path(obj, Key::StateDir, DEFAULT_STATE_DIR)?,
             attach_mode,
             valid_attachments,
             uplinks,
@@ -458,7 +553,7 @@ impl NetConf {
             subnet_file,
             // A delegated IPAM plugin must see the ranges flannel's file gave.
             raw: if subnet_file_applied {
-                serde_json::to_vec(obj).expect("a JSON object serializes")
+                serde_json::to_vec(obj.as_map()).expect("a JSON object serializes")
             } else {
                 raw.to_vec()
             },
@@ -470,7 +565,26 @@ impl NetConf {
 pub fn log_settings(
     obj: &serde_json::Map<String, Value>,
 ) -> Result<(Option<PathBuf>, crate::log::Level), CniError> {
-    let file = match get_str(obj, "logFile")? {
+    log_settings_of(&log_keys(obj))
+}
+
+/// The logging keys of a raw config object, folded as [`NetConf::parse`]
+/// folds them (so logging is set up before, and even without, a full parse).
+fn log_keys(obj: &serde_json::Map<String, Value>) -> ConfObject {
+    let mut logs = serde_json::Map::new();
+    for (k, v) in gojson::fold_iter(obj, Key::NAMES) {
+        if [Key::LogFile, Key::LogLevel, Key::LogFormat]
+            .iter()
+            .any(|l| k == l.name())
+        {
+            logs.insert(k.to_string(), v.clone());
+        }
+    }
+    ConfObject::fold(logs)
+}
+
+fn log_settings_of(obj: &ConfObject) -> Result<(Option<PathBuf>, crate::log::Level), CniError> {
+    let file = match get_str(obj, Key::LogFile)? {
         Some(s) if s.is_empty() => None,
         Some(s) if s.starts_with('/') => Some(PathBuf::from(s)),
         Some(s) => {
@@ -480,7 +594,7 @@ pub fn log_settings(
         }
         None => Some(PathBuf::from(DEFAULT_LOG_FILE)),
     };
-    let level = match get_str(obj, "logLevel")? {
+    let level = match get_str(obj, Key::LogLevel)? {
         None => crate::log::Level::default(),
         Some(l) => crate::log::Level::parse(&l).ok_or_else(|| {
             invalid(format!(
@@ -489,6 +603,19 @@ pub fn log_settings(
         })?,
     };
     Ok((file, level))
+}
+
+/// `logFormat` of a config object: `text` (default) or `json`.
+pub fn log_format(obj: &serde_json::Map<String, Value>) -> Result<crate::log::Format, CniError> {
+    log_format_of(&log_keys(obj))
+}
+
+fn log_format_of(obj: &ConfObject) -> Result<crate::log::Format, CniError> {
+    match get_str(obj, Key::LogFormat)? {
+        None => Ok(crate::log::Format::default()),
+        Some(f) => crate::log::Format::parse(&f)
+            .ok_or_else(|| invalid(format!("invalid logFormat {f:?}: want text or json"))),
+    }
 }
 
 /// Parses `"min-max"` (unprivileged ports only).
@@ -503,9 +630,9 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
     let Some(Value::Object(obj)) = v else {
         return Ok(rc);
     };
-    if let Some(pm) = obj.get("portMappings").filter(|x| !x.is_null()) {
-        rc.port_mappings = Vec::<PortMapping>::deserialize(pm)
-            .map_err(|e| invalid(format!("invalid runtimeConfig.portMappings: {e}")))?;
+    let obj = Object::<RuntimeKey>::fold(obj.clone());
+    if let Some(pm) = obj.get(RuntimeKey::PortMappings).filter(|x| !x.is_null()) {
+        rc.port_mappings = decode::<Vec<PortMapping>>("runtimeConfig.portMappings", pm)?;
         for (i, m) in rc.port_mappings.iter_mut().enumerate() {
             for (key, port) in [
                 ("hostPort", m.host_port),
@@ -538,7 +665,7 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
             }
         }
     }
-    if let Some(Value::Array(ips)) = obj.get("ips") {
+    if let Some(Value::Array(ips)) = obj.get(RuntimeKey::Ips) {
         for ip in ips {
             let s = ip.as_str().unwrap_or_default();
             rc.ips.push(parse_requested_ip(s).ok_or_else(|| {
@@ -548,8 +675,11 @@ fn parse_runtime(v: Option<&Value>) -> Result<RuntimeConfig, CniError> {
             })?);
         }
     }
-    if let Some(Value::String(m)) = obj.get("mac") {
+    if let Some(Value::String(m)) = obj.get(RuntimeKey::Mac) {
         rc.mac = Some(m.clone());
+    }
+    if let Some(d) = obj.get(RuntimeKey::Dns).filter(|x| !x.is_null()) {
+        rc.dns = decode::<RuntimeDns>("runtimeConfig.dns", d)?;
     }
     Ok(rc)
 }
@@ -630,6 +760,180 @@ mod tests {
         assert_eq!(c.runtime.port_mappings.len(), 2);
         assert_eq!(c.runtime.port_mappings[0].protocol, "tcp");
         assert_eq!(c.runtime.ips.len(), 2);
+    }
+
+    /// Every key the plugin reads from a capability, and a sample of the
+    /// top-level and ipam keys, in each spelling Go's `encoding/json`
+    /// accepts: the typed result is the same.
+    #[test]
+    fn keys_match_as_go_does() {
+        type Spell = fn(&str) -> String;
+        let spellings: [(&str, Spell); 4] = [
+            ("lower", |k| k.to_lowercase()),
+            ("camel", |k| k.to_string()),
+            ("Pascal", |k| {
+                let mut c = k.chars();
+                c.next()
+                    .map(|f| f.to_uppercase().chain(c).collect())
+                    .unwrap_or_default()
+            }),
+            ("UPPER", |k| k.to_uppercase()),
+        ];
+        for (label, spell) in spellings {
+            let k = |name: &str| spell(name);
+            let mapping = json!({
+                k("hostPort"): 18080, k("containerPort"): 80,
+                k("protocol"): "UDP", k("hostIP"): "10.0.0.1",
+            });
+            let doc = json!({
+                k("cniVersion"): "1.0.0", k("name"): "n", "type": "cni-ebpf",
+                k("isDefaultGateway"): true, k("mtu"): 1400, k("hairpinMode"): true,
+                k("ipMasq"): true, k("bridge"): "br9", k("snatPortRange"): "40000-41000",
+                k("ipam"): {
+                    k("type"): "host-local", k("subnet"): "10.9.0.0/24",
+                    k("rangeStart"): "10.9.0.10", k("rangeEnd"): "10.9.0.20",
+                    k("dataDir"): "/run/cni-ebpf-test-ipam",
+                    k("routes"): [{k("dst"): "0.0.0.0/0", k("gw"): "10.9.0.254"}],
+                },
+                k("runtimeConfig"): {
+                    k("portMappings"): [mapping],
+                    k("dns"): {k("servers"): ["10.96.0.10"], k("searches"): ["svc.local"], k("options"): ["ndots:5"]},
+                    k("ips"): ["10.9.0.15/24"],
+                    k("mac"): "02:00:00:00:00:09",
+                },
+            });
+            let c = parse(&doc.to_string()).unwrap_or_else(|e| panic!("{label}: {e}: {doc}"));
+            assert_eq!(c.cni_version, "1.0.0", "{label}");
+            assert_eq!(
+                (
+                    c.is_default_gateway,
+                    c.mtu,
+                    c.hairpin_mode,
+                    c.ip_masq,
+                    c.bridge.as_str()
+                ),
+                (true, Some(1400), true, true, "br9"),
+                "{label}"
+            );
+            assert_eq!(c.snat_ports, (40000, 41000), "{label}");
+            assert_eq!(
+                c.runtime.port_mappings,
+                [PortMapping {
+                    host_port: 18080,
+                    container_port: 80,
+                    protocol: "udp".into(),
+                    host_ip: "10.0.0.1".into(),
+                }],
+                "{label}"
+            );
+            assert_eq!(
+                c.runtime.dns,
+                RuntimeDns {
+                    servers: vec!["10.96.0.10".into()],
+                    searches: vec!["svc.local".into()],
+                    options: vec!["ndots:5".into()],
+                },
+                "{label}"
+            );
+            assert_eq!(
+                c.runtime.ips,
+                ["10.9.0.15".parse::<IpAddr>().unwrap()],
+                "{label}"
+            );
+            assert_eq!(
+                c.runtime.mac.as_deref(),
+                Some("02:00:00:00:00:09"),
+                "{label}"
+            );
+            assert_eq!(c.ipam_type.as_deref(), Some("host-local"), "{label}");
+            let h = crate::ipam::host_local::HostLocalConfig::parse(c.ipam.as_ref().unwrap())
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            let r = &h.range_sets[0][0];
+            assert_eq!(
+                (
+                    r.subnet.to_string(),
+                    r.range_start.to_string(),
+                    r.range_end.to_string()
+                ),
+                ("10.9.0.0/24".into(), "10.9.0.10".into(), "10.9.0.20".into()),
+                "{label}"
+            );
+            assert_eq!(
+                h.data_dir,
+                PathBuf::from("/run/cni-ebpf-test-ipam"),
+                "{label}"
+            );
+            assert_eq!(
+                h.routes[0].gw,
+                Some("10.9.0.254".parse().unwrap()),
+                "{label}"
+            );
+        }
+    }
+
+    /// containerd's go-cni marshals its structs without JSON tags.
+    #[test]
+    fn containerd_go_cni_capabilities() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"cni-ebpf","runtimeConfig":{
+            "portMappings":[{"HostPort":18080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+            "dns":{"Servers":["10.96.0.10"],"Searches":["default.svc.cluster.local","svc.cluster.local"],"Options":["ndots:5"]}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.runtime.port_mappings,
+            [PortMapping {
+                host_port: 18080,
+                container_port: 80,
+                protocol: "tcp".into(),
+                // Empty: every node address, as for "hostIP": "".
+                host_ip: String::new(),
+            }]
+        );
+        assert_eq!(c.runtime.dns.servers, ["10.96.0.10"]);
+        assert_eq!(c.runtime.dns.searches.len(), 2);
+        assert_eq!(c.runtime.dns.options, ["ndots:5"]);
+        // go-cni marshals a nil slice as null: Go leaves the field empty.
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"dns":{"Servers":null,"Searches":null,"Options":null}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.runtime.dns, RuntimeDns::default());
+    }
+
+    #[test]
+    fn exact_spelling_wins_and_unknown_keys_are_ignored() {
+        let c = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","MTU":1500,"mtu":1400,"Mtu":1300,"mtuX":1,
+            "runtimeConfig":{"portMappings":[{"HOSTPORT":9090,"hostPort":8080,"containerPort":80,"hostPorts":1,"HostPortX":2}],
+            "MAC":"02:00:00:00:00:01","mac":"02:00:00:00:00:02","macs":"x"},
+            "ipam":{"type":"host-local","Type":"other","subnet":"10.1.0.0/24","SUBNET":"10.2.0.0/24"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(c.runtime.port_mappings[0].host_port, 8080);
+        assert_eq!(c.runtime.mac.as_deref(), Some("02:00:00:00:00:02"));
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        let h = crate::ipam::host_local::HostLocalConfig::parse(c.ipam.as_ref().unwrap()).unwrap();
+        assert_eq!(h.range_sets[0][0].subnet.to_string(), "10.1.0.0/24");
+        // A folded spelling still carries its value's validation and message.
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","MTU":10}"#).unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (7, "invalid mtu 10: want 68..65535")
+        );
+        let e = parse(r#"{"cniVersion":"1.0.0","name":"n","runtimeConfig":{"PortMappings":[{"ContainerPort":80}]}}"#)
+            .unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("missing field `hostPort`"), "{}", e.msg);
+    }
+
+    #[test]
+    fn log_settings_fold() {
+        let v = json!({"LogFile": "", "LOGLEVEL": "debug"});
+        let (file, level) = log_settings(v.as_object().unwrap()).unwrap();
+        assert_eq!(file, None);
+        assert_eq!(level, crate::log::Level::parse("debug").unwrap());
     }
 
     #[test]

@@ -25,7 +25,11 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
-use crate::cni::{code, CniError};
+use crate::{
+    cni::{code, CniError},
+    config::{ConfObject, Key},
+    ipam::host_local::{IpamKey, IpamObject},
+};
 
 /// flanneld's default output file (also the reference plugin's default).
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -182,14 +186,22 @@ impl SubnetEnv {
     /// Folds the file into a config object (keys the config sets itself win,
     /// as the reference plugin's `delegate` keys do; the ranges are always
     /// flannel's).
-    pub fn apply(&self, obj: &mut Map<String, Value>) {
-        let mut ipam = match obj.remove("ipam") {
+    pub fn apply(&self, obj: &mut ConfObject) {
+        // Folded first, so that `Subnet` is removed as `subnet` is.
+        let mut ipam = IpamObject::fold(match obj.remove(Key::Ipam) {
             Some(Value::Object(m)) => m,
             _ => Map::new(),
-        };
-        ipam.entry("type").or_insert_with(|| "host-local".into());
+        });
+        if !ipam.contains(IpamKey::Type) {
+            ipam.insert(IpamKey::Type, "host-local".into());
+        }
         // The legacy single-range keys would add a range set ahead of ours.
-        for k in ["subnet", "rangeStart", "rangeEnd", "gateway"] {
+        for k in [
+            IpamKey::Subnet,
+            IpamKey::RangeStart,
+            IpamKey::RangeEnd,
+            IpamKey::Gateway,
+        ] {
             ipam.remove(k);
         }
         let ranges: Vec<Value> = [self.subnet, self.ipv6_subnet]
@@ -197,49 +209,49 @@ impl SubnetEnv {
             .flatten()
             .map(|s| json!([{"subnet": s.to_string()}]))
             .collect();
-        ipam.insert("ranges".into(), ranges.into());
+        ipam.insert(IpamKey::Ranges, ranges.into());
         let nets: Vec<IpNet> = self
             .networks
             .iter()
             .chain(&self.ipv6_networks)
             .copied()
             .collect();
-        let mut routes = match ipam.remove("routes") {
+        let mut routes = match ipam.remove(IpamKey::Routes) {
             Some(Value::Array(a)) => a,
             _ => Vec::new(),
         };
         routes.extend(nets.iter().map(|n| json!({"dst": n.to_string()})));
-        ipam.insert("routes".into(), routes.into());
-        obj.insert("ipam".into(), ipam.into());
+        ipam.insert(IpamKey::Routes, routes.into());
+        obj.insert(Key::Ipam, ipam.into_map().into());
 
         for (k, v) in [
-            ("mtu", Value::from(self.mtu)),
-            ("ipMasq", self.ipmasq.into()),
-            ("isGateway", true.into()),
+            (Key::Mtu, Value::from(self.mtu)),
+            (Key::IpMasq, self.ipmasq.into()),
+            (Key::IsGateway, true.into()),
         ] {
             if obj.get(k).is_none_or(Value::is_null) {
-                obj.insert(k.into(), v);
+                obj.insert(k, v);
             }
         }
-        let mut no_masq = match obj.remove("nonMasqueradeCIDRs") {
+        let mut no_masq = match obj.remove(Key::NonMasqueradeCidrs) {
             Some(Value::Array(a)) => a,
             _ => Vec::new(),
         };
         no_masq.extend(nets.iter().map(|n| Value::from(n.to_string())));
-        obj.insert("nonMasqueradeCIDRs".into(), no_masq.into());
+        obj.insert(Key::NonMasqueradeCidrs, no_masq.into());
     }
 }
 
 /// The subnet file a config asks for: `subnetFile`, or the default when
 /// `"flannel": true`; None when flannel interop is off.
-pub fn subnet_file(obj: &Map<String, Value>) -> Result<Option<PathBuf>, CniError> {
+pub fn subnet_file(obj: &ConfObject) -> Result<Option<PathBuf>, CniError> {
     let invalid = |m: String| CniError::new(code::INVALID_CONFIG, m);
-    let on = match obj.get("flannel") {
+    let on = match obj.get(Key::Flannel) {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
         Some(v) => return Err(invalid(format!("invalid flannel: {v} is not a boolean"))),
     };
-    let file = match obj.get("subnetFile") {
+    let file = match obj.get(Key::SubnetFile) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.starts_with('/') => Some(PathBuf::from(s)),
         Some(v) => {
@@ -269,7 +281,7 @@ pub fn cached_copy(state_dir: &Path, network: &str) -> PathBuf {
 /// ADD keeps a copy for DEL and GC, which fall back to it and, failing
 /// that, go on without (nothing of this network was ever allocated here).
 pub fn resolve(
-    obj: &mut Map<String, Value>,
+    obj: &mut ConfObject,
     file: &Path,
     command: &str,
     state_dir: &Path,
@@ -411,13 +423,16 @@ mod tests {
     #[test]
     fn applied_like_the_reference_plugin() {
         let e = parse("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n").unwrap();
-        let mut obj = json!({"name": "n", "mtu": 1400, "nonMasqueradeCIDRs": ["192.168.0.0/16"],
-            "ipam": {"dataDir": "/d", "subnet": "10.1.0.0/24", "routes": [{"dst": "10.96.0.0/12"}]}})
-        .as_object()
-        .unwrap()
-        .clone();
+        // Keys spelled as Go would accept them are folded before the rewrite.
+        let mut obj = ConfObject::fold(
+            json!({"name": "n", "MTU": 1400, "NonMasqueradeCIDRs": ["192.168.0.0/16"],
+            "IPAM": {"dataDir": "/d", "Subnet": "10.1.0.0/24", "RangeStart": "10.1.0.9", "Routes": [{"dst": "10.96.0.0/12"}]}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
         e.apply(&mut obj);
-        let v = Value::Object(obj);
+        let v = Value::Object(obj.into_map());
         assert_eq!(
             v["ipam"],
             json!({"type": "host-local", "dataDir": "/d", "ranges": [[{"subnet": "10.244.1.0/24"}]],
@@ -435,7 +450,7 @@ mod tests {
 
     #[test]
     fn subnet_file_key() {
-        let o = |v: Value| v.as_object().unwrap().clone();
+        let o = |v: Value| ConfObject::fold(v.as_object().unwrap().clone());
         assert_eq!(subnet_file(&o(json!({}))).unwrap(), None);
         assert_eq!(subnet_file(&o(json!({"flannel": false}))).unwrap(), None);
         assert_eq!(
@@ -444,6 +459,10 @@ mod tests {
         );
         assert_eq!(
             subnet_file(&o(json!({"subnetFile": "/x/s.env"}))).unwrap(),
+            Some(PathBuf::from("/x/s.env"))
+        );
+        assert_eq!(
+            subnet_file(&o(json!({"SubnetFile": "/x/s.env", "FLANNEL": true}))).unwrap(),
             Some(PathBuf::from("/x/s.env"))
         );
         for bad in [

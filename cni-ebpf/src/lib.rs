@@ -3,6 +3,8 @@
 //! property tests can call the parsers and the allocator directly; it is not
 //! a stable API.
 
+pub mod agent;
+pub mod callstats;
 pub mod cli;
 pub mod cni;
 pub mod commands;
@@ -18,7 +20,9 @@ pub mod log;
 pub mod monitor;
 pub mod netlink;
 pub mod netns;
+pub mod network;
 pub mod private;
 pub mod reaper;
 pub mod repair_cli;
+pub mod rollback;
 pub mod state;

@@ -37,11 +37,20 @@ fn run_plugin() -> (serde_json::Value, bool) {
         .take(config::MAX_STDIN as u64 + 1)
         .read_to_end(&mut raw);
     let doc = serde_json::from_slice::<serde_json::Value>(&raw).ok();
-    let cni_version = doc
+    // Read as the parser reads them (Go's key matching), so an error is
+    // reported in the version the runtime asked for and logged under the
+    // network's name however the keys are spelled.
+    let top = doc
         .as_ref()
-        .and_then(|v| v.get("cniVersion"))
-        .and_then(|x| x.as_str())
-        .map(str::to_string);
+        .and_then(|v| v.as_object())
+        .map(|o| config::ConfObject::fold(o.clone()));
+    let top_str = |k: config::Key| {
+        top.as_ref()
+            .and_then(|o| o.get(k))
+            .and_then(|x| x.as_str())
+            .map(str::to_string)
+    };
+    let cni_version = top_str(config::Key::CniVersion);
     // Logging first, from the config's logFile/logLevel where they can be
     // read at all, so that a config that fails to parse is logged too.
     let (log_file, level) = doc
@@ -50,6 +59,13 @@ fn run_plugin() -> (serde_json::Value, bool) {
         .and_then(|o| config::log_settings(o).ok())
         .unwrap_or_else(|| (Some(config::DEFAULT_LOG_FILE.into()), log::Level::default()));
     log::init(log_file.as_deref(), level);
+    if let Some(Ok(f)) = doc
+        .as_ref()
+        .and_then(|v| v.as_object())
+        .map(config::log_format)
+    {
+        log::set_format(f);
+    }
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     let (command, container, ifname) = (
         var("CNI_COMMAND"),
@@ -58,10 +74,7 @@ fn run_plugin() -> (serde_json::Value, bool) {
     );
     log::set_prefix(format!(
         "{command} {} {container}/{ifname}",
-        doc.as_ref()
-            .and_then(|v| v.get("name"))
-            .and_then(|x| x.as_str())
-            .unwrap_or("-")
+        top_str(config::Key::Name).as_deref().unwrap_or("-")
     ));
 
     let res = read
@@ -75,12 +88,20 @@ fn run_plugin() -> (serde_json::Value, bool) {
             log::write(log::Level::Error, format_args!("{e}"));
         }
     }
+    let took = started.elapsed();
     log::summary(
         &command,
         &container,
         &ifname,
         res.as_ref().map(|_| ()),
-        started.elapsed(),
+        took,
+    );
+    // For the agent's metrics (cni_ebpf_cni_calls_total and latencies).
+    cni_ebpf::callstats::record(
+        &cni_ebpf::callstats::state_dir_of(doc.as_ref()),
+        &command,
+        res.is_ok(),
+        took,
     );
     match res {
         Ok(v) => (v, true),

@@ -44,7 +44,21 @@ pub enum NlError {
     /// A link that must exist does not.
     #[error("link {0:?} not found")]
     NoLink(String),
+    /// A bridge has as many ports as Linux allows (`BR_MAX_PORTS`).
+    #[error(
+        "bridge {bridge} already has {BRIDGE_MAX_PORTS} ports, the most a Linux bridge takes (BR_MAX_PORTS); \
+         every pod of a bridge-mode network is one port: use \"mode\": \"routed\" (no bridge, no such limit) \
+         for nodes with more pods"
+    )]
+    BridgeFull {
+        /// The bridge's name.
+        bridge: String,
+    },
 }
+
+/// Ports a Linux bridge takes (`BR_MAX_PORTS` in net/bridge/br_private.h:
+/// `1 << BR_PORT_BITS` minus port 0). One more fails with `EXFULL`.
+pub const BRIDGE_MAX_PORTS: u32 = 1023;
 
 fn req(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NlError {
     let op = op.into();
@@ -117,6 +131,12 @@ pub struct BpfFilter {
     pub name: String,
     /// The program's ID.
     pub prog_id: u32,
+    /// The filter's priority (upper half of `tcm_info`).
+    pub priority: u16,
+    /// The filter's protocol, network order (lower half of `tcm_info`).
+    pub protocol: u16,
+    /// The filter's handle.
+    pub handle: u32,
 }
 
 /// Formats a MAC as `aa:bb:cc:dd:ee:ff`.
@@ -141,14 +161,55 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     (n == 6).then_some(out)
 }
 
-/// A netlink connection in the calling thread's namespace.
+/// The process's one runtime: a current-thread runtime created on first use,
+/// driving every connection made with [`Netlink::open`]. Building one costs
+/// an epoll instance, an eventfd and a few allocations, which an ADD paid
+/// once per netlink call before (seven times).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, NlError> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RT.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    // A concurrent first caller may have won: its runtime is the one kept.
+    let _ = RT.set(rt);
+    Ok(RT.get().expect("set above"))
+}
+
+/// A netlink connection, bound to the network namespace of the thread that
+/// opened it (see [`crate::netns`]): a command opens one for the node and,
+/// from a short-lived thread inside the pod's namespace, one for the pod,
+/// and makes every request of that namespace on it.
+#[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
 }
 
 impl Netlink {
-    /// Runs `f` with a fresh connection on a current-thread runtime; the
-    /// socket belongs to the namespace of the calling thread.
+    /// Opens a connection in the calling thread's namespace, driven by the
+    /// process's runtime. The socket keeps its namespace when the handle
+    /// moves to another thread.
+    pub fn open() -> Result<Self, NlError> {
+        let rt = runtime()?;
+        // The socket registers with the runtime's reactor.
+        let _guard = rt.enter();
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        rt.spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Runs the requests of `fut` (made on this handle) to completion.
+    /// Not from inside another `call`.
+    pub fn call<T>(&self, fut: impl Future<Output = Result<T, NlError>>) -> Result<T, NlError> {
+        runtime()?.block_on(fut)
+    }
+
+    /// Runs `f` with a fresh connection on a runtime of its own (one-off
+    /// callers off the ADD/DEL path, and the reaper child, which has closed
+    /// the descriptors of its parent's runtime); the socket belongs to the
+    /// namespace of the calling thread.
     pub fn with<T, F, Fut>(f: F) -> Result<T, NlError>
     where
         F: FnOnce(Netlink) -> Fut,
@@ -336,14 +397,28 @@ impl Netlink {
         Ok(out)
     }
 
-    /// Enslaves `index` to `master`.
-    pub async fn set_master(&self, index: u32, master: u32) -> Result<(), NlError> {
-        self.handle
+    /// Enslaves `index` to the bridge `master` (named `master_name` in errors).
+    pub async fn set_master(
+        &self,
+        index: u32,
+        master: u32,
+        master_name: &str,
+    ) -> Result<(), NlError> {
+        match self
+            .handle
             .link()
             .set(LinkUnspec::new_with_index(index).controller(master).build())
             .execute()
             .await
-            .map_err(req(format!("set master of {index} to {master}")))
+        {
+            // br_add_if: no free port number left (find_portno).
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EXFULL => {
+                Err(NlError::BridgeFull {
+                    bridge: master_name.to_string(),
+                })
+            }
+            r => r.map_err(req(format!("set master of {index} to {master}"))),
+        }
     }
 
     /// Sets hairpin mode on a bridge port.
@@ -572,6 +647,10 @@ impl Netlink {
                 }
                 let mut f = BpfFilter {
                     ingress,
+                    priority: (m.header.info >> 16) as u16,
+                    protocol: m.header.info as u16,
+                    handle: (u32::from(m.header.handle.major) << 16)
+                        | u32::from(m.header.handle.minor),
                     ..Default::default()
                 };
                 for a in &m.attributes {
@@ -727,7 +806,11 @@ impl Netlink {
 
     /// Attaches the program `prog_fd` (named `name`) as a direct-action
     /// cls_bpf filter at clsact ingress or egress of `index`, with our fixed
-    /// `priority` and `handle`; fails (EEXIST) if that filter exists.
+    /// `priority` and `handle`. With `replace`, a filter already at that
+    /// priority and handle gets the new program in the same request (no
+    /// packet sees the hook empty); without, that filter makes it fail
+    /// (EEXIST). The one cls_bpf attach path of the plugin.
+    #[allow(clippy::too_many_arguments, reason = "the fields of one tc request")]
     pub async fn add_bpf_filter(
         &self,
         index: u32,
@@ -736,6 +819,7 @@ impl Netlink {
         name: &str,
         priority: u16,
         handle: u16,
+        replace: bool,
     ) -> Result<(), NlError> {
         use rtnetlink::{
             packet_core::{NLM_F_CREATE, NLM_F_EXCL},
@@ -767,13 +851,69 @@ impl Netlink {
             TcOption::Bpf(TcFilterBpfOption::Flags(TcBpfFlags::DirectAction)),
         ]));
         let dir = if ingress { "ingress" } else { "egress" };
-        self.ack(
-            RouteNetlinkMessage::NewTrafficFilter(m),
-            NLM_F_CREATE | NLM_F_EXCL,
-            &[],
-            || format!("attach {name} at {dir} of {index}"),
-        )
+        // tc_new_tfilter(): NLM_F_CREATE without NLM_F_EXCL changes the
+        // filter found at (parent, priority, protocol, handle), or creates it.
+        let flags = if replace {
+            NLM_F_CREATE
+        } else {
+            NLM_F_CREATE | NLM_F_EXCL
+        };
+        self.ack(RouteNetlinkMessage::NewTrafficFilter(m), flags, &[], || {
+            format!("attach {name} at {dir} of {index}")
+        })
         .await
+    }
+
+    /// Deletes every cls_bpf filter at clsact ingress or egress of `index`
+    /// whose program name is one of `names`; returns how many hooks had one.
+    /// A missing device or qdisc is nothing to delete.
+    pub async fn del_bpf_filters(&self, index: u32, names: &[&str]) -> Result<usize, NlError> {
+        use rtnetlink::packet_route::{
+            tc::{TcHandle, TcMessage},
+            RouteNetlinkMessage,
+        };
+        let filters = match self.bpf_filters(index).await {
+            Ok(f) => f,
+            Err(NlError::Request {
+                source: rtnetlink::Error::NetlinkError(e),
+                ..
+            }) if matches!(
+                e.code.map(|c| -c.get()),
+                Some(libc::ENODEV) | Some(libc::EINVAL) | Some(libc::ENOENT)
+            ) =>
+            {
+                return Ok(0)
+            }
+            Err(e) => return Err(e),
+        };
+        let mut hooks = Vec::new();
+        for f in filters.iter().filter(|f| names.contains(&f.name.as_str())) {
+            let mut m = TcMessage::with_index(index as i32);
+            m.header.parent = TcHandle {
+                major: TcHandle::CLSACT.major,
+                minor: if f.ingress {
+                    TcHandle::MIN_INGRESS
+                } else {
+                    TcHandle::MIN_EGRESS
+                },
+            };
+            m.header.handle = TcHandle {
+                major: (f.handle >> 16) as u16,
+                minor: f.handle as u16,
+            };
+            m.header.info = (u32::from(f.priority) << 16) | u32::from(f.protocol);
+            self.ack(
+                RouteNetlinkMessage::DelTrafficFilter(m),
+                0,
+                &[libc::ENOENT, libc::ENODEV],
+                || format!("delete filter {} of {index}", f.name),
+            )
+            .await?;
+            if !hooks.contains(&(f.ingress, &f.name)) {
+                hooks.push((f.ingress, &f.name));
+            }
+        }
+        Ok(hooks.len())
     }
 }
 

@@ -27,7 +27,7 @@ pub struct ConfArgs {
 
 impl ConfArgs {
     /// The network config these arguments describe.
-    fn net_conf(&self) -> Result<(crate::config::NetConf, Value), String> {
+    pub(crate) fn net_conf(&self) -> Result<(crate::config::NetConf, Value), String> {
         let mut c = match &self.conf {
             Some(p) => {
                 let raw = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;

@@ -1174,7 +1174,7 @@ fn netns_state(ns: &str) -> Vec<(&'static str, Vec<String>)> {
 impl Topo {
     /// Every file and directory under the topology's directory: path, type,
     /// mode, owner, and (outside bpffs) a hash of the content. The log file
-    /// is left out: it grows with every call.
+    /// and the CNI call statistics are left out: every call adds to them.
     pub fn file_tree(&self) -> Vec<String> {
         use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
@@ -1183,7 +1183,9 @@ impl Topo {
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
                 let p = e.path();
-                if p == self.dir.join("cni.log") {
+                if p == self.dir.join("cni.log")
+                    || p == self.dir.join("state").join(cni_ebpf::callstats::FILE)
+                {
                     continue;
                 }
                 let Ok(m) = std::fs::symlink_metadata(&p) else {

@@ -6,40 +6,50 @@
 //! client namespace: `reference` (Debian's plugins invoked as a runtime
 //! does), `cni-ebpf` (main plugin) and `chained` (cni-ebpf after the
 //! reference `bridge`, in `portmap`'s place). Pods are added up to each
-//! checkpoint N; every pod has three hostPorts; the last-added pod serves.
+//! checkpoint N; every pod has hostPorts; the last-added pod serves. Next to
+//! them, the same generator measures the paths no CNI can beat: the **floor**
+//! (two namespaces joined by one veth), the **routed** path (client → a plain
+//! forwarding namespace → server) and loopback (the generator's own ceiling).
+
+mod gen;
+mod sys;
 
 use std::{
+    collections::BTreeMap,
     ffi::OsString,
-    io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
 
+use gen::Mode;
+
 use crate::{
-    demo::{enter_netns, netns_path, string_values},
+    demo::{netns_path, string_values},
     setup,
     sh::{self, cargo, workspace_root, Cmd, Context, Result},
 };
 
 const USAGE: &str =
     "usage: cargo xtask bench [--quick] [--n 1,100,500,1000] [--runs 3] [--secs 3] [--cycles 20]
+                          [--configs reference,cni-ebpf,chained] [--publish]
 
-As root: installs iperf3, sockperf and conntrack (and the usual setup), builds the
-release binary, then for each configuration (reference bridge+host-local+portmap with
-ipMasq, cni-ebpf, cni-ebpf chained after the reference bridge) adds pods up to each N
-and measures, for the last-added pod's hostPort and for its pod IP directly:
-new TCP connections/s (connect, 1-byte answer, close), TCP request/response p50/p99 and
-round trips/s (sockperf, 64 bytes), one-stream throughput (iperf3); masquerade
-connections/s from the pod to the external namespace; and ADD/DEL wall time of an extra
-pod. Prints a table per N with ratios, writes every sample to target/bench/results.json
-and a plot to target/bench/bench.svg (--publish also writes them to docs/bench/, which the
-README links).
+As root: installs iperf3 and conntrack (and the usual setup), builds the release binary
+and the traffic generator (gcc), then for each configuration (reference bridge+host-local+
+portmap with ipMasq, cni-ebpf, cni-ebpf chained after the reference bridge) adds pods up
+to each N and measures, run by run alternating the paths of each figure: new TCP
+connections/s (connect, 1-byte answer, close) and CPU time per connection; TCP and UDP
+request/response p50/p99 and round trips/s (64 bytes); one-stream throughput (iperf3),
+over the hostPort from an external namespace, the pod IP from there, pod to pod, a pod
+to its own hostPort (hairpin) and masqueraded from the pod to the external namespace;
+ADD/DEL wall time of an extra pod and of a burst of 30 concurrent ADDs; each eBPF
+program's cost per packet. At every N the same figures are measured over the floor (one
+veth between two namespaces), the routed path (a plain forwarding namespace, no CNI) and
+loopback, and every data-path figure is divided by them. Prints a table per N, writes
+every sample (with the load average and steal time of its run) to
+target/bench/results.json and a plot to target/bench/bench.svg (--publish also writes
+them to docs/bench/, which the README links).
 --quick: N = 1,10, one 1-second run, 5 cycles (what CI runs). A configuration whose
 ADD takes more than 10 s stops early, and the table says so.";
 
@@ -50,16 +60,32 @@ const EXT_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
 /// Source of baseline (no NAT) connections, so their TIME_WAIT and conntrack
 /// entries never meet the NAT path's.
 const EXT_BASE_IP: &str = "192.0.2.3";
-/// Ports inside a pod: connection-rate server, sockperf, iperf3.
+/// Ports inside a pod: connection-rate server, request/response (TCP and
+/// UDP), iperf3.
 const CRR_PORT: u16 = 80;
 const RR_PORT: u16 = 11111;
 const TP_PORT: u16 = 5201;
 /// Port of the external server the masquerade figure dials.
 const EXT_CRR_PORT: u16 = 9000;
+/// Every port a server of the bench listens on, kept out of the clients'
+/// ephemeral range.
+const SERVER_PORTS: &str = "80,5201,9000,11111";
 /// One ADD slower than this stops a configuration.
 const ADD_LIMIT: Duration = Duration::from_secs(10);
 /// The CPU client and server share (cross-CPU wake-ups swamp the figures).
 const CPU: usize = 0;
+/// Concurrent ADDs of the burst figure.
+const BURST: usize = 30;
+
+/// Namespaces of the reference paths: the floor (A dials B over one veth)
+/// and the routed path (C dials S through R, which only forwards).
+const FLOOR_A: &str = "cebf-a";
+const FLOOR_B: &str = "cebf-b";
+const ROUTED_C: &str = "cebx-c";
+const ROUTED_R: &str = "cebx-r";
+const ROUTED_S: &str = "cebx-s";
+const FLOOR_IP: Ipv4Addr = Ipv4Addr::new(10, 98, 0, 2);
+const ROUTED_IP: Ipv4Addr = Ipv4Addr::new(10, 97, 2, 2);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -90,12 +116,26 @@ struct Opts {
     publish: bool,
 }
 
+impl Opts {
+    /// iperf3's duration: at least 5 s after a 1 s warm-up (`-O 1`), except
+    /// in `--quick`.
+    fn tp_secs(&self) -> (u64, u64) {
+        if self.quick {
+            (self.secs.ceil() as u64, 0)
+        } else {
+            (self.secs.ceil().max(5.0) as u64, 1)
+        }
+    }
+}
+
 /// One configuration's node.
 struct Node {
     kind: Kind,
     tag: String,
     plugin: PathBuf,
     pods: Vec<Pod>,
+    /// The client of the pod-to-pod figures (not counted in N).
+    peer: Option<Pod>,
     stopped: Option<String>,
 }
 
@@ -107,33 +147,62 @@ struct Pod {
     result: String,
 }
 
-/// Figures of one configuration at one N.
+/// One value with the machine's condition during its run.
+#[derive(Clone, Copy)]
+struct Sample {
+    v: f64,
+    /// 1-minute load average at the run's start.
+    load1: f64,
+    /// Share of CPU time stolen by the hypervisor during the run (%).
+    steal_pct: f64,
+}
+
+/// Figures of one slot (a configuration or the reference paths) at one N.
+/// Traffic figures are keyed `metric.path`: metrics `crr` (conn/s), `cpu`
+/// (µs of client+server CPU per connection), `rr_p50`/`rr_p99` (µs),
+/// `rr_rate` (round trips/s), `urr_*` (the same over UDP), `gbit`; paths
+/// `hostport`, `pod_ip`, `pod_pod`, `hairpin`, `masq`, `floor`, `routed`,
+/// `lo`.
 #[derive(Default, Clone)]
 struct Figures {
-    crr_nat: Vec<f64>,
-    crr_base: Vec<f64>,
-    rr_nat: Vec<Rr>,
-    rr_base: Vec<Rr>,
-    tp_nat: Vec<f64>,
-    tp_base: Vec<f64>,
-    masq: Vec<f64>,
+    s: BTreeMap<String, Vec<Sample>>,
     add_ms: Vec<f64>,
     del_ms: Vec<f64>,
     grow_add_ms: Vec<f64>,
+    /// Wall time of each of [`BURST`] concurrent ADDs.
+    burst_add_ms: Vec<f64>,
     /// Packets the kernel dropped from its per-CPU backlogs (machine-wide,
     /// `/proc/net/softnet_stat`) while this configuration's traffic figures
     /// ran: copies of flooded frames overflow them at a few hundred pods,
     /// and every namespace on the machine shares them.
     backlog_drops: Vec<f64>,
-    /// Connections of the connection-rate figures that timed out.
+    /// Connections that took 1 s or more (a retransmitted SYN) or failed,
+    /// and UDP requests unanswered within 1 s.
     timeouts: u64,
+    /// (program, ns per run, runs) while eBPF statistics were on.
+    prog_ns: Vec<(String, f64, u64)>,
 }
 
-#[derive(Default, Clone, Copy)]
-struct Rr {
-    p50_us: f64,
-    p99_us: f64,
-    per_sec: f64,
+impl Figures {
+    fn push(&mut self, key: &str, v: f64, (load1, steal_pct): (f64, f64)) {
+        self.s.entry(key.to_string()).or_default().push(Sample {
+            v,
+            load1,
+            steal_pct,
+        });
+    }
+    fn values(&self, key: &str) -> Vec<f64> {
+        self.s
+            .get(key)
+            .map(|v| v.iter().map(|s| s.v).collect())
+            .unwrap_or_default()
+    }
+    fn med(&self, key: &str) -> f64 {
+        median(&self.values(key))
+    }
+    fn all_samples(&self) -> impl Iterator<Item = &Sample> {
+        self.s.values().flatten()
+    }
 }
 
 pub fn main(args: &[OsString]) -> Result {
@@ -187,16 +256,21 @@ pub fn main(args: &[OsString]) -> Result {
     if o.ns.is_empty() || o.ns.windows(2).any(|w| w[0] >= w[1]) || o.ns[0] == 0 {
         return Err("--n wants increasing pod counts, e.g. 1,100,500".into());
     }
+    if o.runs == 0 || o.secs <= 0.0 {
+        return Err("--runs and --secs must be positive".into());
+    }
     if !sh::is_root() {
         return Err("cargo xtask bench must run as root (namespaces, bpffs, iptables)".into());
     }
+    let started = Instant::now();
     setup::run(false)?;
-    setup::ensure_packages(&["iperf3", "sockperf", "conntrack", "util-linux"])?;
-    sh::step("build the release binary");
+    setup::ensure_packages(&["iperf3", "conntrack", "util-linux"])?;
+    sh::step("build the release binary and the traffic generator");
     Cmd::new(cargo())
         .args(["build", "--release", "-p", "cni-ebpf"])
         .dir(workspace_root())
         .run()?;
+    gen::build()?;
     let plugin = workspace_root().join("target/release/cni-ebpf");
     cleanup();
     let res = run(&o, &plugin);
@@ -205,6 +279,7 @@ pub fn main(args: &[OsString]) -> Result {
     if !left.is_empty() {
         return Err(format!("bench: could not remove {}", left.join(", ")).into());
     }
+    println!("bench: done in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
@@ -259,6 +334,12 @@ fn in_ns(ns: &str, args: &[&str]) -> Cmd {
     Cmd::new("ip").args(["netns", "exec", ns]).args(args)
 }
 
+/// Creates namespace `ns` with its loopback up.
+fn add_ns(ns: &str) -> Result {
+    Cmd::new("ip").args(["netns", "add", ns]).quiet().run()?;
+    ip_n(ns, &["link", "set", "lo", "up"])
+}
+
 impl Node {
     fn node(&self) -> String {
         format!("{}-node", self.tag)
@@ -284,12 +365,12 @@ impl Node {
             tag,
             plugin: plugin.to_path_buf(),
             pods: Vec::new(),
+            peer: None,
             stopped: None,
         };
         let (node, ext) = (n.node(), n.ext());
         for ns in [&node, &ext] {
-            Cmd::new("ip").args(["netns", "add", ns]).quiet().run()?;
-            ip_n(ns, &["link", "set", "lo", "up"])?;
+            add_ns(ns)?;
         }
         ip_n(
             &node,
@@ -318,13 +399,9 @@ impl Node {
                 EXT_BASE_IP,
             ],
         )?;
-        in_ns(&node, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])
-            .quiet()
-            .run()?;
+        sys::sysctl_in(&node, "net.ipv4.ip_forward", "1")?;
         // Clients close first: let them reuse ports in TIME_WAIT.
-        in_ns(&ext, &["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"])
-            .quiet()
-            .run()?;
+        sys::tune_client(&ext)?;
         std::fs::create_dir_all(n.dir()).context(|| format!("mkdir {}", n.dir().display()))?;
         Ok(n)
     }
@@ -337,8 +414,9 @@ impl Node {
             r#"{{"type":"host-local","ranges":[[{{"subnet":"10.244.0.0/16"}}]],"dataDir":"{d}/ipam"}}"#
         );
         let ports = format!(
-            r#""capabilities":{{"portMappings":true}},"runtimeConfig":{{"portMappings":[{{"hostPort":{},"containerPort":{CRR_PORT},"protocol":"tcp"}},{{"hostPort":{},"containerPort":{RR_PORT},"protocol":"tcp"}},{{"hostPort":{},"containerPort":{TP_PORT},"protocol":"tcp"}}]}}"#,
+            r#""capabilities":{{"portMappings":true}},"runtimeConfig":{{"portMappings":[{{"hostPort":{},"containerPort":{CRR_PORT},"protocol":"tcp"}},{{"hostPort":{},"containerPort":{RR_PORT},"protocol":"tcp"}},{{"hostPort":{},"containerPort":{RR_PORT},"protocol":"udp"}},{{"hostPort":{},"containerPort":{TP_PORT},"protocol":"tcp"}}]}}"#,
             20000 + index,
+            30000 + index,
             30000 + index,
             40000 + index
         );
@@ -423,8 +501,7 @@ impl Node {
 
     fn new_pod(&self, index: usize) -> Result<Pod> {
         let ns = format!("{}-p{index}", self.tag);
-        Cmd::new("ip").args(["netns", "add", &ns]).quiet().run()?;
-        ip_n(&ns, &["link", "set", "lo", "up"])?;
+        add_ns(&ns)?;
         Ok(Pod {
             ns,
             id: format!("bench-{index}"),
@@ -472,8 +549,56 @@ impl Node {
         Ok((adds, dels))
     }
 
-    fn flush_conntrack(&self) {
-        let _ = in_ns(&self.node(), &["conntrack", "-F"]).quiet().status();
+    /// Between runs: conntrack and the plugin's `nat` map, both (the
+    /// reference has no `nat` map; its NAT state is conntrack).
+    fn clear(&self) -> Result {
+        sys::flush_conntrack(&self.node());
+        if self.kind != Kind::Reference {
+            sys::clear_nat(&self.dir().join("bpf"))?;
+        }
+        Ok(())
+    }
+
+    /// A burst of `k` concurrent ADDs of new pods (as a runtime starting
+    /// many sandboxes at once); each ADD's wall time (ms). The pods are
+    /// deleted afterwards.
+    fn burst(&self, k: usize) -> Result<Vec<f64>> {
+        let pods = (0..k)
+            .map(|i| self.new_pod(9000 + i))
+            .collect::<Result<Vec<_>>>()?;
+        let res: Vec<Result<(String, Duration)>> = thread::scope(|s| {
+            let hs: Vec<_> = pods
+                .iter()
+                .map(|p| s.spawn(move || self.cni("ADD", p, None)))
+                .collect();
+            hs.into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("ADD thread panicked".into()))
+                })
+                .collect()
+        });
+        let mut times = Vec::new();
+        let mut first_err = None;
+        for (p, r) in pods.iter().zip(res) {
+            match r {
+                Ok((out, took)) => {
+                    times.push(ms(took));
+                    if let Err(e) = self.cni("DEL", p, Some(&out)) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                Err(e) => {
+                    let _ = self.cni("DEL", p, None);
+                    first_err.get_or_insert(e);
+                }
+            }
+            let _ = Cmd::new("ip").args(["netns", "del", &p.ns]).quiet().run();
+        }
+        match first_err {
+            Some(e) => Err(format!("burst of {k} ADDs: {e}").into()),
+            None => Ok(times),
+        }
     }
 }
 
@@ -488,156 +613,148 @@ fn pod_ip(result: &str) -> Result<Ipv4Addr> {
         .ok_or_else(|| format!("no IPv4 address in {result}").into())
 }
 
-extern "C" {
-    fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+/// Creates the reference paths: the floor (`cebf-a` — one veth — `cebf-b`)
+/// and the no-CNI routed path (`cebx-c` → `cebx-r`, a namespace that only
+/// forwards, with static routes: no bridge, no programs, no iptables →
+/// `cebx-s`).
+fn reference_paths() -> Result {
+    for ns in [FLOOR_A, FLOOR_B, ROUTED_C, ROUTED_R, ROUTED_S] {
+        add_ns(ns)?;
+    }
+    let veth = |a: &str, an: &str, aip: &str, b: &str, bn: &str, bip: &str| -> Result {
+        ip_n(
+            a,
+            &[
+                "link", "add", an, "type", "veth", "peer", "name", bn, "netns", b,
+            ],
+        )?;
+        ip_n(a, &["addr", "add", aip, "dev", an])?;
+        ip_n(b, &["addr", "add", bip, "dev", bn])?;
+        ip_n(a, &["link", "set", an, "up"])?;
+        ip_n(b, &["link", "set", bn, "up"])
+    };
+    veth(
+        FLOOR_A,
+        "eth0",
+        "10.98.0.1/24",
+        FLOOR_B,
+        "eth0",
+        "10.98.0.2/24",
+    )?;
+    veth(
+        ROUTED_C,
+        "eth0",
+        "10.97.1.2/24",
+        ROUTED_R,
+        "c0",
+        "10.97.1.1/24",
+    )?;
+    veth(
+        ROUTED_R,
+        "s0",
+        "10.97.2.1/24",
+        ROUTED_S,
+        "eth0",
+        "10.97.2.2/24",
+    )?;
+    ip_n(ROUTED_C, &["route", "add", "default", "via", "10.97.1.1"])?;
+    ip_n(ROUTED_S, &["route", "add", "default", "via", "10.97.2.1"])?;
+    sys::sysctl_in(ROUTED_R, "net.ipv4.ip_forward", "1")?;
+    for ns in [FLOOR_A, FLOOR_B, ROUTED_C] {
+        sys::tune_client(ns)?;
+    }
+    Ok(())
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) {
-    let mask: u64 = 1 << cpu;
-    // SAFETY: a valid 8-byte mask for the calling thread (pid 0).
-    unsafe { sched_setaffinity(0, 8, &mask) };
+/// One path of a figure: a client namespace dialling `dst`, served in
+/// `server` on `lport`.
+struct Route {
+    name: &'static str,
+    client: String,
+    server: String,
+    lport: u16,
+    dst: SocketAddr,
 }
 
-/// A connection-rate server in `ns`: accepts, writes one byte, closes,
-/// until `stop`.
-fn crr_server(ns: String, port: u16, stop: Arc<AtomicBool>) -> Result<thread::JoinHandle<()>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ns2 = ns.clone();
-    let h = thread::spawn(move || {
-        pin(CPU);
-        let l = enter_netns(&ns2).and_then(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)));
-        let l = match l {
-            Ok(l) => {
-                let _ = tx.send(Ok(()));
-                l
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e.to_string()));
-                return;
-            }
-        };
-        for c in l.incoming() {
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            if let Ok(mut c) = c {
-                // Answer, then wait for the client to close first (as
-                // netperf's TCP_CRR): TIME_WAIT stays on the client side.
-                let _ = c.write_all(b"x");
-                let _ = c.read(&mut [0u8; 1]);
-            }
-        }
-    });
-    match rx.recv() {
-        Ok(Ok(())) => Ok(h),
-        Ok(Err(e)) => Err(format!("server in {ns}: {e}").into()),
-        Err(_) => Err("server thread died".into()),
+fn route(name: &'static str, client: &str, server: &str, lport: u16, dst: SocketAddr) -> Route {
+    Route {
+        name,
+        client: client.into(),
+        server: server.into(),
+        lport,
+        dst,
     }
 }
 
-fn stop_server(stop: &AtomicBool, at: SocketAddr, ns: &str, h: thread::JoinHandle<()>) {
-    stop.store(true, Ordering::SeqCst);
-    let ns = ns.to_string();
-    let _ = thread::spawn(move || {
-        let _ = enter_netns(&ns);
-        let _ = TcpStream::connect_timeout(&at, Duration::from_secs(1));
-    })
-    .join();
-    let _ = h.join();
-}
-
-/// New connections per second from `ns` to `dst` for `secs`, and how many
-/// connections timed out (a SYN and its retransmission lost, or no answer
-/// within 2 s). A timed-out connection counts in the elapsed time, not in
-/// the number made, and the run goes on: the backlogs that drop those
-/// packets are shared by every namespace of the machine, so one
-/// configuration's floods can cost another one a connection. A run where
-/// at least half the attempts time out fails.
-fn crr(ns: &str, dst: SocketAddr, secs: f64) -> Result<(f64, u64)> {
-    let ns = ns.to_string();
-    thread::spawn(move || -> io::Result<(f64, u64)> {
-        pin(CPU);
-        enter_netns(&ns)?;
-        let start = Instant::now();
-        let (mut n, mut timeouts) = (0u64, 0u64);
-        let mut b = [0u8; 1];
-        let timeout = Duration::from_secs(2);
-        while start.elapsed().as_secs_f64() < secs {
-            let mut once = || -> io::Result<()> {
-                let mut s = TcpStream::connect_timeout(&dst, timeout)?;
-                s.set_read_timeout(Some(timeout))?;
-                s.read_exact(&mut b)
-            };
-            match once() {
-                Ok(()) => n += 1,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
-                    ) =>
-                {
-                    timeouts += 1;
-                    if timeouts >= 3 && timeouts * 2 >= n + timeouts {
-                        return Err(io::Error::new(
-                            e.kind(),
-                            format!("{timeouts} of {} connections timed out", n + timeouts),
-                        ));
-                    }
+/// `runs` runs of every route, alternating (A B C, then C B A, ...), with
+/// conntrack and the `nat` map cleared before each run.
+fn alternate(
+    o: &Opts,
+    mode: Mode,
+    routes: &[Route],
+    clear: &dyn Fn() -> Result,
+    f: &mut Figures,
+) -> Result {
+    for r in 0..o.runs {
+        let mut order: Vec<&Route> = routes.iter().collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for rt in order {
+            clear()?;
+            let p = sys::Probe::start();
+            let out = gen::run(mode, &rt.client, &rt.server, rt.lport, rt.dst, o.secs, CPU)?;
+            let env = p.done();
+            f.timeouts += out.slow as u64;
+            let name = rt.name;
+            match mode {
+                Mode::Crr => {
+                    f.push(&format!("crr.{name}"), out.rate(), env);
+                    f.push(&format!("cpu.{name}"), out.cpu_us / out.n, env);
                 }
-                Err(e) => return Err(e),
+                Mode::Rr | Mode::Urr => {
+                    let m = if mode == Mode::Rr { "rr" } else { "urr" };
+                    f.push(&format!("{m}_p50.{name}"), out.p50_us, env);
+                    f.push(&format!("{m}_p99.{name}"), out.p99_us, env);
+                    f.push(&format!("{m}_rate.{name}"), out.rate(), env);
+                }
             }
         }
-        Ok((n as f64 / start.elapsed().as_secs_f64(), timeouts))
-    })
-    .join()
-    .map_err(|_| "client thread panicked")?
-    .map_err(|e| format!("connections to {dst}: {e}").into())
+    }
+    Ok(())
 }
 
-/// sockperf ping-pong (64 bytes) from `ns` to `dst`.
-fn rr(ns: &str, dst: SocketAddr, secs: f64) -> Result<Rr> {
-    let out = in_ns(
-        ns,
-        &[
-            "taskset",
-            "-c",
-            &CPU.to_string(),
-            "sockperf",
-            "ping-pong",
-            "--tcp",
-            "-i",
-            &dst.ip().to_string(),
-            "-p",
-            &dst.port().to_string(),
-            "-m",
-            "64",
-            "-t",
-            &format!("{}", secs.ceil() as u64),
-        ],
-    )
-    .quiet()
-    .read()?;
-    let num = |key: &str| -> Option<f64> {
-        let i = out.find(key)?;
-        let rest = out[i + key.len()..].trim_start();
-        let end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        rest[..end].parse().ok()
-    };
-    let run = num("RunTime=").unwrap_or(secs);
-    let recv = num("ReceivedMessages=").ok_or(format!("sockperf output: {out}"))?;
-    Ok(Rr {
-        // sockperf reports one-way latency (half the round trip).
-        p50_us: 2.0 * num("percentile 50.000 =").unwrap_or(0.0),
-        p99_us: 2.0 * num("percentile 99.000 =").unwrap_or(0.0),
-        per_sec: recv / run,
-    })
+/// iperf3 one stream per route (client namespace, destination), alternating
+/// like [`alternate`]; `servers` are the namespaces that need an iperf3
+/// server on [`TP_PORT`].
+fn alternate_tp(
+    o: &Opts,
+    servers: &[&str],
+    routes: &[(&'static str, String, SocketAddr)],
+    clear: &dyn Fn() -> Result,
+    f: &mut Figures,
+) -> Result {
+    let _daemons = servers
+        .iter()
+        .map(|ns| Daemon::start(ns, &["iperf3", "-s", "-p", &TP_PORT.to_string()]))
+        .collect::<Result<Vec<_>>>()?;
+    for r in 0..o.runs {
+        let mut order: Vec<_> = routes.iter().collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for (name, ns, dst) in order {
+            clear()?;
+            let p = sys::Probe::start();
+            let v = throughput(ns, *dst, o.tp_secs())?;
+            f.push(&format!("gbit.{name}"), v, p.done());
+        }
+    }
+    Ok(())
 }
 
-/// iperf3 one stream from `ns` to `dst`, Gbit/s.
-fn throughput(ns: &str, dst: SocketAddr, secs: f64) -> Result<f64> {
+/// iperf3 one stream from `ns` to `dst`, Gbit/s; (seconds, omitted seconds).
+fn throughput(ns: &str, dst: SocketAddr, (secs, omit): (u64, u64)) -> Result<f64> {
     let out = in_ns(
         ns,
         &[
@@ -650,7 +767,9 @@ fn throughput(ns: &str, dst: SocketAddr, secs: f64) -> Result<f64> {
             "-p",
             &dst.port().to_string(),
             "-t",
-            &format!("{}", secs.ceil() as u64),
+            &secs.to_string(),
+            "-O",
+            &omit.to_string(),
             "-J",
         ],
     )
@@ -719,53 +838,131 @@ fn measure(node: &Node, o: &Opts, f: &mut Figures) -> Result {
 
 fn measure_traffic(node: &Node, o: &Opts, f: &mut Figures) -> Result {
     let pod = node.pods.last().ok_or("no pod")?;
+    let peer = node.peer.as_ref().ok_or("no peer pod")?;
     let ext = node.ext();
+    for ns in [&pod.ns, &peer.ns] {
+        sys::tune_client(ns)?;
+    }
     // hostPorts are 20000/30000/40000 + the pod's index.
     let nat = |base: u16| SocketAddr::new(NODE_IP.into(), base + pod.index as u16);
-    let base = |port: u16| SocketAddr::new(pod.ip.into(), port);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let srv = crr_server(pod.ns.clone(), CRR_PORT, stop.clone())?;
-    for _ in 0..o.runs {
-        node.flush_conntrack();
-        let (rate, lost) = crr(&ext, nat(20000), o.secs)?;
-        f.crr_nat.push(rate);
-        f.timeouts += lost;
-        node.flush_conntrack();
-        let (rate, lost) = crr(&ext, base(CRR_PORT), o.secs)?;
-        f.crr_base.push(rate);
-        f.timeouts += lost;
+    let direct = |port: u16| SocketAddr::new(pod.ip.into(), port);
+    let p = &pod.ns;
+    let clear = || node.clear();
+    let crr = [
+        route("hostport", &ext, p, CRR_PORT, nat(20000)),
+        route("pod_ip", &ext, p, CRR_PORT, direct(CRR_PORT)),
+        route("pod_pod", &peer.ns, p, CRR_PORT, direct(CRR_PORT)),
+        route("hairpin", p, p, CRR_PORT, nat(20000)),
+        route(
+            "masq",
+            p,
+            &ext,
+            EXT_CRR_PORT,
+            SocketAddr::new(EXT_IP.into(), EXT_CRR_PORT),
+        ),
+    ];
+    alternate(o, Mode::Crr, &crr, &clear, f)?;
+    let rr = [
+        route("hostport", &ext, p, RR_PORT, nat(30000)),
+        route("pod_ip", &ext, p, RR_PORT, direct(RR_PORT)),
+        route("pod_pod", &peer.ns, p, RR_PORT, direct(RR_PORT)),
+        route("hairpin", p, p, RR_PORT, nat(30000)),
+    ];
+    alternate(o, Mode::Rr, &rr, &clear, f)?;
+    alternate(o, Mode::Urr, &rr[..2], &clear, f)?;
+    alternate_tp(
+        o,
+        &[p],
+        &[
+            ("hostport", ext.clone(), nat(40000)),
+            ("pod_ip", ext.clone(), direct(TP_PORT)),
+        ],
+        &clear,
+        f,
+    )?;
+    if node.kind != Kind::Reference {
+        f.prog_ns = prog_costs(node, o, &crr, &rr)?;
     }
-    stop_server(&stop, base(CRR_PORT), &ext, srv);
-    {
-        let _srv = Daemon::start(
-            &pod.ns,
-            &["sockperf", "server", "--tcp", "-p", &RR_PORT.to_string()],
-        )?;
-        for _ in 0..o.runs {
-            f.rr_nat.push(rr(&ext, nat(30000), o.secs)?);
-            f.rr_base.push(rr(&ext, base(RR_PORT), o.secs)?);
-        }
-    }
-    {
-        let _srv = Daemon::start(&pod.ns, &["iperf3", "-s", "-p", &TP_PORT.to_string()])?;
-        for _ in 0..o.runs {
-            f.tp_nat.push(throughput(&ext, nat(40000), o.secs)?);
-            f.tp_base.push(throughput(&ext, base(TP_PORT), o.secs)?);
-        }
-    }
-    // Masquerade: the pod dials a server in the external namespace.
-    let stop = Arc::new(AtomicBool::new(false));
-    let srv = crr_server(ext.clone(), EXT_CRR_PORT, stop.clone())?;
-    let to = SocketAddr::new(EXT_IP.into(), EXT_CRR_PORT);
-    for _ in 0..o.runs {
-        node.flush_conntrack();
-        let (rate, lost) = crr(&pod.ns, to, o.secs)?;
-        f.masq.push(rate);
-        f.timeouts += lost;
-    }
-    stop_server(&stop, to, &pod.ns, srv);
     Ok(())
+}
+
+/// Each TC program's cost per run (ns), with eBPF statistics on only for
+/// this: one run of the hostPort, masquerade and pod-to-pod connection
+/// figures and of the hostPort request/response.
+fn prog_costs(
+    node: &Node,
+    o: &Opts,
+    crr: &[Route],
+    rr: &[Route],
+) -> Result<Vec<(String, f64, u64)>> {
+    let pin = node.dir().join("bpf");
+    let stats = sys::BpfStats::enable()?;
+    let before = sys::prog_stats(&pin);
+    let mut scratch = Figures::default();
+    let chosen: Vec<Route> = crr
+        .iter()
+        .filter(|r| matches!(r.name, "hostport" | "masq" | "pod_pod"))
+        .map(|r| route(r.name, &r.client, &r.server, r.lport, r.dst))
+        .collect();
+    let once = Opts {
+        ns: Vec::new(),
+        runs: 1,
+        configs: Vec::new(),
+        ..*o
+    };
+    let r = alternate(&once, Mode::Crr, &chosen, &|| node.clear(), &mut scratch)
+        .and_then(|_| alternate(&once, Mode::Rr, &rr[..1], &|| node.clear(), &mut scratch));
+    let after = sys::prog_stats(&pin);
+    drop(stats);
+    r?;
+    Ok(after
+        .iter()
+        .map(|(name, ns, cnt)| {
+            let (ns0, cnt0) = before
+                .iter()
+                .find(|b| &b.0 == name)
+                .map_or((0, 0), |b| (b.1, b.2));
+            let runs = cnt.saturating_sub(cnt0);
+            let per = if runs == 0 {
+                f64::NAN
+            } else {
+                ns.saturating_sub(ns0) as f64 / runs as f64
+            };
+            (name.clone(), per, runs)
+        })
+        .collect())
+}
+
+/// The reference paths' figures: the same generator, pinning and
+/// alternation as the configurations'.
+fn measure_paths(o: &Opts, f: &mut Figures) -> Result {
+    let clear = || {
+        sys::flush_conntrack(ROUTED_R);
+        Ok(())
+    };
+    let floor = |port: u16| SocketAddr::new(FLOOR_IP.into(), port);
+    let routed = |port: u16| SocketAddr::new(ROUTED_IP.into(), port);
+    let lo = |port: u16| SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let routes = |port: u16| {
+        [
+            route("floor", FLOOR_A, FLOOR_B, port, floor(port)),
+            route("routed", ROUTED_C, ROUTED_S, port, routed(port)),
+            route("lo", FLOOR_B, FLOOR_B, port, lo(port)),
+        ]
+    };
+    alternate(o, Mode::Crr, &routes(CRR_PORT), &clear, f)?;
+    alternate(o, Mode::Rr, &routes(RR_PORT), &clear, f)?;
+    alternate(o, Mode::Urr, &routes(RR_PORT)[..2], &clear, f)?;
+    alternate_tp(
+        o,
+        &[FLOOR_B, ROUTED_S],
+        &[
+            ("floor", FLOOR_A.to_string(), floor(TP_PORT)),
+            ("routed", ROUTED_C.to_string(), routed(TP_PORT)),
+        ],
+        &clear,
+        f,
+    )
 }
 
 /// A figure of a configuration at one N.
@@ -791,7 +988,12 @@ fn median(v: &[f64]) -> f64 {
     }
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
+    let m = s.len() / 2;
+    if s.len().is_multiple_of(2) {
+        (s[m - 1] + s[m]) / 2.0
+    } else {
+        s[m]
+    }
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -804,6 +1006,24 @@ fn pct(v: &[f64], p: f64) -> f64 {
     s[i.clamp(1, s.len()) - 1]
 }
 
+impl Node {
+    /// Adds the client pod of the pod-to-pod figures, once.
+    fn ensure_peer(&mut self) -> Result {
+        if self.peer.is_some() {
+            return Ok(());
+        }
+        let mut pod = self.new_pod(9998)?;
+        let (res, _) = self.cni("ADD", &pod, None)?;
+        pod.ip = pod_ip(&res)?;
+        pod.result = res;
+        self.peer = Some(pod);
+        Ok(())
+    }
+}
+
+/// Index of the reference paths' figures in a row of results.
+const PATHS: usize = 3;
+
 fn run(o: &Opts, plugin: &Path) -> Result {
     let kinds = [Kind::Reference, Kind::Main, Kind::Chained];
     let mut nodes: Vec<Node> = Vec::new();
@@ -815,13 +1035,34 @@ fn run(o: &Opts, plugin: &Path) -> Result {
         }
         nodes.push(node);
     }
-    // results[n index][kind index]
+    sh::step("topology: floor and routed paths");
+    reference_paths()?;
+    // results[n index][slot]: the three configurations, then the paths.
     let mut results: Vec<Vec<Option<Figures>>> = Vec::new();
     for (ni, &n) in o.ns.iter().enumerate() {
-        let mut row: Vec<Option<Figures>> = vec![None, None, None];
-        // Alternate which configuration goes first.
-        for j in 0..nodes.len() {
-            let ki = (j + ni) % nodes.len();
+        let mut row: Vec<Option<Figures>> = vec![None; 4];
+        // Alternate which slot goes first.
+        for j in 0..4 {
+            let ki = (j + ni) % 4;
+            if ki == PATHS {
+                sh::step(&format!("floor, routed and loopback at N = {n}"));
+                let mut f = Figures::default();
+                match measure_paths(o, &mut f) {
+                    Ok(()) => {
+                        println!(
+                            "paths: conn/s floor {:.0} routed {:.0} loopback {:.0}; TCP RR p50 floor {:.1} routed {:.1} µs",
+                            f.med("crr.floor"),
+                            f.med("crr.routed"),
+                            f.med("crr.lo"),
+                            f.med("rr_p50.floor"),
+                            f.med("rr_p50.routed")
+                        );
+                        row[PATHS] = Some(f);
+                    }
+                    Err(e) => println!("reference paths at {n}: {e}"),
+                }
+                continue;
+            }
             let node = &mut nodes[ki];
             if node.stopped.is_some() {
                 continue;
@@ -837,9 +1078,12 @@ fn run(o: &Opts, plugin: &Path) -> Result {
             }
             // A failed measurement stops this configuration, not the run:
             // the table says where and why.
-            let measured = node.cycles(o.cycles).and_then(|(a, d)| {
+            let measured = node.ensure_peer().and_then(|_| {
+                let node = &*node;
+                let (a, d) = node.cycles(o.cycles)?;
                 f.add_ms = a;
                 f.del_ms = d;
+                f.burst_add_ms = node.burst(BURST)?;
                 measure(node, o, &mut f)
             });
             if let Err(e) = measured {
@@ -849,12 +1093,13 @@ fn run(o: &Opts, plugin: &Path) -> Result {
                 continue;
             }
             println!(
-                "{}: ADD p50 {:.1} ms, DEL p50 {:.1} ms, conn/s hostPort {:.0} pod IP {:.0}",
+                "{}: ADD p50 {:.1} ms, burst ADD p99 {:.1} ms, conn/s hostPort {:.0} pod IP {:.0} masquerade {:.0}",
                 node.kind.name(),
                 median(&f.add_ms),
-                median(&f.del_ms),
-                median(&f.crr_nat),
-                median(&f.crr_base)
+                pct(&f.burst_add_ms, 99.0),
+                f.med("crr.hostport"),
+                f.med("crr.pod_ip"),
+                f.med("crr.masq"),
             );
             row[ki] = Some(f);
         }
@@ -875,7 +1120,7 @@ fn run(o: &Opts, plugin: &Path) -> Result {
     }
     // DEL every pod (also checks that DEL works at scale).
     for node in &nodes {
-        for pod in node.pods.iter().rev() {
+        for pod in node.pods.iter().rev().chain(node.peer.iter()) {
             node.cni("DEL", pod, Some(&pod.result))?;
         }
     }
@@ -888,15 +1133,97 @@ fn machine() -> String {
     format!("{cpus} CPUs, Linux {}", kernel.trim())
 }
 
+/// Median, with (min–max) when the runs differ.
+fn spread(v: &[f64], fmt: Fmt) -> String {
+    if v.is_empty() || v.iter().all(|x| !x.is_finite()) {
+        return "—".into();
+    }
+    let m = median(v);
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() > 1 && fmt(lo) != fmt(hi) {
+        format!("{} ({}–{})", fmt(m), fmt(lo), fmt(hi))
+    } else {
+        fmt(m)
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if (a / b).is_finite() {
+        format!("{:.2}", a / b)
+    } else {
+        "—".into()
+    }
+}
+
+/// Traffic rows: (label, metric, path, format).
+const PATH_ROWS: &[(&str, &str, &str, Fmt)] = &[
+    (
+        "conn/s via hostPort (external → node)",
+        "crr",
+        "hostport",
+        f0,
+    ),
+    ("conn/s to pod IP (external → pod)", "crr", "pod_ip", f0),
+    ("conn/s pod → pod", "crr", "pod_pod", f0),
+    (
+        "conn/s hairpin (pod → its own hostPort)",
+        "crr",
+        "hairpin",
+        f0,
+    ),
+    ("masquerade conn/s (pod → external)", "crr", "masq", f0),
+    ("CPU µs per connection via hostPort", "cpu", "hostport", f1),
+    ("CPU µs per connection to pod IP", "cpu", "pod_ip", f1),
+    ("CPU µs per masqueraded connection", "cpu", "masq", f1),
+    ("TCP RR p50 via hostPort (µs)", "rr_p50", "hostport", f1),
+    ("TCP RR p99 via hostPort (µs)", "rr_p99", "hostport", f1),
+    ("TCP RR p50 to pod IP (µs)", "rr_p50", "pod_ip", f1),
+    ("TCP RR p99 to pod IP (µs)", "rr_p99", "pod_ip", f1),
+    ("TCP RR p50 pod → pod (µs)", "rr_p50", "pod_pod", f1),
+    ("TCP RR p50 hairpin (µs)", "rr_p50", "hairpin", f1),
+    ("TCP RR/s via hostPort", "rr_rate", "hostport", f0),
+    ("TCP RR/s to pod IP", "rr_rate", "pod_ip", f0),
+    ("UDP RR p50 via hostPort (µs)", "urr_p50", "hostport", f1),
+    ("UDP RR p99 via hostPort (µs)", "urr_p99", "hostport", f1),
+    ("UDP RR p50 to pod IP (µs)", "urr_p50", "pod_ip", f1),
+    ("throughput via hostPort (Gbit/s)", "gbit", "hostport", f2),
+    ("throughput to pod IP (Gbit/s)", "gbit", "pod_ip", f2),
+];
+
+/// Ratio rows: (label, metric, path).
+const RATIO_ROWS: &[(&str, &str, &str)] = &[
+    ("conn/s via hostPort", "crr", "hostport"),
+    ("conn/s to pod IP", "crr", "pod_ip"),
+    ("conn/s pod → pod", "crr", "pod_pod"),
+    ("conn/s hairpin", "crr", "hairpin"),
+    ("masquerade conn/s", "crr", "masq"),
+    ("CPU per connection via hostPort", "cpu", "hostport"),
+    ("CPU per masqueraded connection", "cpu", "masq"),
+    ("TCP RR p50 via hostPort", "rr_p50", "hostport"),
+    ("TCP RR p50 to pod IP", "rr_p50", "pod_ip"),
+    ("TCP RR p50 pod → pod", "rr_p50", "pod_pod"),
+    ("TCP RR p50 hairpin", "rr_p50", "hairpin"),
+    ("UDP RR p50 via hostPort", "urr_p50", "hostport"),
+    ("UDP RR p50 to pod IP", "urr_p50", "pod_ip"),
+    ("throughput via hostPort", "gbit", "hostport"),
+    ("throughput to pod IP", "gbit", "pod_ip"),
+];
+
 fn report(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "# cargo xtask bench{}\n\nMachine: {}. Median of {} run(s) of {} s; ADD/DEL over {} cycles of an extra pod. \
-         Client and server pinned to CPU {CPU}.\n",
+        "# cargo xtask bench{}\n\nMachine: {}. Median (min–max) of {} run(s) of {} s per path, the paths of each figure \
+         alternated run by run; iperf3 {} s{}; ADD/DEL over {} cycles of an extra pod, and a burst of {BURST} concurrent \
+         ADDs. Client and server pinned to CPU {CPU}. floor: two namespaces joined by one veth; routed: client → a \
+         forwarding namespace (static routes, no bridge, no programs, no iptables) → server; both measured at every N \
+         with the same generator, pinning and alternation.\n",
         if o.quick { " --quick" } else { "" },
         machine(),
         o.runs,
         o.secs,
+        o.tp_secs().0,
+        if o.tp_secs().1 > 0 { " after a 1 s warm-up (-O 1)" } else { "" },
         o.cycles
     ));
     for node in nodes {
@@ -906,85 +1233,52 @@ fn report(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String 
     }
     let first = |ki: usize| results.first().and_then(|r| r[ki].clone());
     for (ni, n) in o.ns.iter().enumerate() {
-        s.push_str(&format!(
-            "\n## N = {n}\n\n| figure | reference | cni-ebpf | chained | cni-ebpf ÷ reference |\n| --- | --- | --- | --- | --- |\n"
-        ));
         let row = &results[ni];
-        let cell = |ki: usize, g: &dyn Fn(&Figures) -> f64, fmt: &dyn Fn(f64) -> String| {
-            row[ki].as_ref().map_or("—".to_string(), |f| fmt(g(f)))
-        };
-        let ratio = |g: &dyn Fn(&Figures) -> f64| match (&row[1], &row[0]) {
-            (Some(a), Some(b)) if (g(a) / g(b)).is_finite() => format!("{:.2}", g(a) / g(b)),
-            _ => "—".into(),
-        };
-        let lines: Vec<(&str, Getter, Fmt)> = vec![
+        let paths = row[PATHS].as_ref();
+        s.push_str(&format!("\n## N = {n}\n\n"));
+        if let Some(p) = paths {
+            s.push_str(&format!(
+                "Generator ceiling at this checkpoint (same generator, same CPU): loopback {} conn/s, TCP RR p50 {} µs; \
+                 floor {} conn/s, {} µs; routed {} conn/s, {} µs.\n\n",
+                f0(p.med("crr.lo")),
+                f1(p.med("rr_p50.lo")),
+                f0(p.med("crr.floor")),
+                f1(p.med("rr_p50.floor")),
+                f0(p.med("crr.routed")),
+                f1(p.med("rr_p50.routed")),
+            ));
+        }
+        s.push_str(
+            "| figure | reference | cni-ebpf | chained | floor | routed | cni-ebpf ÷ reference |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        );
+        for (label, metric, path, fmt) in PATH_ROWS {
+            let key = format!("{metric}.{path}");
+            let c = |ki: usize| {
+                row[ki]
+                    .as_ref()
+                    .map_or("—".to_string(), |f| spread(&f.values(&key), *fmt))
+            };
+            let b = |which: &str| {
+                paths.map_or("—".to_string(), |p| {
+                    spread(&p.values(&format!("{metric}.{which}")), *fmt)
+                })
+            };
+            let r = match (&row[1], &row[0]) {
+                (Some(a), Some(b)) => ratio(a.med(&key), b.med(&key)),
+                _ => "—".into(),
+            };
+            s.push_str(&format!(
+                "| {label} | {} | {} | {} | {} | {} | {r} |\n",
+                c(0),
+                c(1),
+                c(2),
+                b("floor"),
+                b("routed")
+            ));
+        }
+        let others: Vec<(&str, Getter, Fmt)> = vec![
             (
-                "conn/s via hostPort",
-                Box::new(|f: &Figures| median(&f.crr_nat)),
-                f0,
-            ),
-            (
-                "conn/s to pod IP (baseline)",
-                Box::new(|f: &Figures| median(&f.crr_base)),
-                f0,
-            ),
-            (
-                "conn/s hostPort ÷ baseline",
-                Box::new(|f: &Figures| median(&f.crr_nat) / median(&f.crr_base)),
-                f2,
-            ),
-            (
-                "RR p50 via hostPort (µs)",
-                Box::new(|f: &Figures| {
-                    median(&f.rr_nat.iter().map(|r| r.p50_us).collect::<Vec<_>>())
-                }),
-                f1,
-            ),
-            (
-                "RR p99 via hostPort (µs)",
-                Box::new(|f: &Figures| {
-                    median(&f.rr_nat.iter().map(|r| r.p99_us).collect::<Vec<_>>())
-                }),
-                f1,
-            ),
-            (
-                "RR p50 to pod IP (µs)",
-                Box::new(|f: &Figures| {
-                    median(&f.rr_base.iter().map(|r| r.p50_us).collect::<Vec<_>>())
-                }),
-                f1,
-            ),
-            (
-                "RR/s via hostPort",
-                Box::new(|f: &Figures| {
-                    median(&f.rr_nat.iter().map(|r| r.per_sec).collect::<Vec<_>>())
-                }),
-                f0,
-            ),
-            (
-                "RR/s to pod IP",
-                Box::new(|f: &Figures| {
-                    median(&f.rr_base.iter().map(|r| r.per_sec).collect::<Vec<_>>())
-                }),
-                f0,
-            ),
-            (
-                "throughput via hostPort (Gbit/s)",
-                Box::new(|f: &Figures| median(&f.tp_nat)),
-                f2,
-            ),
-            (
-                "throughput to pod IP (Gbit/s)",
-                Box::new(|f: &Figures| median(&f.tp_base)),
-                f2,
-            ),
-            (
-                "masquerade conn/s",
-                Box::new(|f: &Figures| median(&f.masq)),
-                f0,
-            ),
-            (
-                "connections timed out (all conn/s figures)",
+                "connections ≥ 1 s or failed, UDP requests lost",
                 Box::new(|f: &Figures| f.timeouts as f64),
                 f0,
             ),
@@ -1018,25 +1312,58 @@ fn report(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String 
                 Box::new(|f: &Figures| pct(&f.del_ms, 95.0)),
                 f1,
             ),
+            (
+                "burst of 30 concurrent ADDs: p50 (ms)",
+                Box::new(|f: &Figures| median(&f.burst_add_ms)),
+                f1,
+            ),
+            (
+                "burst of 30 concurrent ADDs: p99 (ms)",
+                Box::new(|f: &Figures| pct(&f.burst_add_ms, 99.0)),
+                f1,
+            ),
         ];
-        for (name, g, fmt) in &lines {
+        for (name, g, fmt) in &others {
+            let c = |ki: usize| row[ki].as_ref().map_or("—".to_string(), |f| fmt(g(f)));
+            let r = match (&row[1], &row[0]) {
+                (Some(a), Some(b)) => ratio(g(a), g(b)),
+                _ => "—".into(),
+            };
             s.push_str(&format!(
-                "| {name} | {} | {} | {} | {} |\n",
-                cell(0, g.as_ref(), fmt),
-                cell(1, g.as_ref(), fmt),
-                cell(2, g.as_ref(), fmt),
-                ratio(g.as_ref())
+                "| {name} | {} | {} | {} | | | {r} |\n",
+                c(0),
+                c(1),
+                c(2)
             ));
         }
+        let env = |ki: usize| -> (String, String) {
+            row[ki].as_ref().map_or(("—".into(), "—".into()), |f| {
+                let l: Vec<f64> = f.all_samples().map(|x| x.load1).collect();
+                let st: Vec<f64> = f.all_samples().map(|x| x.steal_pct).collect();
+                let lo = l.iter().cloned().fold(f64::INFINITY, f64::min);
+                let hi = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let smax = st.iter().cloned().fold(0.0, f64::max);
+                if l.is_empty() {
+                    ("—".into(), "—".into())
+                } else {
+                    (format!("{lo:.2}–{hi:.2}"), format!("{smax:.1}"))
+                }
+            })
+        };
+        let e: Vec<(String, String)> = (0..4).map(env).collect();
+        s.push_str(&format!(
+            "| load average (1 min) at the runs' start | {} | {} | {} | {} | | |\n| steal % (max over the runs) | {} | {} | {} | {} | | |\n",
+            e[0].0, e[1].0, e[2].0, e[3].0, e[0].1, e[1].1, e[2].1, e[3].1
+        ));
         // Value at N ÷ value at N=first, for the figures the targets name.
         let vs_first = |ki: usize, g: &dyn Fn(&Figures) -> f64| match (&row[ki], first(ki)) {
-            (Some(a), Some(b)) => format!("{:.2}", g(a) / g(&b)),
+            (Some(a), Some(b)) => ratio(g(a), g(&b)),
             _ => "—".into(),
         };
-        let crr = |f: &Figures| median(&f.crr_nat);
+        let crr = |f: &Figures| f.med("crr.hostport");
         let add = |f: &Figures| median(&f.add_ms);
         s.push_str(&format!(
-            "| conn/s via hostPort ÷ its N={} value | {} | {} | {} | |\n| ADD p50 ÷ its N={} value | {} | {} | {} | |\n",
+            "| conn/s via hostPort ÷ its N={} value | {} | {} | {} | | | |\n| ADD p50 ÷ its N={} value | {} | {} | {} | | | |\n",
             o.ns[0],
             vs_first(0, &crr),
             vs_first(1, &crr),
@@ -1046,13 +1373,113 @@ fn report(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String 
             vs_first(1, &add),
             vs_first(2, &add),
         ));
+        // Every data-path figure against its own pod-IP path, the routed path
+        // and the floor (medians of this checkpoint).
+        s.push_str(
+            "\nRatios of medians, each cell `÷ own pod IP / ÷ routed / ÷ floor` (rates: above 1 is faster; latencies and CPU: below 1 is faster):\n\n\
+             | figure | reference | cni-ebpf | chained |\n| --- | --- | --- | --- |\n",
+        );
+        for (label, metric, path) in RATIO_ROWS {
+            let key = format!("{metric}.{path}");
+            let cell = |ki: usize| -> String {
+                let Some(f) = &row[ki] else {
+                    return "—".into();
+                };
+                let v = f.med(&key);
+                let own = if *path == "pod_ip" {
+                    "—".to_string()
+                } else {
+                    ratio(v, f.med(&format!("{metric}.pod_ip")))
+                };
+                let base = |w: &str| {
+                    paths.map_or("—".into(), |p| ratio(v, p.med(&format!("{metric}.{w}"))))
+                };
+                format!("{own} / {} / {}", base("routed"), base("floor"))
+            };
+            s.push_str(&format!(
+                "| {label} | {} | {} | {} |\n",
+                cell(0),
+                cell(1),
+                cell(2)
+            ));
+        }
+        // Per-packet cost of each program.
+        let progs: Vec<String> = [1, 2]
+            .iter()
+            .filter_map(|&ki| row[ki].as_ref())
+            .flat_map(|f| f.prog_ns.iter().map(|p| p.0.clone()))
+            .fold(Vec::new(), |mut v, p| {
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+                v
+            });
+        if !progs.is_empty() {
+            s.push_str(
+                "\neBPF programs, ns per run (runs counted), statistics on only while one run of the hostPort, masquerade and pod → pod connection figures and the hostPort RR ran:\n\n\
+                 | program | cni-ebpf | chained |\n| --- | --- | --- |\n",
+            );
+            for p in &progs {
+                let c = |ki: usize| {
+                    row[ki]
+                        .as_ref()
+                        .and_then(|f| f.prog_ns.iter().find(|x| &x.0 == p))
+                        .map_or("—".to_string(), |x| format!("{} ({})", f0(x.1), x.2))
+                };
+                s.push_str(&format!("| {p} | {} | {} |\n", c(1), c(2)));
+            }
+        }
     }
     s
 }
 
+fn num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.3}")
+    } else {
+        "null".into()
+    }
+}
+
 fn list(v: &[f64]) -> String {
-    let items: Vec<String> = v.iter().map(|x| format!("{x:.3}")).collect();
+    let items: Vec<String> = v.iter().map(|x| num(*x)).collect();
     format!("[{}]", items.join(","))
+}
+
+fn figures_json(f: &Figures) -> String {
+    let samples: Vec<String> =
+        f.s.iter()
+            .map(|(k, v)| {
+                let items: Vec<String> = v
+                    .iter()
+                    .map(|x| {
+                        format!(
+                            "{{\"v\":{},\"load1\":{},\"steal_pct\":{}}}",
+                            num(x.v),
+                            num(x.load1),
+                            num(x.steal_pct)
+                        )
+                    })
+                    .collect();
+                format!("\"{k}\":[{}]", items.join(","))
+            })
+            .collect();
+    let progs: Vec<String> = f
+        .prog_ns
+        .iter()
+        .map(|(p, ns, runs)| format!("\"{p}\":{{\"ns_per_run\":{},\"runs\":{runs}}}", num(*ns)))
+        .collect();
+    format!(
+        "{{\"samples\":{{{}}},\"add_ms\":{},\"del_ms\":{},\"grow_add_ms\":{},\"burst_add_ms\":{},\"backlog_drops\":{},\"timeouts\":{},\"prog_ns\":{{{}}}}}",
+        samples.join(","),
+        list(&f.add_ms),
+        list(&f.del_ms),
+        list(&f.grow_add_ms),
+        list(&f.burst_add_ms),
+        list(&f.backlog_drops),
+        f.timeouts,
+        progs.join(",")
+    )
 }
 
 fn to_json(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String {
@@ -1071,36 +1498,10 @@ fn to_json(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String
     let mut cps = Vec::new();
     for (ni, n) in o.ns.iter().enumerate() {
         let mut cfgs = Vec::new();
-        for (ki, node) in nodes.iter().enumerate() {
-            let Some(f) = &results[ni][ki] else { continue };
-            let rr = |v: &[Rr]| {
-                let items: Vec<String> = v
-                    .iter()
-                    .map(|r| {
-                        format!(
-                            "{{\"p50_us\":{:.2},\"p99_us\":{:.2},\"per_sec\":{:.1}}}",
-                            r.p50_us, r.p99_us, r.per_sec
-                        )
-                    })
-                    .collect();
-                format!("[{}]", items.join(","))
-            };
-            cfgs.push(format!(
-                "\"{}\":{{\"conn_per_sec_hostport\":{},\"conn_per_sec_pod_ip\":{},\"rr_hostport\":{},\"rr_pod_ip\":{},\"gbit_hostport\":{},\"gbit_pod_ip\":{},\"masq_conn_per_sec\":{},\"add_ms\":{},\"del_ms\":{},\"grow_add_ms\":{},\"backlog_drops\":{},\"timeouts\":{}}}",
-                node.kind.name(),
-                list(&f.crr_nat),
-                list(&f.crr_base),
-                rr(&f.rr_nat),
-                rr(&f.rr_base),
-                list(&f.tp_nat),
-                list(&f.tp_base),
-                list(&f.masq),
-                list(&f.add_ms),
-                list(&f.del_ms),
-                list(&f.grow_add_ms),
-                list(&f.backlog_drops),
-                f.timeouts
-            ));
+        for (ki, f) in results[ni].iter().enumerate() {
+            let Some(f) = f else { continue };
+            let name = nodes.get(ki).map_or("paths", |n| n.kind.name());
+            cfgs.push(format!("\"{name}\":{}", figures_json(f)));
         }
         cps.push(format!("{{\"n\":{n},{}}}", cfgs.join(",")));
     }
@@ -1109,35 +1510,56 @@ fn to_json(o: &Opts, nodes: &[Node], results: &[Vec<Option<Figures>>]) -> String
     out
 }
 
-/// Two panels: connections/s via hostPort, and ADD p50, against N.
+/// Two panels against N: connections/s via hostPort (with the routed path
+/// and the floor), and ADD p50.
 fn plot(o: &Opts, results: &[Vec<Option<Figures>>]) -> String {
-    let colors = ["#d62728", "#1f77b4", "#2ca02c"];
-    let names = [
-        "reference (bridge+portmap, iptables)",
-        "cni-ebpf",
-        "cni-ebpf chained after bridge",
-    ];
     let (w, h, pad) = (420.0, 260.0, 50.0);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
         2.0 * w + 20.0,
-        h + 70.0
+        h + 90.0
     );
-    let panels: [(&str, Getter); 2] = [
+    // (legend, colour, slot, figure)
+    type Series = (&'static str, &'static str, usize, Getter);
+    let crr = |key: &'static str| -> Getter { Box::new(move |f: &Figures| f.med(key)) };
+    let add = || -> Getter { Box::new(|f: &Figures| median(&f.add_ms)) };
+    let panels: [(&str, Vec<Series>); 2] = [
         (
             "new connections/s via hostPort",
-            Box::new(|f| median(&f.crr_nat)),
+            vec![
+                (
+                    "reference (bridge+portmap, iptables)",
+                    "#d62728",
+                    0,
+                    crr("crr.hostport"),
+                ),
+                ("cni-ebpf", "#1f77b4", 1, crr("crr.hostport")),
+                (
+                    "cni-ebpf chained after bridge",
+                    "#2ca02c",
+                    2,
+                    crr("crr.hostport"),
+                ),
+                ("routed path, no CNI", "#7f7f7f", PATHS, crr("crr.routed")),
+                ("floor (one veth)", "#000000", PATHS, crr("crr.floor")),
+            ],
         ),
         (
             "ADD p50 (ms) of one more pod",
-            Box::new(|f| median(&f.add_ms)),
+            vec![
+                ("", "#d62728", 0, add()),
+                ("", "#1f77b4", 1, add()),
+                ("", "#2ca02c", 2, add()),
+            ],
         ),
     ];
-    for (pi, (title, g)) in panels.iter().enumerate() {
+    for (pi, (title, series)) in panels.iter().enumerate() {
         let x0 = pi as f64 * (w + 20.0);
-        let vals: Vec<f64> = results
+        let vals: Vec<f64> = series
             .iter()
-            .flat_map(|r| r.iter().flatten().map(g))
+            .flat_map(|(_, _, slot, g)| {
+                results.iter().filter_map(move |r| r[*slot].as_ref().map(g))
+            })
             .filter(|v| v.is_finite())
             .collect();
         let max = vals.iter().cloned().fold(0.0, f64::max).max(1e-9) * 1.1;
@@ -1163,36 +1585,38 @@ fn plot(o: &Opts, results: &[Vec<Option<Figures>>]) -> String {
             x0 + w / 2.0 + pad / 2.0,
             h + 30.0
         ));
-        for ki in 0..3 {
+        for (_, color, slot, g) in series {
             let pts: Vec<String> = results
                 .iter()
                 .enumerate()
-                .filter_map(|(i, r)| r[ki].as_ref().map(|f| (i, g(f))))
+                .filter_map(|(i, r)| r[*slot].as_ref().map(|f| (i, g(f))))
                 .filter(|(_, v)| v.is_finite())
                 .map(|(i, v)| format!("{:.1},{:.1}", px(i), py(v)))
                 .collect();
+            let dash = if *slot == PATHS {
+                " stroke-dasharray=\"5,3\""
+            } else {
+                ""
+            };
             svg.push_str(&format!(
-                "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\n",
-                colors[ki],
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>\n",
                 pts.join(" ")
             ));
             for p in &pts {
                 let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
                 svg.push_str(&format!(
-                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{}\"/>\n",
-                    colors[ki]
+                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"3\" fill=\"{color}\"/>\n"
                 ));
             }
         }
     }
-    for (ki, name) in names.iter().enumerate() {
-        let x = 60.0 + ki as f64 * 260.0;
+    for (i, (name, color, _, _)) in panels[0].1.iter().enumerate() {
+        let x = 60.0 + (i % 3) as f64 * 260.0;
+        let y = h + 48.0 + (i / 3) as f64 * 16.0;
         svg.push_str(&format!(
-            "<rect x=\"{x}\" y=\"{}\" width=\"12\" height=\"4\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
-            h + 48.0,
-            colors[ki],
+            "<rect x=\"{x}\" y=\"{y}\" width=\"12\" height=\"4\" fill=\"{color}\"/><text x=\"{}\" y=\"{}\">{name}</text>\n",
             x + 16.0,
-            h + 53.0
+            y + 5.0
         ));
     }
     svg.push_str("</svg>\n");

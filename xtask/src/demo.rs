@@ -262,7 +262,7 @@ fn config(host_port: Option<u16>) -> String {
         )
     });
     format!(
-        r#"{{"cniVersion":"1.1.0","name":"demo","type":"cni-ebpf","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"ipMasq":true,"pinPath":"{DIR}/bpf","stateDir":"{DIR}/state","logFile":"{DIR}/plugin.log","cgroupPath":"","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"dataDir":"{DIR}/ipam"}}{rc}}}"#
+        r#"{{"cniVersion":"1.0.0","name":"demo","type":"cni-ebpf","bridge":"cni0","isGateway":true,"isDefaultGateway":true,"ipMasq":true,"pinPath":"{DIR}/bpf","stateDir":"{DIR}/state","logFile":"{DIR}/plugin.log","cgroupPath":"","ipam":{{"type":"host-local","ranges":[[{{"subnet":"10.244.1.0/24"}}]],"dataDir":"{DIR}/ipam"}}{rc}}}"#
     )
 }
 

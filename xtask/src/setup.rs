@@ -32,6 +32,22 @@ const TOOL_PACKAGES: &[&str] = &[
     // static binary with `file`.
     "shellcheck",
     "file",
+    // tests/containerd.rs: a real containerd 1.6 (CRI) with runc, its image
+    // busybox-static (both listed below); protoc builds the CRI client
+    // (k8s-cri generates its bindings at build time).
+    "containerd",
+    "protobuf-compiler",
+    // tests/podman.rs: rootful podman 4.3 with its CNI backend (the
+    // reference plugins above), runc as its OCI runtime (podman's default,
+    // crun, refuses this cgroup v1 hybrid setup), busybox in its image.
+    "podman",
+    "conmon",
+    "runc",
+    "busybox-static",
+    // tests/agent.rs: `promtool check metrics` and a real Prometheus server
+    // scraping the agent (started by the test, inside its node namespace;
+    // the package's own service is never started: see `Apt::ensure`).
+    "prometheus",
 ];
 /// Variables of an outer cargo that must not reach `cargo install`.
 pub const LEAKY_ENV: &[&str] = &[
@@ -55,7 +71,8 @@ const USAGE: &str = "usage: cargo xtask setup [--dry-run]
 Checks, and installs what is missing (as root): Debian's rustc-web/cargo-web with
 the BPF core, llvm-N-dev (N = LLVM major of /usr/bin/rustc), bpf-linker
 0.13.0, bpftool, iproute2, the reference CNI plugins, nsenter, iptables, ping,
-procps, and the rustup components rustfmt and clippy.
+procps, containerd, podman, runc, busybox-static, protoc, and the rustup
+components rustfmt and clippy. No service starts during the install.
 --dry-run only checks and says what it would install.";
 
 /// Entry point of `cargo xtask setup`.
@@ -172,11 +189,16 @@ impl Apt {
                 .run()?;
             self.updated = true;
         }
-        Cmd::new("apt-get")
+        // Installing a daemon (containerd, prometheus) must never start it on the
+        // machine: invoke-rc.d asks policy-rc.d, 101 = "not allowed".
+        let no_daemons = NoDaemons::install();
+        let installed = Cmd::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .run()?;
+            .run();
+        drop(no_daemons);
+        installed?;
         for p in missing {
             match Self::installed(p) {
                 Some(v) => println!("installed: {p} {v}"),
@@ -188,6 +210,41 @@ impl Apt {
             }
         }
         Ok(())
+    }
+}
+
+/// A `/usr/sbin/policy-rc.d` that forbids starting services, for as long as
+/// it lives; only written (and then removed) when the machine has none.
+struct NoDaemons(Option<PathBuf>);
+
+impl NoDaemons {
+    fn install() -> Self {
+        let p = PathBuf::from("/usr/sbin/policy-rc.d");
+        if p.exists() {
+            return NoDaemons(None);
+        }
+        let written = std::fs::write(
+            &p,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during apt-get install\nexit 101\n",
+        )
+        .and_then(|()| {
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        });
+        match written {
+            Ok(()) => NoDaemons(Some(p)),
+            Err(e) => {
+                println!("warning: cannot write {}: {e}", p.display());
+                NoDaemons(None)
+            }
+        }
+    }
+}
+
+impl Drop for NoDaemons {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

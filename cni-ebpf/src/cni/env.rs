@@ -146,13 +146,14 @@ pub struct CniEnv {
     pub command: Command,
     /// `CNI_CONTAINERID` (empty for VERSION, STATUS, GC).
     pub container_id: String,
-    /// `CNI_NETNS` (may be empty for DEL, VERSION, STATUS, GC).
+    /// `CNI_NETNS` (None for VERSION, STATUS, GC, and DEL without one).
     pub netns: Option<PathBuf>,
-    /// `CNI_IFNAME`.
+    /// `CNI_IFNAME` (empty for VERSION, STATUS, GC).
     pub ifname: String,
-    /// `CNI_ARGS`, parsed.
+    /// `CNI_ARGS`, parsed (ADD only; empty for the others, which do not
+    /// use it).
     pub args: CniArgs,
-    /// `CNI_PATH`, raw.
+    /// `CNI_PATH`, raw (empty for VERSION and STATUS).
     pub path: String,
 }
 
@@ -189,9 +190,45 @@ pub fn validate_ifname(s: &str) -> Result<(), CniError> {
     Ok(())
 }
 
+/// Whether a command reads a variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// Not looked at, whatever it holds.
+    Ignored,
+    /// Read and validated when set; may be empty.
+    Optional,
+    /// Must be set, then validated.
+    Required,
+}
+
+impl Command {
+    /// What the command reads from `CNI_*`, as the reference skel requires
+    /// it (`getCmdArgsFromEnv`) for the variables each command actually uses.
+    /// Everything else is not even looked at: libcni probes a plugin with
+    /// `CNI_COMMAND=VERSION CNI_CONTAINERID= CNI_NETNS=dummy CNI_IFNAME=dummy
+    /// CNI_PATH=dummy`, and podman drops a network whose plugin fails that.
+    /// Returns (container ID and ifname, netns, path, args).
+    fn uses(self) -> (Use, Use, Use, Use) {
+        use Use::{Ignored, Optional, Required};
+        match self {
+            // CNI_ARGS: requested IPs and MAC, pod name for the record.
+            Self::Add => (Required, Required, Required, Required),
+            // Delegated IPAM plugins are run from CNI_PATH.
+            Self::Check => (Required, Required, Required, Ignored),
+            // The netns may be gone already, or never given (spec: DEL).
+            Self::Del => (Required, Optional, Required, Ignored),
+            // Every attachment comes from the state records; delegated IPAM
+            // plugins are run for the stale ones.
+            Self::Gc => (Ignored, Ignored, Required, Ignored),
+            Self::Status | Self::Version => (Ignored, Ignored, Ignored, Ignored),
+        }
+    }
+}
+
 impl CniEnv {
     /// Reads and validates the environment through `get` (`std::env::var` in
-    /// production, a map in tests).
+    /// production, a map in tests): only what `CNI_COMMAND` uses (see
+    /// `Command::uses`); the fields a command ignores are empty.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, CniError> {
         let command_s = get("CNI_COMMAND").ok_or_else(|| {
             CniError::new(
@@ -200,33 +237,26 @@ impl CniEnv {
             )
         })?;
         let command = Command::parse(&command_s)?;
-        let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
+        let (container_use, netns_use, path_use, args_use) = command.uses();
         let mut missing = Vec::new();
-        let mut req = |name: &'static str, required: bool| -> String {
+        let mut req = |name: &'static str, usage: Use| -> String {
+            if usage == Use::Ignored {
+                return String::new();
+            }
             match get(name).filter(|v| !v.is_empty()) {
                 Some(v) => v,
                 None => {
-                    if required {
+                    if usage == Use::Required {
                         missing.push(name);
                     }
                     String::new()
                 }
             }
         };
-        let container_id = req("CNI_CONTAINERID", needs_container);
-        // DEL may come after the netns is gone: the spec lets CNI_NETNS be empty.
-        let netns = req(
-            "CNI_NETNS",
-            matches!(command, Command::Add | Command::Check),
-        );
-        let ifname = req("CNI_IFNAME", needs_container);
-        let path = req(
-            "CNI_PATH",
-            matches!(
-                command,
-                Command::Add | Command::Del | Command::Check | Command::Gc
-            ),
-        );
+        let container_id = req("CNI_CONTAINERID", container_use);
+        let netns = req("CNI_NETNS", netns_use);
+        let ifname = req("CNI_IFNAME", container_use);
+        let path = req("CNI_PATH", path_use);
         if !missing.is_empty() {
             return Err(CniError::new(
                 code::INVALID_ENV,
@@ -245,7 +275,7 @@ impl CniEnv {
                 "invalid CNI_CONTAINERID: longer than 512 bytes",
             ));
         }
-        if needs_container || !ifname.is_empty() {
+        if container_use == Use::Required {
             validate_ifname(&ifname)?;
         }
         for dir in path.split(':').filter(|d| !d.is_empty()) {
@@ -256,6 +286,8 @@ impl CniEnv {
                 ));
             }
         }
+        // Only the form is checked here: whether it still exists is the
+        // command's business (DEL goes on without it).
         let netns = if netns.is_empty() {
             None
         } else if !netns.starts_with('/') {
@@ -266,7 +298,10 @@ impl CniEnv {
         } else {
             Some(PathBuf::from(netns))
         };
-        let args = CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?;
+        let args = match args_use {
+            Use::Ignored => CniArgs::default(),
+            _ => CniArgs::parse(&get("CNI_ARGS").unwrap_or_default())?,
+        };
         Ok(Self {
             command,
             container_id,
@@ -352,6 +387,93 @@ mod tests {
         );
         assert_eq!(env(&with(&[("CNI_NETNS", "netns")])).unwrap_err().code, 4);
         assert_eq!(env(&with(&[("CNI_COMMAND", "FOO")])).unwrap_err().code, 4);
+    }
+
+    /// libcni's `GetVersionInfo` probe, exactly (podman validates every
+    /// network with it), and garbage in every variable VERSION does not use.
+    #[test]
+    fn version_reads_only_cni_command() {
+        let probe = [
+            ("CNI_COMMAND", "VERSION"),
+            ("CNI_CONTAINERID", ""),
+            ("CNI_NETNS", "dummy"),
+            ("CNI_IFNAME", "dummy"),
+            ("CNI_PATH", "dummy"),
+        ];
+        let e = env(&probe).unwrap();
+        assert_eq!(e.command, Command::Version);
+        let garbage = [
+            ("CNI_COMMAND", "VERSION"),
+            ("CNI_CONTAINERID", "../../etc"),
+            ("CNI_NETNS", "relative/\u{1}"),
+            ("CNI_IFNAME", "much-too-long-for-an-ifname/"),
+            ("CNI_PATH", "a:b::c"),
+            ("CNI_ARGS", "NOTKNOWN=1;novalue"),
+        ];
+        env(&garbage).unwrap();
+        env(&[("CNI_COMMAND", "VERSION")]).unwrap();
+    }
+
+    #[test]
+    fn status_and_gc_ignore_the_attachment_variables() {
+        let garbage = [
+            ("CNI_CONTAINERID", "-bad id"),
+            ("CNI_NETNS", "dummy"),
+            ("CNI_IFNAME", "a/b"),
+            ("CNI_ARGS", "FOO=bar"),
+        ];
+        for cmd in ["STATUS", "GC"] {
+            let mut vars = vec![("CNI_COMMAND", cmd), ("CNI_PATH", "/opt/cni/bin")];
+            vars.extend(garbage);
+            let e = env(&vars).unwrap();
+            assert_eq!(
+                (e.container_id.as_str(), e.ifname.as_str()),
+                ("", ""),
+                "{cmd}"
+            );
+            assert!(e.netns.is_none(), "{cmd}");
+        }
+        // STATUS runs no other plugin: CNI_PATH is not its business either.
+        env(&[("CNI_COMMAND", "STATUS"), ("CNI_PATH", "dummy")]).unwrap();
+        env(&[("CNI_COMMAND", "STATUS")]).unwrap();
+        // GC runs delegated IPAM plugins for stale attachments.
+        let e = env(&[("CNI_COMMAND", "GC")]).unwrap_err();
+        assert!(e.msg.contains("[CNI_PATH]"), "{}", e.msg);
+        let e = env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "dummy")]).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+    }
+
+    #[test]
+    fn only_add_reads_cni_args() {
+        for cmd in ["DEL", "CHECK"] {
+            env(&with(&[("CNI_COMMAND", cmd), ("CNI_ARGS", "FOO=bar")])).unwrap();
+        }
+        let e = env(&with(&[("CNI_ARGS", "FOO=bar")])).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
+    }
+
+    #[test]
+    fn del_takes_a_netns_that_no_longer_exists() {
+        let e = env(&with(&[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_NETNS", "/run/netns/cni-ebpf-gone-long-ago"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            e.netns.unwrap(),
+            PathBuf::from("/run/netns/cni-ebpf-gone-long-ago")
+        );
+        // Still required and checked: what DEL uses.
+        for (k, v) in [
+            ("CNI_CONTAINERID", ""),
+            ("CNI_IFNAME", ""),
+            ("CNI_PATH", ""),
+        ] {
+            let e = env(&with(&[("CNI_COMMAND", "DEL"), (k, v)])).unwrap_err();
+            assert!(e.msg.contains(k), "{k}: {}", e.msg);
+        }
+        let e = env(&with(&[("CNI_COMMAND", "DEL"), ("CNI_PATH", "dummy")])).unwrap_err();
+        assert_eq!(e.code, code::INVALID_ENV);
     }
 
     #[test]

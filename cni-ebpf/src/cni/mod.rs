@@ -2,6 +2,7 @@
 
 pub mod env;
 pub mod error;
+pub mod gojson;
 pub mod types;
 pub mod version;
 

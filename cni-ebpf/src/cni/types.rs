@@ -12,7 +12,22 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::error::{code, CniError};
+use super::{
+    error::{code, CniError},
+    gojson::{self, Fields, Object},
+};
+
+crate::go_fields! {
+    /// A result's top-level keys (every version's).
+    pub enum ResultKey {
+        Dns = "dns",
+        Ip4 = "ip4",
+        Ip6 = "ip6",
+        Interfaces = "interfaces",
+        Ips = "ips",
+        Routes = "routes",
+    }
+}
 
 /// An interface in a result: the bridge, the host veth, the container veth.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -139,7 +154,7 @@ struct WireLegacyIp {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &Value) -> Result<T, CniError> {
-    T::deserialize(v).map_err(|e| {
+    gojson::from_value(v).map_err(|e| {
         CniError::new(code::DECODE, format!("cannot decode {what}")).with_details(e.to_string())
     })
 }
@@ -147,17 +162,21 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, v: &Value) -> Result<T, Cn
 impl CniResult {
     /// Reads a result of any supported version (0.1.0 to 1.1.0).
     pub fn from_value(v: &Value) -> Result<Self, CniError> {
-        let obj = v.as_object().ok_or_else(|| {
-            CniError::new(code::DECODE, "result is not a JSON object".to_string())
-        })?;
+        let obj = Object::<ResultKey>::fold(
+            v.as_object()
+                .ok_or_else(|| {
+                    CniError::new(code::DECODE, "result is not a JSON object".to_string())
+                })?
+                .clone(),
+        );
         let mut r = CniResult::default();
-        if let Some(d) = obj.get("dns") {
+        if let Some(d) = obj.get(ResultKey::Dns) {
             r.dns = decode("result dns", d)?;
         }
-        if obj.contains_key("ip4") || obj.contains_key("ip6") {
-            for key in ["ip4", "ip6"] {
+        if obj.contains(ResultKey::Ip4) || obj.contains(ResultKey::Ip6) {
+            for key in [ResultKey::Ip4, ResultKey::Ip6] {
                 if let Some(x) = obj.get(key).filter(|x| !x.is_null()) {
-                    let ip: WireLegacyIp = decode(key, x)?;
+                    let ip: WireLegacyIp = decode(key.name(), x)?;
                     r.ips.push(IpConfig {
                         address: ip.ip,
                         gateway: ip.gateway,
@@ -168,10 +187,10 @@ impl CniResult {
             }
             return Ok(r);
         }
-        if let Some(x) = obj.get("interfaces").filter(|x| !x.is_null()) {
+        if let Some(x) = obj.get(ResultKey::Interfaces).filter(|x| !x.is_null()) {
             r.interfaces = decode("result interfaces", x)?;
         }
-        if let Some(x) = obj.get("ips").filter(|x| !x.is_null()) {
+        if let Some(x) = obj.get(ResultKey::Ips).filter(|x| !x.is_null()) {
             let ips: Vec<WireIp> = decode("result ips", x)?;
             for ip in ips {
                 if let Some(i) = ip.interface {
@@ -192,7 +211,7 @@ impl CniResult {
                 });
             }
         }
-        if let Some(x) = obj.get("routes").filter(|x| !x.is_null()) {
+        if let Some(x) = obj.get(ResultKey::Routes).filter(|x| !x.is_null()) {
             r.routes = decode("result routes", x)?;
         }
         Ok(r)
@@ -310,6 +329,22 @@ mod tests {
         };
         assert_eq!(r.to_value("1.1.0")["interfaces"][0]["mtu"], 1400);
         assert!(r.to_value("1.0.0")["interfaces"][0].get("mtu").is_none());
+    }
+
+    #[test]
+    fn keys_match_as_in_go() {
+        let r = CniResult::from_value(&json!({
+            "CNIVersion": "1.0.0",
+            "Interfaces": [{"Name": "eth0", "MAC": "aa:bb:cc:dd:ee:00", "Sandbox": "/run/netns/x"}],
+            "IPs": [{"Address": "10.0.0.2/24", "Gateway": "10.0.0.1", "Interface": 0}],
+            "Routes": [{"Dst": "0.0.0.0/0", "GW": "10.0.0.1"}],
+            "DNS": {"Nameservers": ["10.0.0.1"]}
+        }))
+        .unwrap();
+        assert_eq!(r.interfaces[0].sandbox, "/run/netns/x");
+        assert_eq!(r.ips[0].interface, Some(0));
+        assert_eq!(r.routes[0].gw, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(r.dns.nameservers, ["10.0.0.1"]);
     }
 
     #[test]

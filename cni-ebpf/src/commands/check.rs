@@ -3,13 +3,14 @@
 
 use std::net::IpAddr;
 
-use super::{addrs, nl_err, ns_err};
+use super::{addrs, nl_err};
 use crate::{
     cni::{code, CniEnv, CniError},
     config::{Mode, NetConf},
     datapath::{AttachMode, Datapath},
     ipam::Ipam,
     netlink::Netlink,
+    network::{self, Request},
     state::Store,
 };
 
@@ -47,8 +48,9 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     }
 
     // Host veth.
-    let h = rec.host_veth.clone();
-    let host = Netlink::with(|nl| async move { nl.link_by_name(&h).await })
+    let nl = Netlink::open().map_err(|e| nl_err("netlink socket", e))?;
+    let host = nl
+        .call(nl.link_by_name(&rec.host_veth))
         .map_err(|e| nl_err("look up host veth", e))?
         .ok_or_else(|| mismatch(format!("host veth {} is gone", rec.host_veth)))?;
     if Some(host.index) != rec.host_ifindex {
@@ -57,47 +59,11 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             rec.host_veth, host.index, rec.host_ifindex
         )));
     }
-    if rec.mode == Mode::Bridge && host.master.is_none() {
-        return Err(mismatch(format!(
-            "host veth {} is not on bridge {}",
-            rec.host_veth, conf.bridge
-        )));
-    }
 
-    // Container interface and addresses.
+    // The interfaces as the driver made them, then the addresses IPAM holds.
+    let req = Request { env, conf, nl: &nl };
+    network::driver(rec.mode).check(&req, &rec, &host)?;
     if rec.mode != Mode::Chained {
-        let ns = super::pod_netns(env)?;
-        let ifn = env.ifname.clone();
-        let (link, have) = ns
-            .run(|| {
-                Netlink::with(|nl| async move {
-                    let Some(l) = nl.link_by_name(&ifn).await? else {
-                        return Ok((None, Vec::new()));
-                    };
-                    let a = nl.addrs(l.index).await?;
-                    Ok((Some(l), a))
-                })
-            })
-            .map_err(ns_err)?
-            .map_err(|e| nl_err("read the container interface", e))?;
-        let link = link.ok_or_else(|| {
-            mismatch(format!(
-                "interface {} is gone from {}",
-                env.ifname,
-                ns.path()
-            ))
-        })?;
-        if !link.up {
-            return Err(mismatch(format!("interface {} is down", env.ifname)));
-        }
-        for n in &rec.ips {
-            if !have.contains(n) {
-                return Err(mismatch(format!(
-                    "interface {} lacks address {n}",
-                    env.ifname
-                )));
-            }
-        }
         if let Some(ipam) = Ipam::from_conf(conf)? {
             ipam.check(conf, &env.container_id, &env.ifname, &ips, &env.path)?;
         }
@@ -114,8 +80,8 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     let attached = match rec.attach_mode {
         Some(AttachMode::Tcx) => dp.has_link_pins(&rec.host_veth),
         _ => {
-            let idx = host.index;
-            let (i, e) = Netlink::with(|nl| async move { nl.has_bpf_filters(idx).await })
+            let (i, e) = nl
+                .call(nl.has_bpf_filters(host.index))
                 .map_err(|e| nl_err("list tc filters", e))?;
             i && e
         }

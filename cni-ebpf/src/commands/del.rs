@@ -1,8 +1,11 @@
-//! DEL: best-effort, complete, idempotent. Works with no state record, no
-//! netns, no prevResult, no runtimeConfig, and any number of repeats; keeps
-//! going past errors and reports them all at the end.
+//! DEL, as the reference plugins' `cmdDel`: best-effort, complete,
+//! idempotent. Works with no state record, no netns, no prevResult, no
+//! runtimeConfig, and any number of repeats; keeps going past errors and
+//! reports them all at the end. The walk: the driver's teardown
+//! (interfaces), the data path (programs, map entries, hostPorts), IPAM,
+//! then the state record.
 
-use super::{addrs, nl_err};
+use super::{addrs, nl_err, TeardownError};
 use crate::{
     cni::{CniEnv, CniError},
     config::{Mode, NetConf},
@@ -10,7 +13,7 @@ use crate::{
     info,
     ipam::Ipam,
     netlink::Netlink,
-    netns::Netns,
+    network::{self, Teardown},
     state::{host_veth_name, Record, Store},
     warn,
 };
@@ -38,7 +41,7 @@ pub fn teardown(
     netns: Option<String>,
     cni_path: &str,
 ) -> Result<(), CniError> {
-    let mut errors: Vec<String> = Vec::new();
+    let mut errors: Vec<TeardownError> = Vec::new();
     // A corrupt record is treated as absent (everything is then found by the
     // derived names and the owner tag) and removed at the end.
     let record: Option<Record> = match store.load(container_id, ifname) {
@@ -65,22 +68,39 @@ pub fn teardown(
     };
     let owner = crate::state::owner(container_id, ifname);
 
-    // Interfaces we created.
+    // Interfaces, by the driver that made them.
     let mut tomb = None;
-    if mode != Mode::Chained {
-        let ns_path = netns
-            .or_else(|| record.as_ref().map(|r| r.netns.clone()))
-            .filter(|p| !p.is_empty());
-        // TCX links must be unpinned after their device is gone (detaching
-        // from a live device waits for RCU), so only netlink attachments
-        // can leave the deletion to the reaper.
-        let deferred = record
-            .as_ref()
-            .is_some_and(|r| r.attach_mode == Some(AttachMode::Netlink));
-        match remove_veth(&host, ifname, ns_path.as_deref(), deferred) {
-            Ok(t) => tomb = t,
-            Err(e) => errors.push(e),
+    let nl = Netlink::open();
+    // What a delegated IPAM plugin is told (GC passes the record's).
+    let ipam_netns = netns.clone();
+    match &nl {
+        Ok(nl) if mode != Mode::Chained => {
+            let ns_path = netns
+                .or_else(|| record.as_ref().map(|r| r.netns.clone()))
+                .filter(|p| !p.is_empty());
+            let t = Teardown {
+                conf,
+                nl,
+                record: record.as_ref(),
+                host_veth: &host,
+                ifname,
+                netns: ns_path.as_deref(),
+                // TCX links must be unpinned after their device is gone
+                // (detaching from a live device waits for RCU), so only
+                // netlink attachments can leave the deletion to the reaper.
+                deferred: record
+                    .as_ref()
+                    .is_some_and(|r| r.attach_mode == Some(AttachMode::Netlink)),
+            };
+            let done = network::driver(mode).teardown(&t);
+            tomb = done.tomb;
+            errors.extend(done.errors.into_iter().map(TeardownError::Driver));
         }
+        Ok(_) => {}
+        Err(e) => errors.push(TeardownError::Netlink {
+            what: "netlink socket",
+            source: clone_nl(e),
+        }),
     }
 
     // Programs and map entries, if the data path exists at all (DEL never
@@ -89,15 +109,22 @@ pub fn teardown(
     let dp = Datapath::layout(&conf.pin_path);
     if dp.map_path(cni_ebpf_common::map::ENDPOINTS).exists() {
         // Unpins TCX links, removes our filters where the device stays
-        // (chained mode); both are no-ops when already gone.
-        dp.detach_endpoint(&host);
+        // (chained mode, or a veth the driver could not remove); both are
+        // no-ops when already gone.
+        match &nl {
+            Ok(nl) if mode == Mode::Chained || !errors.is_empty() => dp.detach_endpoint(nl, &host),
+            _ => dp.unpin_endpoint(&host),
+        }
         let res = match &record {
             Some(r) => dp.remove_endpoint(&addrs(&r.ips), r.host_ifindex, owner),
             // No record: find what this owner holds by scanning (rare path).
             None => dp.remove_owner(owner).map(drop),
         };
         if let Err(e) = res {
-            errors.push(super::bpf_err("remove endpoint entries", e).to_string());
+            errors.push(TeardownError::Datapath {
+                what: "remove endpoint entries",
+                source: e,
+            });
         }
         // hostPorts: from the record (DEL needs no runtimeConfig), else by owner.
         let ips = record.as_ref().map(|r| addrs(&r.ips)).unwrap_or_default();
@@ -105,29 +132,10 @@ pub fn teardown(
             .as_ref()
             .map(|r| (r.port_mappings.as_slice(), ips.as_slice()));
         if let Err(e) = dp.release_ports(known, owner) {
-            errors.push(super::bpf_err("remove hostPort mappings", e).to_string());
-        }
-    }
-
-    // The node's neighbour entries of the pod's addresses on the bridge: ADD
-    // sets them (so a reused address never keeps an old MAC), and with the
-    // bridge up they would otherwise stay until the kernel's neighbour GC,
-    // which the node-wide table limit (gc_thresh3) can reach first. Before
-    // the release below, so no new pod holds these addresses yet.
-    if mode == Mode::Bridge {
-        if let Some(r) = record.as_ref().filter(|r| !r.ips.is_empty()) {
-            let (bridge, ips) = (conf.bridge.clone(), addrs(&r.ips));
-            let res = Netlink::with(|nl| async move {
-                if let Some(br) = nl.link_by_name(&bridge).await? {
-                    for ip in ips {
-                        nl.del_neigh(br.index, ip).await?;
-                    }
-                }
-                Ok(())
+            errors.push(TeardownError::Datapath {
+                what: "remove hostPort mappings",
+                source: e,
             });
-            if let Err(e) = res {
-                errors.push(nl_err("delete the pod's neighbour entries", e).to_string());
-            }
         }
     }
 
@@ -137,19 +145,32 @@ pub fn teardown(
         match Ipam::from_conf(conf) {
             Ok(Some(ipam)) => {
                 let known = record.as_ref().map(|r| addrs(&r.ips)).unwrap_or_default();
-                if let Err(e) = ipam.del(conf, container_id, ifname, &known, cni_path) {
-                    errors.push(format!("IPAM release: {e}"));
+                if let Err(e) = ipam.del(
+                    conf,
+                    container_id,
+                    ifname,
+                    &known,
+                    cni_path,
+                    ipam_netns.as_deref(),
+                ) {
+                    errors.push(TeardownError::Cni {
+                        what: "IPAM release",
+                        error: e,
+                    });
                 }
             }
             Ok(None) => {}
-            Err(e) => errors.push(format!("IPAM config: {e}")),
+            Err(e) => errors.push(TeardownError::Cni {
+                what: "IPAM config",
+                error: e,
+            }),
         }
     }
 
     // Last, so its deletion (which holds the RTNL lock for a while) does not
     // slow the steps above.
-    if let Some(t) = tomb {
-        reap(t);
+    if let (Some(t), Ok(nl)) = (tomb, &nl) {
+        reap(nl, t);
     }
     // The record stays while anything is left, so a retried DEL knows what.
     super::teardown_result(&format!("DEL {container_id}/{ifname}"), &errors)?;
@@ -158,64 +179,20 @@ pub fn teardown(
     Ok(())
 }
 
+/// The socket error again (an `io::Error` is not `Clone`).
+fn clone_nl(e: &crate::netlink::NlError) -> crate::netlink::NlError {
+    crate::netlink::NlError::Io(std::io::Error::other(e.to_string()))
+}
+
 /// Deletes a retired veth pair: in a reaper after DEL returns, or here if
 /// none starts.
-fn reap(tomb: String) {
+fn reap(nl: &Netlink, tomb: String) {
     if crate::reaper::spawn(std::slice::from_ref(&tomb)) {
         return;
     }
     warn!("could not start the reaper: deleting {tomb} in place");
-    if let Err(e) = Netlink::with(|nl| async move { nl.del_veth(&tomb).await }) {
+    if let Err(e) = nl.call(nl.del_veth(&tomb)) {
         // Still down and renamed; GC deletes it.
         warn!("{}", nl_err("delete retired veth", e));
     }
-}
-
-/// Removes the veth pair of an attachment: the host side `host` in this
-/// namespace, the pod side `ifname` in `netns`. With `deferred`, both are
-/// only retired (down, renamed), which frees their names at once, and the
-/// tombstone name to [`reap`] is returned; otherwise they are deleted here.
-fn remove_veth(
-    host: &str,
-    ifname: &str,
-    netns: Option<&str>,
-    deferred: bool,
-) -> Result<Option<String>, String> {
-    let pod_ns = netns
-        .and_then(|p| Netns::open(std::path::Path::new(p)).ok())
-        .filter(|ns| !ns.is_current());
-    if deferred {
-        let h = host.to_string();
-        let retired = Netlink::with(|nl| async move { nl.retire_veth(&h).await })
-            .map_err(|e| nl_err("retire host veth", e).to_string())?;
-        if let Some(tomb) = retired {
-            // The pod side keeps its name until the pair is deleted: free it
-            // for an ADD into the same namespace (podman reconnects do that).
-            // If that fails, deleting the pair here frees it too.
-            if let Some(ns) = &pod_ns {
-                let ifn = ifname.to_string();
-                let r = ns.run(|| Netlink::with(|nl| async move { nl.retire_veth(&ifn).await }));
-                if !matches!(r, Ok(Ok(_))) {
-                    warn!("could not retire {ifname} in the container: deleting the pair");
-                    return Netlink::with(|nl| async move { nl.del_veth(&tomb).await })
-                        .map(|()| None)
-                        .map_err(|e| nl_err("delete host veth", e).to_string());
-                }
-            }
-            return Ok(Some(tomb));
-        }
-    }
-    let h = host.to_string();
-    Netlink::with(|nl| async move { nl.del_veth(&h).await })
-        .map_err(|e| nl_err("delete host veth", e).to_string())?;
-    // If the host side was already gone but the pod still has our veth (a
-    // half-finished ADD moved on), remove it inside the pod. A missing netns
-    // is normal for DEL.
-    if let Some(ns) = pod_ns {
-        let ifn = ifname.to_string();
-        if let Ok(Err(e)) = ns.run(|| Netlink::with(|nl| async move { nl.del_veth(&ifn).await })) {
-            return Err(nl_err("delete container veth", e).to_string());
-        }
-    }
-    Ok(None)
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::del::teardown;
+use super::{del::teardown, TeardownError};
 use crate::{
     cni::{code, CniEnv, CniError},
     config::NetConf,
@@ -38,11 +38,8 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             "GC: removing stale attachment {}/{}",
             rec.container_id, rec.ifname
         );
-        // A delegated IPAM plugin reads the attachment from its environment.
-        // Single-threaded here, so changing our own environment is sound.
-        std::env::set_var("CNI_CONTAINERID", &rec.container_id);
-        std::env::set_var("CNI_IFNAME", &rec.ifname);
-        std::env::set_var("CNI_NETNS", &rec.netns);
+        // A delegated IPAM plugin reads the attachment from its environment,
+        // which teardown sets for it (CNI_CONTAINERID, CNI_IFNAME, CNI_NETNS).
         if let Err(e) = teardown(
             &store,
             conf,
@@ -51,7 +48,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             Some(rec.netns.clone()),
             &env.path,
         ) {
-            errors.push(e.to_string());
+            errors.push(TeardownError::Cni { what: "", error: e });
         }
     }
     // Reservations of the built-in IPAM without any valid attachment.
@@ -60,7 +57,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
             for (_, id, ifname) in all {
                 if !keep.contains(&(id.clone(), ifname.clone())) {
                     if let Err(e) = host_local::release(&c, &conf.name, &id, &ifname) {
-                        errors.push(e.to_string());
+                        errors.push(TeardownError::Cni { what: "", error: e });
                     }
                 }
             }
@@ -68,30 +65,44 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
     }
     // Link pins of interfaces that no longer exist.
     let dp = Datapath::layout(&conf.pin_path);
+    let nl = crate::netlink::Netlink::open();
     for ifname in dp.pinned_link_ifnames() {
         if live_veths.contains(&ifname) {
             continue;
         }
         // Asked over netlink: /sys/class/net shows the namespace sysfs was
         // mounted in, which need not be the node's.
-        let n = ifname.clone();
-        let exists = crate::netlink::Netlink::with(|nl| async move { nl.link_by_name(&n).await })
-            .map(|l| l.is_some())
+        let exists = nl
+            .as_ref()
+            .map_or(Ok(None), |nl| nl.call(nl.link_by_name(&ifname)).map(Some))
+            .map(|l| l.is_none_or(|l| l.is_some()))
             .unwrap_or(true);
         if !exists {
-            dp.detach_endpoint(&ifname);
+            dp.unpin_endpoint(&ifname);
         }
     }
     // Retired veths a reaper did not get to (see reaper.rs).
-    match crate::netlink::Netlink::with(|nl| async move { nl.tombstones().await }) {
+    let tombstones = match &nl {
+        Ok(nl) => nl.call(nl.tombstones()),
+        Err(e) => Err(crate::netlink::NlError::Io(std::io::Error::other(
+            e.to_string(),
+        ))),
+    };
+    match tombstones {
         Ok(t) if !t.is_empty() => {
             info!("GC: deleting {} retired veths", t.len());
             if let Err(e) = crate::reaper::reap(&t) {
-                errors.push(super::nl_err("delete retired veths", e).to_string());
+                errors.push(TeardownError::Netlink {
+                    what: "delete retired veths",
+                    source: e,
+                });
             }
         }
         Ok(_) => {}
-        Err(e) => errors.push(super::nl_err("list retired veths", e).to_string()),
+        Err(e) => errors.push(TeardownError::Netlink {
+            what: "list retired veths",
+            source: e,
+        }),
     }
     // Translations whose pod is gone (the programs ignore them already;
     // this frees their slots).
@@ -99,7 +110,10 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<(), CniError> {
         match dp.prune_nat() {
             Ok(n) if n > 0 => info!("GC: removed {n} stale translations"),
             Ok(_) => {}
-            Err(e) => errors.push(super::bpf_err("prune translations", e).to_string()),
+            Err(e) => errors.push(TeardownError::Datapath {
+                what: "prune translations",
+                source: e,
+            }),
         }
     }
     super::teardown_result("GC", &errors)

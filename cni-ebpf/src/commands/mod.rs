@@ -15,15 +15,84 @@ use crate::{
     datapath::BpfError,
     netlink::NlError,
     netns::NetnsError,
+    network::DriverError,
 };
 
 /// Folds a data-path error into a CNI error.
 pub fn bpf_err(what: &str, e: BpfError) -> CniError {
+    bpf_err_ref(what, &e)
+}
+
+fn bpf_err_ref(what: &str, e: &BpfError) -> CniError {
     let c = match e {
         BpfError::Bpffs { .. } | BpfError::Io { .. } => code::IO,
         _ => code::KERNEL,
     };
-    CniError::new(c, format!("{what}: {e}")).with_details(crate::cni::error::chain(&e))
+    CniError::new(c, format!("{what}: {e}")).with_details(crate::cni::error::chain(e))
+}
+
+/// One failure of a best-effort teardown (DEL, GC), kept typed with its
+/// source until [`teardown_result`] renders the list at the edge (as
+/// netavark's error list); each is shown as the CNI error it would be.
+#[derive(Debug)]
+pub enum TeardownError {
+    /// The network driver could not remove something.
+    Driver(DriverError),
+    /// A data-path step failed.
+    Datapath {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: BpfError,
+    },
+    /// A netlink request failed.
+    Netlink {
+        /// The step.
+        what: &'static str,
+        /// Why.
+        source: NlError,
+    },
+    /// A step that reports CNI errors already (IPAM, the state store, a
+    /// nested teardown), with what was being done in front.
+    Cni {
+        /// The step, empty if the error says it.
+        what: &'static str,
+        /// The error.
+        error: CniError,
+    },
+}
+
+impl TeardownError {
+    /// The CNI error this failure is on its own.
+    pub fn to_cni(&self) -> CniError {
+        match self {
+            Self::Driver(e) => CniError::from(e),
+            Self::Datapath { what, source } => bpf_err_ref(what, source),
+            Self::Netlink { what, source } => nl_err(what, source),
+            Self::Cni { what: "", error } => error.clone(),
+            Self::Cni { what, error } => CniError {
+                msg: format!("{what}: {}", error.msg),
+                ..error.clone()
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for TeardownError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_cni().fmt(f)
+    }
+}
+
+impl std::error::Error for TeardownError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Driver(e) => Some(e),
+            Self::Datapath { source, .. } => Some(source),
+            Self::Netlink { source, .. } => Some(source),
+            Self::Cni { error, .. } => Some(error),
+        }
+    }
 }
 
 /// Installs the hostPort mappings of an attachment; a port held by another
@@ -109,23 +178,25 @@ fn port_err(conf: &crate::config::NetConf, e: crate::datapath::PortError) -> Cni
 
 /// The result of a best-effort teardown (DEL, GC) that collected `errors`:
 /// each is logged, the first names the error, all go to `details`.
-pub fn teardown_result(what: &str, errors: &[String]) -> Result<(), CniError> {
-    for e in errors {
+pub fn teardown_result(what: &str, errors: &[TeardownError]) -> Result<(), CniError> {
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    for e in &shown {
         crate::warn!("{what}: {e}");
     }
-    match errors.first() {
+    match shown.first() {
         None => Ok(()),
         Some(first) => Err(CniError::new(
             code::IO,
             format!("{what} left {} problem(s): {first}", errors.len()),
         )
-        .with_details(errors.join("; "))),
+        .with_details(shown.join("; "))),
     }
 }
 
 /// Folds a netlink error into a CNI error.
-pub fn nl_err(what: &str, e: NlError) -> CniError {
-    CniError::new(code::KERNEL, format!("{what}: {e}")).with_details(crate::cni::error::chain(&e))
+pub fn nl_err(what: &str, e: impl std::borrow::Borrow<NlError>) -> CniError {
+    let e = e.borrow();
+    CniError::new(code::KERNEL, format!("{what}: {e}")).with_details(crate::cni::error::chain(e))
 }
 
 /// Opens `CNI_NETNS` (required for ADD and CHECK, so its absence is code 4).

@@ -3,18 +3,21 @@
 //! TCX (Linux 6.6+) links are pinned under `links/`; the pin is what keeps
 //! them attached after the CNI process exits, and removing the pin detaches.
 //! Where TCX is unavailable (or disabled), a clsact qdisc with a cls_bpf
-//! filter is used instead; such a filter lives as long as the device.
+//! filter is used instead; such a filter lives as long as the device. Every
+//! cls_bpf filter is made, replaced and removed with the command's own
+//! netlink handle ([`Netlink::add_bpf_filter`], [`Netlink::del_bpf_filters`]);
+//! aya is used for TCX links only.
 
 use aya::programs::{
     links::{FdLink, LinkOrder, PinnedLink},
-    tc::{qdisc_add_clsact, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    tc::{SchedClassifierLink, TcAttachOptions},
     SchedClassifier, TcAttachType,
 };
 use cni_ebpf_common::prog;
 use serde::{Deserialize, Serialize};
 
 use super::pins::{open_pinned_prog, pin_link, BpfError, Datapath};
-use crate::netlink::{Link, Netlink};
+use crate::netlink::{Link, Netlink, NlError};
 use std::os::fd::AsFd;
 
 /// How programs are attached.
@@ -83,11 +86,21 @@ impl Datapath {
     /// Attaches `from_container`/`to_container` to the host veth `host`.
     /// Returns the mode actually used. Re-attaching replaces an earlier
     /// attachment of ours instead of stacking a second one.
-    pub fn attach_endpoint(&self, host: &Link, mode: AttachMode) -> Result<AttachMode, BpfError> {
-        if mode == AttachMode::Netlink {
-            return self.attach_netlink_fresh(host, &ENDPOINT);
-        }
-        self.attach_tc(&host.name, &ENDPOINT, None, mode, How::Fresh)
+    pub fn attach_endpoint(
+        &self,
+        nl: &Netlink,
+        host: &Link,
+        mode: AttachMode,
+    ) -> Result<AttachMode, BpfError> {
+        self.attach_tc(
+            nl,
+            &host.name,
+            Some(host.index),
+            &ENDPOINT,
+            None,
+            mode,
+            How::Fresh,
+        )
     }
 
     /// Puts this build's programs on the existing host veth `ifname` of a
@@ -95,67 +108,60 @@ impl Datapath {
     /// attached (repair, upgrade).
     pub fn reattach_endpoint(
         &self,
+        nl: &Netlink,
         ifname: &str,
         mode: AttachMode,
     ) -> Result<AttachMode, BpfError> {
-        self.attach_tc(ifname, &ENDPOINT, None, mode, How::Replace)
+        self.attach_tc(nl, ifname, None, &ENDPOINT, None, mode, How::Replace)
     }
 
     /// Attaches `from_netdev`/`to_netdev` to the uplink `ifname`, replacing
     /// an earlier attachment of ours (idempotent; after lost pins the old
     /// filters are still there).
-    pub fn attach_uplink(&self, ifname: &str, mode: AttachMode) -> Result<AttachMode, BpfError> {
-        self.attach_tc(ifname, &UPLINK, Some(UPLINK_LINKS), mode, How::Replace)
+    pub fn attach_uplink(
+        &self,
+        nl: &Netlink,
+        ifname: &str,
+        mode: AttachMode,
+    ) -> Result<AttachMode, BpfError> {
+        self.attach_tc(
+            nl,
+            ifname,
+            None,
+            &UPLINK,
+            Some(UPLINK_LINKS),
+            mode,
+            How::Replace,
+        )
     }
 
-    /// Replaces the program of our attachment at `kind` of `ifname` in place.
-    /// `Ok(false)` when there is none to replace.
-    fn replace_in_place(
-        p: &mut SchedClassifier,
-        ifname: &str,
-        kind: TcAttachType,
-        tcx_pin: Option<&std::path::Path>,
-    ) -> Result<bool, BpfError> {
-        let link = match tcx_pin {
-            Some(pin) => {
-                let Ok(pinned) = PinnedLink::from_pin(pin) else {
-                    return Ok(false);
-                };
-                match SchedClassifierLink::try_from(FdLink::from(pinned)) {
-                    Ok(l) => l,
-                    Err(_) => return Ok(false),
-                }
-            }
-            None => SchedClassifierLink::attached(
-                ifname,
-                kind,
-                NL_PRIORITY,
-                TcHandle::new(0, NL_HANDLE),
-                None,
-            )
-            .map_err(|e| BpfError::Link {
-                name: ifname.into(),
-                what: "look up device",
-                source: Box::new(e),
-            })?,
+    /// Replaces the program of our TCX link pinned at `pin` in place
+    /// (`BPF_LINK_UPDATE`). `Ok(false)` when there is none to replace.
+    fn replace_link(p: &mut SchedClassifier, pin: &std::path::Path) -> Result<bool, BpfError> {
+        let Ok(pinned) = PinnedLink::from_pin(pin) else {
+            return Ok(false);
         };
-        // A netlink change without NLM_F_CREATE fails (ENOENT) when there
-        // is no filter of ours to change: then the caller attaches anew.
+        let Ok(link) = SchedClassifierLink::try_from(FdLink::from(pinned)) else {
+            return Ok(false);
+        };
         let Ok(id) = p.attach_to_link(link) else {
             return Ok(false);
         };
         let link = p
             .take_link(id)
-            .map_err(BpfError::program(ifname, "take link"))?;
-        // The filter, or the link's pin, keeps the attachment; dropping the
-        // netlink link would detach it.
+            .map_err(BpfError::program(pin.display().to_string(), "take link"))?;
+        // The link's pin keeps the attachment; dropping the link would not
+        // detach it, but forgetting keeps its fd semantics out of the way.
         std::mem::forget(link);
         Ok(true)
     }
 
+    #[allow(clippy::too_many_arguments, reason = "one attach, its inputs")]
     fn attach_tc(
         &self,
+        nl: &Netlink,
         ifname: &str,
+        index: Option<u32>,
         hooks: &Hooks,
         sub: Option<&str>,
         mode: AttachMode,
@@ -169,32 +175,21 @@ impl Datapath {
                 .map(|v| v >= aya::util::KernelVersion::new(6, 6, 0))
                 .unwrap_or(false),
         };
+        if !use_tcx {
+            return self.attach_filters(nl, ifname, index, hooks, how);
+        }
         // Callers that may find an earlier attachment of ours on the device
         // (chained mode) detach first; a stale link pin of the same name would
         // only make pinning fail, so TCX clears those here.
-        if use_tcx {
-            if how == How::Fresh {
-                self.unpin_links(ifname, hooks, sub);
-            }
-            if let Some(parent) = self.link_pin(sub, ifname, "x").parent() {
-                crate::private::create_dir(parent).map_err(|e| BpfError::Link {
-                    name: parent.display().to_string(),
-                    what: "create link pin dir",
-                    source: Box::new(e),
-                })?;
-            }
-        } else {
-            match qdisc_add_clsact(ifname) {
-                Ok(()) | Err(TcError::AlreadyAttached) => {}
-                Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    return Err(BpfError::Link {
-                        name: ifname.into(),
-                        what: "add clsact qdisc",
-                        source: Box::new(e),
-                    })
-                }
-            }
+        if how == How::Fresh {
+            self.unpin_links(ifname, hooks, sub);
+        }
+        if let Some(parent) = self.link_pin(sub, ifname, "x").parent() {
+            crate::private::create_dir(parent).map_err(|e| BpfError::Link {
+                name: parent.display().to_string(),
+                what: "create link pin dir",
+                source: Box::new(e),
+            })?;
         }
         for &(name, kind, dir) in hooks {
             let path = self.prog_path(name);
@@ -204,36 +199,23 @@ impl Datapath {
             ))?;
             let pin = self.link_pin(sub, ifname, dir);
             if how == How::Replace {
-                let tcx_pin = use_tcx.then_some(pin.as_path());
-                if Self::replace_in_place(&mut p, ifname, kind, tcx_pin)? {
+                if Self::replace_link(&mut p, &pin)? {
                     continue;
                 }
-                if use_tcx {
-                    // A pin that is not a live TCX link of ours.
-                    let _ = std::fs::remove_file(&pin);
-                }
+                // A pin that is not a live TCX link of ours.
+                let _ = std::fs::remove_file(&pin);
             }
-            let opts = if use_tcx {
-                // Re-attaching after lost pins: the old link may not be
-                // released yet (its pin's inode goes when the unmounted
-                // bpffs is freed), and a TCX program that passes a packet
-                // ends the chain, so ours must run first.
-                TcAttachOptions::TcxOrder(if how == How::Replace {
-                    LinkOrder::first()
-                } else {
-                    LinkOrder::default()
-                })
+            // Re-attaching after lost pins: the old link may not be released
+            // yet (its pin's inode goes when the unmounted bpffs is freed),
+            // and a TCX program that passes a packet ends the chain, so ours
+            // must run first.
+            let order = if how == How::Replace {
+                LinkOrder::first()
             } else {
-                // A fixed priority and handle: a retried ADD replaces our filter
-                // instead of adding another one.
-                TcAttachOptions::Netlink(NlOptions {
-                    priority: NL_PRIORITY,
-                    handle: TcHandle::new(0, NL_HANDLE),
-                    ..Default::default()
-                })
+                LinkOrder::default()
             };
             let id = p
-                .attach_with_options(ifname, kind, opts)
+                .attach_with_options(ifname, kind, TcAttachOptions::TcxOrder(order))
                 .map_err(BpfError::program(
                     format!("{name} on {ifname} {dir}"),
                     "attach",
@@ -241,25 +223,25 @@ impl Datapath {
             let link = p
                 .take_link(id)
                 .map_err(BpfError::program(name, "take link"))?;
-            if use_tcx {
-                pin_link(link, &pin)?;
-            } else {
-                // Dropping the link would remove the filter; it must stay.
-                std::mem::forget(link);
-            }
+            pin_link(link, &pin)?;
         }
-        Ok(if use_tcx {
-            AttachMode::Tcx
-        } else {
-            AttachMode::Netlink
-        })
+        Ok(AttachMode::Tcx)
     }
 
-    /// A new attachment over netlink (every ADD): the clsact qdisc and both
-    /// cls_bpf filters in one netlink connection, with the pinned programs
-    /// opened by `BPF_OBJ_GET` rather than through aya (see
-    /// [`open_pinned_prog`] for what that saves).
-    fn attach_netlink_fresh(&self, host: &Link, hooks: &Hooks) -> Result<AttachMode, BpfError> {
+    /// The clsact qdisc and both cls_bpf filters, on `nl`, with the pinned
+    /// programs opened by `BPF_OBJ_GET` rather than through aya (see
+    /// [`open_pinned_prog`] for what that saves). A fixed priority and
+    /// handle: a retried ADD or a repair replaces our filter instead of
+    /// adding another one; a fresh attach (ADD of a new veth, nothing of
+    /// ours there) refuses to replace anything.
+    fn attach_filters(
+        &self,
+        nl: &Netlink,
+        ifname: &str,
+        index: Option<u32>,
+        hooks: &Hooks,
+        how: How,
+    ) -> Result<AttachMode, BpfError> {
         let mut progs = Vec::new();
         for &(name, kind, _) in hooks {
             let path = self.prog_path(name);
@@ -270,17 +252,34 @@ impl Datapath {
             })?;
             progs.push((name, kind == TcAttachType::Ingress, fd));
         }
-        let index = host.index;
-        Netlink::with(|nl| async move {
+        let replace = how == How::Replace;
+        nl.call(async {
+            let index = match index {
+                Some(i) => i,
+                None => {
+                    nl.link_by_name(ifname)
+                        .await?
+                        .ok_or_else(|| NlError::NoLink(ifname.to_string()))?
+                        .index
+                }
+            };
             nl.add_clsact(index).await?;
             for (name, ingress, fd) in &progs {
-                nl.add_bpf_filter(index, *ingress, fd.as_fd(), name, NL_PRIORITY, NL_HANDLE)
-                    .await?;
+                nl.add_bpf_filter(
+                    index,
+                    *ingress,
+                    fd.as_fd(),
+                    name,
+                    NL_PRIORITY,
+                    NL_HANDLE,
+                    replace,
+                )
+                .await?;
             }
             Ok(())
         })
         .map_err(|e| BpfError::Link {
-            name: host.name.clone(),
+            name: ifname.to_string(),
             what: "attach programs",
             source: Box::new(e),
         })?;
@@ -288,28 +287,36 @@ impl Datapath {
     }
 
     /// Removes our TCX link pins for `ifname` (detaching the programs if the
-    /// device still exists). Missing pins are fine. Netlink filters go away
-    /// with the device.
-    pub fn detach_endpoint(&self, ifname: &str) {
-        // Our cls_bpf filters (attachMode netlink), by program name; matters
-        // on a veth we do not own (chained mode), where the device stays.
-        for (name, kind, _) in ENDPOINT {
-            let _ = aya::programs::tc::qdisc_detach_program(ifname, kind, name);
-        }
+    /// device still exists) and our cls_bpf filters, by program name (they
+    /// matter on a veth we do not own, chained mode, where the device
+    /// stays). Missing pins, filters or device are fine.
+    pub fn detach_endpoint(&self, nl: &Netlink, ifname: &str) {
+        let names: Vec<&str> = ENDPOINT.iter().map(|(n, _, _)| *n).collect();
+        let _ = nl.call(async {
+            if let Some(l) = nl.link_by_name(ifname).await? {
+                nl.del_bpf_filters(l.index, &names).await?;
+            }
+            Ok(())
+        });
+        self.unpin_links(ifname, &ENDPOINT, None);
+    }
+
+    /// Removes our TCX link pins for `ifname`, leaving cls_bpf filters
+    /// alone (the device is gone, or no netlink socket could be opened).
+    pub fn unpin_endpoint(&self, ifname: &str) {
         self.unpin_links(ifname, &ENDPOINT, None);
     }
 
     /// Removes every cls_bpf filter of ours (pod and uplink programs, by
-    /// name) from `ifname`; returns how many hooks had one. TCX links are not
-    /// touched here: removing their pins detaches them.
-    pub fn detach_all_filters(ifname: &str) -> usize {
-        ENDPOINT
+    /// name) from the device `index`; returns how many hooks had one. TCX
+    /// links are not touched here: removing their pins detaches them.
+    pub fn detach_all_filters(nl: &Netlink, index: u32) -> usize {
+        let names: Vec<&str> = ENDPOINT
             .iter()
             .chain(UPLINK.iter())
-            .filter(|(name, kind, _)| {
-                aya::programs::tc::qdisc_detach_program(ifname, *kind, name).is_ok()
-            })
-            .count()
+            .map(|(n, _, _)| *n)
+            .collect();
+        nl.call(nl.del_bpf_filters(index, &names)).unwrap_or(0)
     }
 
     fn unpin_links(&self, ifname: &str, hooks: &Hooks, sub: Option<&str>) {

@@ -22,9 +22,11 @@ mod node;
 mod pins;
 mod ports;
 mod remove;
+mod restore;
 
 pub use attach::AttachMode;
-pub use node::{cgroup2_root, NodeSettings};
+pub use node::{cgroup2_root, netns_cookie, node_netlink, NodeSettings};
 pub use pins::{BpfError, Datapath, LoadReport};
 pub use ports::{proto_name, PortError};
 pub use remove::remove_node;
+pub use restore::{node_settings, open, restore_all, RestoreReport};

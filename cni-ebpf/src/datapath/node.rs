@@ -64,6 +64,12 @@ fn other(
     }
 }
 
+/// A netlink handle in the calling thread's namespace, for callers of
+/// [`Datapath::prepare_node`] that have none of their own (repair, agent).
+pub fn node_netlink() -> Result<Netlink, BpfError> {
+    Netlink::open().map_err(|e| other("open socket", "netlink", e))
+}
+
 /// The cgroup v2 mount point of this mount namespace, if any.
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mi = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
@@ -147,35 +153,75 @@ struct Uplink {
 }
 
 impl Datapath {
-    /// Brings the node-wide state up to date (every ADD).
-    pub fn prepare_node(&self, s: &NodeSettings<'_>, state_dir: &Path) -> Result<(), BpfError> {
-        let names = s.uplinks.map(<[String]>::to_vec);
-        let (addrs, links) = Netlink::with(|nl| async move {
-            let addrs = nl.all_addrs().await?;
-            let links = match names {
-                None => nl.default_route_links().await?,
-                Some(names) => {
-                    let mut out = Vec::new();
-                    for n in names {
-                        out.push(
-                            nl.link_by_name(&n)
-                                .await?
-                                .ok_or(crate::netlink::NlError::NoLink(n))?,
-                        );
-                    }
-                    out
-                }
-            };
-            Ok((addrs, links))
-        })
-        .map_err(|e| other("list node addresses and uplinks", "netlink", e))?;
-
+    /// Brings the node-wide state up to date (every ADD). The node's
+    /// addresses and uplinks are left to the agent when one keeps them for
+    /// these settings (agent/lease.rs), except on repair.
+    pub fn prepare_node(
+        &self,
+        nl: &Netlink,
+        s: &NodeSettings<'_>,
+        state_dir: &Path,
+    ) -> Result<(), BpfError> {
         self.set_config(s.snat_ports, s.est_quota)?;
-        self.sync_node_addrs(&addrs)?;
+        let agent = if s.reattach {
+            None
+        } else {
+            crate::agent::lease::holder(state_dir, &self.dir, s.uplinks, s.attach_mode)
+        };
+        match agent {
+            Some(l) => crate::info!(
+                "node addresses and uplinks: kept by the agent (pid {}, holds {})",
+                l.pid,
+                crate::agent::lease::path(state_dir).display()
+            ),
+            None => {
+                self.sync_addrs_and_uplinks(nl, s, state_dir)?;
+            }
+        }
         self.sync_no_masq(s.no_masq)?;
         if s.reserve_ports {
             reserve_ports(s.snat_ports)?;
         }
+        if let Some(cg) = s.cgroup {
+            self.ensure_sock_hooks(cg, s.reattach, state_dir)?;
+        }
+        Ok(())
+    }
+
+    /// `node_addrs` := the node's addresses now; the uplinks (devices named
+    /// by the settings, else those holding default routes) attached, with
+    /// their masquerade addresses. Two netlink dumps; what ADD skips when
+    /// the agent runs, and what the agent runs on every address, link or
+    /// route change. Returns the uplinks' ifindexes.
+    pub fn sync_addrs_and_uplinks(
+        &self,
+        nl: &Netlink,
+        s: &NodeSettings<'_>,
+        state_dir: &Path,
+    ) -> Result<Vec<u32>, BpfError> {
+        let names = s.uplinks.map(<[String]>::to_vec);
+        let (addrs, links) = nl
+            .call(async {
+                let addrs = nl.all_addrs().await?;
+                let links = match names {
+                    None => nl.default_route_links().await?,
+                    Some(names) => {
+                        let mut out = Vec::new();
+                        for n in names {
+                            out.push(
+                                nl.link_by_name(&n)
+                                    .await?
+                                    .ok_or(crate::netlink::NlError::NoLink(n))?,
+                            );
+                        }
+                        out
+                    }
+                };
+                Ok((addrs, links))
+            })
+            .map_err(|e| other("list node addresses and uplinks", "netlink", e))?;
+
+        self.sync_node_addrs(&addrs)?;
         let uplinks: Vec<Uplink> = links
             .into_iter()
             .map(|link| {
@@ -192,11 +238,8 @@ impl Datapath {
                 Uplink { link, info }
             })
             .collect();
-        self.ensure_uplinks(&uplinks, s.attach_mode, s.reattach, state_dir)?;
-        if let Some(cg) = s.cgroup {
-            self.ensure_sock_hooks(cg, s.reattach, state_dir)?;
-        }
-        Ok(())
+        self.ensure_uplinks(nl, &uplinks, s.attach_mode, s.reattach, state_dir)?;
+        Ok(uplinks.iter().map(|u| u.link.index).collect())
     }
 
     fn set_config(&self, snat: (u16, u16), est_quota: u32) -> Result<(), BpfError> {
@@ -285,6 +328,7 @@ impl Datapath {
     /// has a new ifindex) and keeps the masquerade addresses current.
     fn ensure_uplinks(
         &self,
+        nl: &Netlink,
         uplinks: &[Uplink],
         mode: AttachMode,
         reattach: bool,
@@ -305,7 +349,7 @@ impl Datapath {
                         );
                     }
                     if reattach || m.get(&u.link.index, 0).is_err() {
-                        self.attach_uplink(&u.link.name, mode)?;
+                        self.attach_uplink(nl, &u.link.name, mode)?;
                     }
                 }
             }

@@ -54,10 +54,10 @@ pub fn remove_node(pin_root: &Path) -> Removed {
     // Filters first: they hold the programs (and so the maps) alive whatever
     // happens to the pins. Every device, not only those in the state records:
     // uplinks have none, and a record may be gone.
-    match Netlink::with(|nl| async move { nl.all_links().await }) {
-        Ok(links) => {
+    match Netlink::open().and_then(|nl| Ok((nl.call(nl.all_links())?, nl))) {
+        Ok((links, nl)) => {
             for l in links {
-                if Datapath::detach_all_filters(&l.name) > 0 {
+                if Datapath::detach_all_filters(&nl, l.index) > 0 {
                     r.filtered_devices.push(l.name);
                 }
             }

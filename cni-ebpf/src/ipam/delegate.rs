@@ -38,8 +38,22 @@ pub fn exec(
     stdin_config: &[u8],
     cni_path: &str,
 ) -> Result<Option<Value>, CniError> {
+    exec_with(plugin_type, command, stdin_config, cni_path, &[])
+}
+
+/// [`exec`] with `env` set in the delegate's environment over this
+/// process's: GC names each attachment it tears down this way
+/// (`CNI_CONTAINERID`, `CNI_IFNAME`, `CNI_NETNS`) instead of changing its
+/// own environment.
+pub fn exec_with(
+    plugin_type: &str,
+    command: &str,
+    stdin_config: &[u8],
+    cni_path: &str,
+    env: &[(&str, &str)],
+) -> Result<Option<Value>, CniError> {
     let path = find_in_path(plugin_type, cni_path)?;
-    let mut child = spawn(&path, command).map_err(|e| {
+    let mut child = spawn(&path, command, env).map_err(|e| {
         CniError::new(
             code::DELEGATE,
             format!(
@@ -125,12 +139,13 @@ fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
 /// does: a binary just written (by an installer, or a test) can still be
 /// open for writing in a child that another thread forked but has not yet
 /// exec'd.
-fn spawn(path: &Path, command: &str) -> io::Result<Child> {
+fn spawn(path: &Path, command: &str, env: &[(&str, &str)]) -> io::Result<Child> {
     const ATTEMPTS: u32 = 20;
     let mut attempt = 0;
     loop {
         let res = Command::new(path)
             .env("CNI_COMMAND", command)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -159,7 +174,9 @@ struct WireError {
 }
 
 fn plugin_error(plugin: &str, command: &str, status: ExitStatus, stdout: &[u8]) -> CniError {
-    match serde_json::from_slice::<WireError>(stdout) {
+    let wire = serde_json::from_slice::<Value>(stdout)
+        .and_then(|v| crate::cni::gojson::from_value::<WireError>(&v));
+    match wire {
         // Code 0 is not an error code; treat it as unparseable.
         Ok(w) if w.code != 0 => CniError {
             code: w.code,

@@ -27,9 +27,52 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::cni::{code, CniError, Dns, IpConfig, Route};
+use crate::cni::{
+    code,
+    gojson::{Fields, Object},
+    CniError, Dns, IpConfig, Route,
+};
+
+crate::go_fields! {
+    /// host-local's `ipam` keys: the reference's `IPAMConfig` with its
+    /// embedded legacy `Range`, matched as Go matches them.
+    pub enum IpamKey {
+        Type = "type",
+        Subnet = "subnet",
+        RangeStart = "rangeStart",
+        RangeEnd = "rangeEnd",
+        Gateway = "gateway",
+        Ranges = "ranges",
+        Routes = "routes",
+        DataDir = "dataDir",
+        ResolvConf = "resolvConf",
+    }
+}
+
+/// An `ipam` object, folded.
+pub type IpamObject = Object<IpamKey>;
+
+crate::go_fields! {
+    /// One range's keys (the reference's `Range`).
+    pub enum RangeKey {
+        Subnet = "subnet",
+        RangeStart = "rangeStart",
+        RangeEnd = "rangeEnd",
+        Gateway = "gateway",
+    }
+}
+
+crate::go_fields! {
+    /// One route's keys (`types.Route`).
+    pub enum RouteKey {
+        Dst = "dst",
+        Gw = "gw",
+        Mtu = "mtu",
+        Priority = "priority",
+    }
+}
 
 /// The reference plugin's default `dataDir`.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -108,11 +151,14 @@ impl HostLocalConfig {
     /// counts as absent. Every invalid value is a [`code::INVALID_CONFIG`]
     /// error naming the key and the value.
     pub fn parse(ipam: &Value) -> Result<Self, CniError> {
-        let obj = ipam
-            .as_object()
-            .ok_or_else(|| bad("ipam", ipam, "expected a JSON object"))?;
+        let obj = IpamObject::fold(
+            ipam.as_object()
+                .ok_or_else(|| bad("ipam", ipam, "expected a JSON object"))?
+                .clone(),
+        );
+        let obj = &obj;
 
-        if let Some(t) = get(obj, "type") {
+        if let Some(t) = get(obj, IpamKey::Type) {
             if !t.is_string() {
                 return Err(bad("ipam.type", t, "expected a string"));
             }
@@ -124,11 +170,12 @@ impl HostLocalConfig {
         // Legacy single-range form. As in the reference, it only counts when
         // `subnet` is present (a lone `rangeStart` is ignored), and it becomes
         // range set 0, ahead of `ranges`.
-        if get(obj, "subnet").is_some() {
-            sets.push(("ipam".to_string(), vec![parse_range(obj, "ipam")?]));
+        if get(obj, IpamKey::Subnet).is_some() {
+            let legacy = Object::fold(obj.as_map().clone());
+            sets.push(("ipam".to_string(), vec![parse_range(&legacy, "ipam")?]));
         }
 
-        if let Some(ranges) = get(obj, "ranges") {
+        if let Some(ranges) = get(obj, IpamKey::Ranges) {
             let arr = ranges
                 .as_array()
                 .ok_or_else(|| bad("ipam.ranges", ranges, "expected an array of range sets"))?;
@@ -146,7 +193,7 @@ impl HostLocalConfig {
                     let robj = r
                         .as_object()
                         .ok_or_else(|| bad(&rlabel, r, "expected a JSON object"))?;
-                    parsed.push(parse_range(robj, &rlabel)?);
+                    parsed.push(parse_range(&Object::fold(robj.clone()), &rlabel)?);
                 }
                 check_range_set(&label, set, &parsed)?;
                 sets.push((label, parsed));
@@ -183,12 +230,12 @@ impl HostLocalConfig {
             }
         }
 
-        let routes = match get(obj, "routes") {
+        let routes = match get(obj, IpamKey::Routes) {
             None => Vec::new(),
             Some(v) => parse_routes(v)?,
         };
 
-        let data_dir = match get(obj, "dataDir") {
+        let data_dir = match get(obj, IpamKey::DataDir) {
             None => PathBuf::from(DEFAULT_DATA_DIR),
             Some(v) => match v.as_str() {
                 Some("") => PathBuf::from(DEFAULT_DATA_DIR),
@@ -197,7 +244,7 @@ impl HostLocalConfig {
             },
         };
 
-        let dns = match get(obj, "resolvConf") {
+        let dns = match get(obj, IpamKey::ResolvConf) {
             None => Dns::default(),
             Some(v) => match v.as_str() {
                 Some("") => Dns::default(),
@@ -814,7 +861,7 @@ fn last_ip(subnet: IpNet) -> IpAddr {
 }
 
 /// `obj[key]`, treating JSON `null` as absent (Go leaves the field unset).
-fn get<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+fn get<K: Fields>(obj: &Object<K>, key: K) -> Option<&Value> {
     obj.get(key).filter(|v| !v.is_null())
 }
 
@@ -833,11 +880,11 @@ fn io_error(what: &str, path: &Path, e: io::Error) -> CniError {
 /// An optional IP-valued key. An empty string counts as absent, as Go's
 /// `net.IP` decodes `""` to nil. IPv4-mapped IPv6 addresses become IPv4, as
 /// the reference's `canonicalizeIP` does.
-fn opt_ip(obj: &Map<String, Value>, prefix: &str, key: &str) -> Result<Option<IpAddr>, CniError> {
+fn opt_ip<K: Fields>(obj: &Object<K>, prefix: &str, key: K) -> Result<Option<IpAddr>, CniError> {
     let Some(v) = get(obj, key) else {
         return Ok(None);
     };
-    let k = format!("{prefix}.{key}");
+    let k = format!("{prefix}.{}", key.name());
     let s = v.as_str().ok_or_else(|| bad(&k, v, "expected a string"))?;
     if s.is_empty() {
         return Ok(None);
@@ -849,10 +896,10 @@ fn opt_ip(obj: &Map<String, Value>, prefix: &str, key: &str) -> Result<Option<Ip
 
 /// One range (`Range.Canonicalize` in the reference); `prefix` names the
 /// object for messages, e.g. `ipam.ranges[0][1]` or `ipam` (legacy form).
-fn parse_range(obj: &Map<String, Value>, prefix: &str) -> Result<Range, CniError> {
-    let key = |k: &str| format!("{prefix}.{k}");
-    let subnet_key = key("subnet");
-    let Some(sv) = get(obj, "subnet") else {
+fn parse_range(obj: &Object<RangeKey>, prefix: &str) -> Result<Range, CniError> {
+    let key = |k: RangeKey| format!("{prefix}.{}", k.name());
+    let subnet_key = key(RangeKey::Subnet);
+    let Some(sv) = get(obj, RangeKey::Subnet) else {
         return Err(CniError::new(
             code::INVALID_CONFIG,
             format!("invalid {prefix}: missing {subnet_key}"),
@@ -893,7 +940,7 @@ fn parse_range(obj: &Map<String, Value>, prefix: &str) -> Result<Range, CniError
         ));
     }
 
-    let gateway = match opt_ip(obj, prefix, "gateway")? {
+    let gateway = match opt_ip(obj, prefix, RangeKey::Gateway)? {
         None => next_ip(network),
         Some(gw) => {
             // The reference accepts a gateway of the other family, which can
@@ -901,8 +948,8 @@ fn parse_range(obj: &Map<String, Value>, prefix: &str) -> Result<Range, CniError
             // outside the subnet is accepted, as in the reference (v1.1.1).
             if !same_family(gw, network) {
                 return Err(bad(
-                    &key("gateway"),
-                    &obj["gateway"],
+                    &key(RangeKey::Gateway),
+                    &obj[RangeKey::Gateway],
                     format_args!("not the same address family as subnet {subnet}"),
                 ));
             }
@@ -912,33 +959,33 @@ fn parse_range(obj: &Map<String, Value>, prefix: &str) -> Result<Range, CniError
 
     let in_subnet = |ip: IpAddr| same_family(ip, network) && subnet.contains(&ip);
 
-    let range_start = match opt_ip(obj, prefix, "rangeStart")? {
+    let range_start = match opt_ip(obj, prefix, RangeKey::RangeStart)? {
         None => next_ip(network),
         Some(ip) => {
             if !in_subnet(ip) {
                 return Err(bad(
-                    &key("rangeStart"),
-                    &obj["rangeStart"],
+                    &key(RangeKey::RangeStart),
+                    &obj[RangeKey::RangeStart],
                     format_args!("not in network {subnet}"),
                 ));
             }
             ip
         }
     };
-    let range_end = match opt_ip(obj, prefix, "rangeEnd")? {
+    let range_end = match opt_ip(obj, prefix, RangeKey::RangeEnd)? {
         None => last_ip(subnet),
         Some(ip) => {
             if !in_subnet(ip) {
                 return Err(bad(
-                    &key("rangeEnd"),
-                    &obj["rangeEnd"],
+                    &key(RangeKey::RangeEnd),
+                    &obj[RangeKey::RangeEnd],
                     format_args!("not in network {subnet}"),
                 ));
             }
             if ip < range_start {
                 return Err(bad(
-                    &key("rangeEnd"),
-                    &obj["rangeEnd"],
+                    &key(RangeKey::RangeEnd),
+                    &obj[RangeKey::RangeEnd],
                     format_args!("before rangeStart {range_start}"),
                 ));
             }
@@ -950,8 +997,8 @@ fn parse_range(obj: &Map<String, Value>, prefix: &str) -> Result<Range, CniError
     // its iterator would then walk out of the subnet; refuse instead.
     if range_start > range_end {
         return Err(bad(
-            &key("rangeStart"),
-            &obj["rangeStart"],
+            &key(RangeKey::RangeStart),
+            &obj[RangeKey::RangeStart],
             format_args!("after rangeEnd {range_end}"),
         ));
     }
@@ -987,10 +1034,13 @@ fn parse_routes(v: &Value) -> Result<Vec<Route>, CniError> {
     let mut out = Vec::with_capacity(arr.len());
     for (i, r) in arr.iter().enumerate() {
         let label = format!("ipam.routes[{i}]");
-        let obj = r
-            .as_object()
-            .ok_or_else(|| bad(&label, r, "expected a JSON object"))?;
-        let Some(dv) = get(obj, "dst") else {
+        let obj = Object::<RouteKey>::fold(
+            r.as_object()
+                .ok_or_else(|| bad(&label, r, "expected a JSON object"))?
+                .clone(),
+        );
+        let obj = &obj;
+        let Some(dv) = get(obj, RouteKey::Dst) else {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
                 format!("invalid {label}: missing {label}.dst"),
@@ -1003,8 +1053,8 @@ fn parse_routes(v: &Value) -> Result<Vec<Route>, CniError> {
             .ok_or_else(|| bad(&dkey, dv, "expected a string in CIDR notation"))?
             .parse()
             .map_err(|e| bad(&dkey, dv, e))?;
-        let gw = opt_ip(obj, &label, "gw")?;
-        let num = |k: &str| -> Result<Option<u32>, CniError> {
+        let gw = opt_ip(obj, &label, RouteKey::Gw)?;
+        let num = |k: RouteKey| -> Result<Option<u32>, CniError> {
             match get(obj, k) {
                 None => Ok(None),
                 Some(n) => n
@@ -1013,7 +1063,7 @@ fn parse_routes(v: &Value) -> Result<Vec<Route>, CniError> {
                     .map(Some)
                     .ok_or_else(|| {
                         bad(
-                            &format!("{label}.{k}"),
+                            &format!("{label}.{}", k.name()),
                             n,
                             "expected an unsigned 32-bit integer",
                         )
@@ -1023,8 +1073,8 @@ fn parse_routes(v: &Value) -> Result<Vec<Route>, CniError> {
         out.push(Route {
             dst,
             gw,
-            mtu: num("mtu")?,
-            priority: num("priority")?,
+            mtu: num(RouteKey::Mtu)?,
+            priority: num(RouteKey::Priority)?,
         });
     }
     Ok(out)

@@ -95,7 +95,8 @@ impl Ipam {
 
     /// Releases everything (container, ifname) holds; `known` is what its
     /// state record lists, if anything (the built-in IPAM then releases just
-    /// those). Idempotent.
+    /// those). Idempotent. A delegate is told the attachment in its
+    /// environment (with `netns` when given), whatever this process's says.
     pub fn del(
         &self,
         conf: &NetConf,
@@ -103,12 +104,17 @@ impl Ipam {
         ifname: &str,
         known: &[IpAddr],
         cni_path: &str,
+        netns: Option<&str>,
     ) -> Result<(), CniError> {
         match self {
             Self::HostLocal(c) => {
                 host_local::release_known(c, &conf.name, container_id, ifname, known)
             }
-            Self::Delegate(t) => delegate::exec(t, "DEL", &conf.raw, cni_path).map(|_| ()),
+            Self::Delegate(t) => {
+                let mut env = vec![("CNI_CONTAINERID", container_id), ("CNI_IFNAME", ifname)];
+                env.extend(netns.map(|n| ("CNI_NETNS", n)));
+                delegate::exec_with(t, "DEL", &conf.raw, cni_path, &env).map(|_| ())
+            }
         }
     }
 
