@@ -506,9 +506,11 @@ fn uplinks_from_config_and_added_later() {
         "{progs:?}"
     );
     // Every table is a pinned map with BTF: bpftool prints named fields.
+    // (The hostPort flow above left its reply in `nat_in`, the map of what
+    // packets from outside create.)
     assert_bpftool_fields(
         &t,
-        "nat",
+        "nat_in",
         &["saddr", "daddr", "sport", "dport", "scope", "kind", "owner"],
     );
     assert_bpftool_fields(&t, "uplinks", &["addr4", "addr6"]);

@@ -598,13 +598,25 @@ fn del_frees_names_at_once_and_retired_veths_are_deleted() {
     assert_clean(&t);
     assert_pod_untouched(&p1);
 
-    // A retired pair whose reaper never ran: GC deletes it. Only veths with
-    // the prefix count; another kind of link with it is not ours.
-    let tomb = format!("{TOMBSTONE_PREFIX}0000beef");
+    // A retired pair whose reaper never ran: GC deletes it. Only veths
+    // named as DEL retires them (the prefix and their own ifindex) count;
+    // another kind of link with it is not ours (a veth that merely looks
+    // retired: tests/hostile.rs).
     ip_n(
         &t.node,
-        &["link", "add", &tomb, "type", "veth", "peer", "name", "x0"],
+        &[
+            "link", "add", "retiring", "type", "veth", "peer", "name", "x0",
+        ],
     );
+    let index: u32 = ip_n(&t.node, &["-o", "link", "show", "retiring"])
+        .split(':')
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let tomb = format!("{TOMBSTONE_PREFIX}{index:08x}");
+    ip_n(&t.node, &["link", "set", "retiring", "name", &tomb]);
     ip_n(&t.node, &["link", "add", "cebzbr", "type", "bridge"]);
     let gc = merged(
         &conf,
@@ -824,7 +836,7 @@ fn host_ports_are_owned_by_one_container() {
 
     // The same port with another protocol, or another hostIP, is fine.
     let c3 = with_ports(
-        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "192.0.2.99"}]),
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "udp"}, {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"}]),
     );
     t.cni("ADD", &c3, "other", Some(&p3), "eth0").ok();
     assert_eq!(t.inspect()["portmaps"].as_array().unwrap().len(), 6);

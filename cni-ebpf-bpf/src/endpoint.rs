@@ -10,15 +10,27 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey};
+use cni_ebpf_common::{Counter, EndpointInfo, EndpointStats, IpKey, IFACE_FLAG_ROUTER};
 
 use crate::{
     maps::{count, endpoints, ep_ifaces, ep_stats},
     packet::{
-        icmp6_offset, ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD,
-        ETH_P_8021Q, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, ND_NEIGHBOR_ADVERT,
+        ipv6_l4, ArpHdr, EthHdr, Icmp6Nd, Ipv4Hdr, Ipv6Hdr, ETH_LEN, ETH_P_8021AD, ETH_P_8021Q,
+        ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMPV6, ND_NEIGHBOR_ADVERT, ND_REDIRECT,
+        ND_ROUTER_ADVERT,
     },
 };
+
+/// IP protocol numbers.
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_UDP: u8 = 17;
+/// ICMP types of a redirect and of a router advertisement (RFC 1256).
+const ICMP_REDIRECT: u8 = 5;
+const ICMP_ROUTER_ADVERT: u8 = 9;
+/// Source ports of DHCP (server or relay) and DHCPv6 (server or relay)
+/// messages; clients send from 68 and 546.
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP6_SERVER_PORT: u16 = 547;
 
 #[inline(always)]
 fn ifindex(ctx: &TcContext) -> u32 {
@@ -46,6 +58,9 @@ enum Refused {
     Nd,
     /// 802.1Q / 802.1ad tagged.
     Vlan,
+    /// Router advertisement, redirect or DHCP server message from a pod not
+    /// allowed to be a router or DHCP server.
+    Router,
     /// Truncated header.
     Malformed,
 }
@@ -59,6 +74,7 @@ impl Refused {
             Self::Arp => Counter::DropSpoofedArp,
             Self::Nd => Counter::DropSpoofedNd,
             Self::Vlan => Counter::DropVlan,
+            Self::Router => Counter::DropRouterMsg,
             Self::Malformed => Counter::DropMalformed,
         }
     }
@@ -140,28 +156,67 @@ fn check_frame(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
         return Err(Refused::Vlan);
     }
     // SAFETY: the map value is only read.
-    let mac = unsafe { ep_ifaces.get(&ifindex) }.map_or([0; 6], |i| i.mac);
+    let (mac, flags) = unsafe { ep_ifaces.get(&ifindex) }.map_or(([0; 6], 0), |i| (i.mac, i.flags));
     if mac != [0; 6] && eth.src != mac {
         return Err(Refused::Mac);
     }
+    let router = flags & IFACE_FLAG_ROUTER != 0;
     match proto {
-        ETH_P_IP => check_ipv4(ctx, ifindex),
-        ETH_P_IPV6 => check_ipv6(ctx, ifindex),
+        ETH_P_IP => check_ipv4(ctx, ifindex, router),
+        ETH_P_IPV6 => check_ipv6(ctx, ifindex, router),
         ETH_P_ARP => check_arp(ctx, ifindex),
         _ => Ok(()),
     }
 }
 
-/// IPv4: the source is the endpoint's (or 0.0.0.0, a DHCP client).
+/// IPv4: the source is the endpoint's (or 0.0.0.0, a DHCP client); no
+/// redirect or DHCP server message unless the pod may be a `router`.
 #[inline(never)]
-fn check_ipv4(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
+fn check_ipv4(ctx: &TcContext, ifindex: u32, router: bool) -> Result<(), Refused> {
     let ip: Ipv4Hdr = ctx.load(ETH_LEN).map_err(|_| Refused::Malformed)?;
     let src = ip.src;
-    if src == [0, 0, 0, 0] || owned(&IpKey::v4(src), ifindex) {
-        Ok(())
-    } else {
-        Err(Refused::Ip)
+    if src != [0, 0, 0, 0] && !owned(&IpKey::v4(src), ifindex) {
+        return Err(Refused::Ip);
     }
+    // Only a first fragment carries the ICMP or UDP header.
+    if router || u16::from_be_bytes(ip.frag) & 0x1fff != 0 {
+        return Ok(());
+    }
+    let off = ETH_LEN + usize::from(ip.vihl & 0x0f) * 4;
+    router_msg(
+        ctx,
+        ip.proto,
+        off,
+        ICMP_REDIRECT,
+        ICMP_ROUTER_ADVERT,
+        DHCP_SERVER_PORT,
+    )
+}
+
+/// `Err(Router)` for an ICMP(v6) message of type `ty_a` or `ty_b`, or UDP
+/// from `server_port`, at `off`. A header too short to read is no such
+/// message (the kernel would not take it as one either).
+#[inline(always)]
+fn router_msg(
+    ctx: &TcContext,
+    proto: u8,
+    off: usize,
+    ty_a: u8,
+    ty_b: u8,
+    server_port: u16,
+) -> Result<(), Refused> {
+    if proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6 {
+        let ty: u8 = ctx.load(off).unwrap_or(0);
+        if ty != 0 && (ty == ty_a || ty == ty_b) {
+            return Err(Refused::Router);
+        }
+    } else if proto == IPPROTO_UDP {
+        let sport: [u8; 2] = ctx.load(off).unwrap_or([0; 2]);
+        if u16::from_be_bytes(sport) == server_port {
+            return Err(Refused::Router);
+        }
+    }
+    Ok(())
 }
 
 /// ARP: IPv4 over Ethernet only; the sender MAC is the frame's source (so
@@ -189,27 +244,38 @@ fn check_arp(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
 /// IPv6: the source is the endpoint's, or link-local / unspecified (needed
 /// by neighbour discovery, never routed); a neighbour advertisement's
 /// target is the endpoint's.
+/// No router advertisement, redirect or DHCPv6 server message unless the
+/// pod may be a `router` (found behind the extension headers [`ipv6_l4`]
+/// walks, fragment headers included; a longer chain is refused).
 #[inline(never)]
-fn check_ipv6(ctx: &TcContext, ifindex: u32) -> Result<(), Refused> {
+fn check_ipv6(ctx: &TcContext, ifindex: u32, router: bool) -> Result<(), Refused> {
     let ip: Ipv6Hdr = ctx.load(ETH_LEN).map_err(|_| Refused::Malformed)?;
     let src = ip.src;
     if !link_local_or_unspecified(&src) && !owned(&IpKey::v6(src), ifindex) {
         return Err(Refused::Ip);
     }
-    check_nd(ctx, ifindex, ip.next_hdr)
+    let (nh, off) = ipv6_l4(ctx, ip.next_hdr).map_err(|_| Refused::Malformed)?;
+    if !router {
+        router_msg(
+            ctx,
+            nh,
+            off,
+            ND_ROUTER_ADVERT,
+            ND_REDIRECT,
+            DHCP6_SERVER_PORT,
+        )?;
+    }
+    if nh != IPPROTO_ICMPV6 {
+        return Ok(());
+    }
+    check_nd(ctx, ifindex, off)
 }
 
-/// Checks a neighbour advertisement's target (found behind the extension
-/// headers [`icmp6_offset`] walks; a longer chain is refused). Link-local
-/// targets are not tracked per endpoint and pass (they matter only on the
-/// pod's own link).
+/// Checks a neighbour advertisement's target (the ICMPv6 message at `off`).
+/// Link-local targets are not tracked per endpoint and pass (they matter
+/// only on the pod's own link).
 #[inline(never)]
-fn check_nd(ctx: &TcContext, ifindex: u32, next_hdr: u8) -> Result<(), Refused> {
-    let off = match icmp6_offset(ctx, next_hdr) {
-        Ok(Some(off)) => off,
-        Ok(None) => return Ok(()),
-        Err(()) => return Err(Refused::Malformed),
-    };
+fn check_nd(ctx: &TcContext, ifindex: u32, off: usize) -> Result<(), Refused> {
     let icmp: Icmp6Nd = match ctx.load(off) {
         Ok(h) => h,
         // Shorter than a neighbour advertisement: some other message.

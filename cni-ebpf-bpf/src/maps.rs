@@ -36,6 +36,18 @@ pub static portmap: HashMap<PortKey, PortTarget, { PORTMAP_MAX as usize }> = Has
 #[btf_map]
 pub static nat: LruHashMap<NatKey, NatValue, { NAT_MAX as usize }> = LruHashMap::new();
 
+/// What packets from outside create (see `cni_ebpf_common::map::NAT_IN`).
+#[btf_map]
+pub static nat_in: LruHashMap<NatKey, NatValue, { NAT_MAX as usize }> = LruHashMap::new();
+
+/// Established masqueraded flows (see `cni_ebpf_common::map::NAT_EST`).
+#[btf_map]
+pub static nat_est: HashMap<NatKey, NatValue, { NAT_MAX as usize }> = HashMap::new();
+
+/// `nat_est` entries per owner (see `cni_ebpf_common::map::NAT_QUOTA`).
+#[btf_map]
+pub static nat_quota: HashMap<u64, u32, { EP_IFACES_MAX as usize }> = HashMap::new();
+
 /// The node's own addresses (hostPort without hostIP matches these).
 #[btf_map]
 pub static node_addrs: HashMap<IpKey, u32, { NODE_ADDRS_MAX as usize }> = HashMap::new();

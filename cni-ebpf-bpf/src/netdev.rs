@@ -19,11 +19,11 @@ use cni_ebpf_common::{
 use crate::{
     events::{drop_event, flow_event},
     flow::{parse, parse_inner, Flow, Inner, IPPROTO_ICMP, IPPROTO_ICMPV6},
-    maps::{count, nat, no_masq_hit, scratch, settings, uplinks},
+    maps::{count, nat, nat_est, no_masq_hit, scratch, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
     translate::{
-        dropped, endpoint, forget_reply, hostport, is_loopback, live, now, remember_reply,
-        reply_of, touch, translated,
+        dropped, endpoint, est_remove, forget_reply, hostport, is_loopback, is_node_addr, live,
+        live_at, now, quota_add, quota_of, remember_reply, reply_of, touch, translated, AT_NAT,
     },
 };
 
@@ -45,12 +45,12 @@ pub fn from_netdev(ctx: &TcContext) -> i32 {
     if parse(ctx, &mut f) {
         f.key.scope = scope::NETDEV;
         if f.icmp_err {
-            icmp_error(ctx, &f);
+            return icmp_error(ctx, &f, false);
         } else if !known_flow(ctx, &f)
             && !is_loopback(f.key.family, &f.key.daddr)
             && !to_hostport(ctx, &f)
         {
-            inbound(&f);
+            return inbound(ctx, &f);
         }
     }
     TC_ACT_OK as i32
@@ -65,8 +65,7 @@ pub fn to_netdev(ctx: &TcContext) -> i32 {
     }
     f.key.scope = scope::NETDEV;
     if f.icmp_err {
-        icmp_error(ctx, &f);
-        return TC_ACT_OK as i32;
+        return icmp_error(ctx, &f, true);
     }
     if known_flow(ctx, &f) {
         return TC_ACT_OK as i32;
@@ -79,7 +78,8 @@ pub fn to_netdev(ctx: &TcContext) -> i32 {
 #[inline(never)]
 fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
     let mut v = NatValue::default();
-    let ep = live(&f.key, &mut v);
+    let mut at = 0;
+    let ep = live_at(&f.key, &mut v, &mut at);
     if ep == 0 {
         return false;
     }
@@ -88,6 +88,10 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
     }
     if v.kind == nat_kind::MASQ || v.kind == nat_kind::MASQ_REPLY {
         touch(&f.key, f.tcp_flags);
+    }
+    // The first reply of a masqueraded flow: it is established.
+    if v.kind == nat_kind::MASQ_REPLY && at == AT_NAT {
+        promote(&f.key, &v);
     }
     if rewrite(ctx, f, &Target::of(&v)) {
         let c = if v.kind == nat_kind::MASQ {
@@ -105,19 +109,38 @@ fn known_flow(ctx: &TcContext, f: &Flow) -> bool {
 /// entry left by an earlier translated flow with the same ports (and
 /// masquerade only starts flows at a SYN); a UDP flow to a masquerading pod
 /// gets a pass-through entry, so its replies are not masqueraded.
+///
+/// It may only create state where no live flow holds it: a packet to the
+/// pod's address and port of one of its live masqueraded flows, from (or
+/// spoofed as) that flow's peer, would delete or replace the flow's
+/// translation (its next packets would leave with the pod address, the
+/// connection dies or masquerade silently stops). It is no packet of that
+/// flow (whose replies come to the node address), so it is dropped, as
+/// conntrack refuses a tuple that clashes with a confirmed one.
 #[inline(never)]
-fn inbound(f: &Flow) {
+fn inbound(ctx: &TcContext, f: &Flow) -> i32 {
+    let ok = TC_ACT_OK as i32;
+    if !f.syn && !f.udp {
+        return ok;
+    }
+    let pod_if = live_masq_holds(&f.key);
+    if pod_if != 0 {
+        dropped(Counter::DropNatConflict, pod_if);
+        drop_event(ctx, Counter::DropNatConflict, pod_if);
+        return TC_ACT_SHOT as i32;
+    }
     if f.syn {
         forget_reply(&f.key);
-        return;
-    }
-    if !f.udp {
-        return;
+        return ok;
     }
     let key = &f.key;
     match endpoint(key.family, &key.daddr) {
         Some(ep) if ep.flags & EP_FLAG_MASQ != 0 => {
             let owner = ep.owner;
+            // A masqueraded flow of this tuple that is over (a live one was
+            // refused above) would take precedence over the pass-through
+            // entry, which lives in the other map.
+            forget_masq(key);
             let same = Target {
                 saddr: key.saddr,
                 daddr: key.daddr,
@@ -128,6 +151,151 @@ fn inbound(f: &Flow) {
         }
         _ => forget_reply(key),
     }
+    ok
+}
+
+/// Moves an established masqueraded flow (`rk` -> `rv` is its reply entry,
+/// just used by its first reply) from the LRU `nat` to `nat_est`, where no
+/// flood evicts it, if its pod's quota allows; else it stays (counted).
+#[inline(never)]
+fn promote(rk: &NatKey, rv: &NatValue) {
+    let quota = settings().est_quota;
+    let owner = rv.owner;
+    if quota == 0 || quota_of(owner) >= quota {
+        count(Counter::NatEstRefused);
+        return;
+    }
+    let fk = NatKey {
+        saddr: rv.daddr,
+        daddr: rk.saddr,
+        sport: rv.dport,
+        dport: rk.sport,
+        proto: rk.proto,
+        family: rk.family,
+        scope: rk.scope,
+        pad: 0,
+    };
+    // SAFETY: copied out.
+    let Some(fv) = (unsafe { nat.get(&fk) }).copied() else {
+        return;
+    };
+    if fv.kind != nat_kind::MASQ || fv.owner != owner {
+        return;
+    }
+    if nat_est.insert(&fk, &fv, BPF_NOEXIST).is_err() {
+        count(Counter::NatEstRefused);
+        return;
+    }
+    if nat_est.insert(rk, rv, BPF_NOEXIST).is_err() {
+        let _ = nat_est.remove(&fk);
+        count(Counter::NatEstRefused);
+        return;
+    }
+    quota_add(owner, 2);
+    let _ = nat.remove(&fk);
+    let _ = nat.remove(rk);
+    count(Counter::NatEstablished);
+}
+
+/// Removes the masquerade entry that is the reverse of `key`, if any.
+#[inline(never)]
+fn forget_masq(key: &NatKey) {
+    let fk = NatKey {
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport: key.dport,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        scope: key.scope,
+        pad: 0,
+    };
+    // SAFETY: only the kind is read.
+    if unsafe { nat.get(&fk) }.is_some_and(|v| v.kind == nat_kind::MASQ) {
+        let _ = nat.remove(&fk);
+    }
+    // SAFETY: copied out.
+    if let Some(v) = unsafe { nat_est.get(&fk) }.copied() {
+        if v.kind == nat_kind::MASQ {
+            est_remove(&fk, v.owner);
+        }
+    }
+}
+
+/// The host ifindex of the pod whose live masqueraded flow is the reverse
+/// of `key` (`key` reversed is its forward entry), 0 if there is none or
+/// its flow is over (closed, idle, or its pod gone).
+#[inline(never)]
+fn live_masq_holds(key: &NatKey) -> u32 {
+    let fk = NatKey {
+        saddr: key.daddr,
+        daddr: key.saddr,
+        sport: key.dport,
+        dport: key.sport,
+        proto: key.proto,
+        family: key.family,
+        scope: key.scope,
+        pad: 0,
+    };
+    // SAFETY: copied out.
+    let Some(v) = (unsafe { nat_est.get(&fk).or_else(|| nat.get(&fk)) }).copied() else {
+        return 0;
+    };
+    if v.kind != nat_kind::MASQ {
+        return 0;
+    }
+    let Some(ep) = endpoint(fk.family, &fk.saddr) else {
+        return 0;
+    };
+    if ep.owner != v.owner {
+        return 0;
+    }
+    let pod_if = ep.ifindex;
+    let rk = NatKey {
+        saddr: v.daddr,
+        daddr: v.saddr,
+        sport: v.dport,
+        dport: v.sport,
+        proto: fk.proto,
+        family: fk.family,
+        scope: fk.scope,
+        pad: 0,
+    };
+    // SAFETY: copied out.
+    let (r_flags, r_stamp) = match unsafe { nat_est.get(&rk).or_else(|| nat.get(&rk)) } {
+        Some(r) => (r.flags, r.stamp),
+        // Its reply entry is gone: the flow can no longer be translated back.
+        None => return 0,
+    };
+    if over(fk.proto, r_flags, r_stamp, v.flags, v.stamp) {
+        0
+    } else {
+        pod_if
+    }
+}
+
+/// True if a masqueraded flow whose reply entry has `e_flags`/`e_stamp` and
+/// forward entry `f_flags`/`f_stamp` is over: closed (RST, or FIN both ways,
+/// longer ago than the grace), or idle past its protocol's timeout.
+#[inline(always)]
+fn over(proto_: u8, e_flags: u8, e_stamp: u64, f_flags: u8, f_stamp: u64) -> bool {
+    let last = if f_stamp > e_stamp { f_stamp } else { e_stamp };
+    let idle = now().wrapping_sub(last);
+    let both_fin = e_flags & nat_flag::FIN != 0 && f_flags & nat_flag::FIN != 0;
+    // The outside closed first: it holds TIME_WAIT on the translated tuple.
+    let wait = if e_flags & nat_flag::FIN_FIRST != 0 {
+        NAT_TIME_WAIT_NS
+    } else {
+        NAT_CLOSED_REUSE_NS
+    };
+    let closed = ((e_flags | f_flags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
+        || (both_fin && idle > wait);
+    let timeout = if proto_ == proto::TCP {
+        NAT_IDLE_TCP_NS
+    } else {
+        NAT_IDLE_DGRAM_NS
+    };
+    closed || idle > timeout
 }
 
 /// A packet to a hostPort: DNAT to the pod, remember the reply. False if
@@ -292,7 +460,10 @@ fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 
         let port = ((lo + r % span) as u16).to_be();
         t.sport = port;
         reply_of(key, &t, nat_kind::MASQ_REPLY, owner, &mut s.rk, &mut s.rv);
-        if nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
+        // A port an established flow holds is in `nat_est`, not `nat`.
+        // SAFETY: only tested for presence.
+        let held = unsafe { nat_est.get(&s.rk) }.is_some();
+        if !held && nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
             return port;
         }
         // Taken: free again if its flow is over (closed, idle, or its pod gone).
@@ -310,7 +481,7 @@ fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 
 fn reusable(s: &mut NatScratch) -> bool {
     let rk = &s.rk;
     // SAFETY: read in place; fields are copied before any map update.
-    let Some(e) = (unsafe { nat.get(rk) }) else {
+    let Some(e) = (unsafe { nat_est.get(rk).or_else(|| nat.get(rk)) }) else {
         return true;
     };
     if e.kind != nat_kind::MASQ_REPLY {
@@ -326,33 +497,20 @@ fn reusable(s: &mut NatScratch) -> bool {
     s.fk.scope = rk.scope;
     s.fk.pad = 0;
     // SAFETY: copied out.
-    let (fstamp, fflags) = match unsafe { nat.get(&s.fk) } {
+    let (fstamp, fflags) = match unsafe { nat_est.get(&s.fk).or_else(|| nat.get(&s.fk)) } {
         Some(f) => (f.stamp, f.flags),
         None => (0, nat_flag::RST),
     };
-    let last = if fstamp > e_stamp { fstamp } else { e_stamp };
-    let idle = now().wrapping_sub(last);
     let gone = match endpoint(s.fk.family, &s.fk.saddr) {
         Some(ep) => ep.owner != e_owner,
         None => true,
     };
-    let both_fin = e_flags & nat_flag::FIN != 0 && fflags & nat_flag::FIN != 0;
-    // The outside closed first: it holds TIME_WAIT on the translated tuple.
-    let wait = if e_flags & nat_flag::FIN_FIRST != 0 {
-        NAT_TIME_WAIT_NS
-    } else {
-        NAT_CLOSED_REUSE_NS
-    };
-    let closed = ((e_flags | fflags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
-        || (both_fin && idle > wait);
-    let timeout = if s.rk.proto == proto::TCP {
-        NAT_IDLE_TCP_NS
-    } else {
-        NAT_IDLE_DGRAM_NS
-    };
-    let ok = gone || closed || idle > timeout;
+    let ok = gone || over(s.rk.proto, e_flags, e_stamp, fflags, fstamp);
     if ok {
         let _ = nat.remove(&s.fk);
+        est_remove(&s.fk, e_owner);
+        // The new flow's reply entry goes to `nat`.
+        est_remove(&s.rk, e_owner);
     }
     ok
 }
@@ -366,11 +524,22 @@ fn is_echo_request(ctx: &TcContext, f: &Flow) -> bool {
 
 /// An ICMP error about a translated flow: finds the flow by the quoted packet
 /// (reversed, as a reply) and translates the outer and the quoted headers.
+///
+/// Only an error from the flow's own peer side is translated: it travels
+/// back to the quoted packet's source (the outer destination is the flow's),
+/// and leaving the node (`egress`) it comes from the flow's own pod or from
+/// the node itself (forwarding). Another pod's forged error quoting a
+/// victim's flow, or one from outside addressed to anyone but the flow,
+/// would otherwise leave with the victim's translated tuple (node address
+/// and masquerade port) revealed to whoever it is sent to: dropped and
+/// counted (`drop_icmp_foreign`). An error that cannot be rewritten whole
+/// is dropped too, never let through half-translated.
 #[inline(never)]
-fn icmp_error(ctx: &TcContext, f: &Flow) {
+fn icmp_error(ctx: &TcContext, f: &Flow, egress: bool) -> i32 {
+    let ok = TC_ACT_OK as i32;
     let mut inner = Inner::default();
     if !parse_inner(ctx, f, &mut inner) {
-        return;
+        return ok;
     }
     // The quoted packet reversed: a packet of the flow in the error's direction.
     let q = &mut inner.key;
@@ -380,10 +549,23 @@ fn icmp_error(ctx: &TcContext, f: &Flow) {
     let rkey = &inner.key;
     let mut v = NatValue::default();
     let ep = live(rkey, &mut v);
-    if ep == 0 {
-        return;
+    if ep == 0 || v.kind == nat_kind::PASS {
+        return ok;
+    }
+    let k = &f.key;
+    let from_peer = k.daddr == rkey.daddr
+        && (!egress || k.saddr == rkey.saddr || is_node_addr(k.family, &k.saddr));
+    if !from_peer {
+        let sender = endpoint(k.family, &k.saddr).map_or(0, |e| e.ifindex);
+        dropped(Counter::DropIcmpForeign, sender);
+        drop_event(ctx, Counter::DropIcmpForeign, sender);
+        return TC_ACT_SHOT as i32;
     }
     if rewrite_icmp_error(ctx, f, &inner, rkey, &v) {
         translated(Counter::NatIcmpError, ep);
+        ok
+    } else {
+        dropped(Counter::DropMalformed, ep);
+        TC_ACT_SHOT as i32
     }
 }

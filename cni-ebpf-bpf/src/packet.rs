@@ -102,6 +102,45 @@ pub struct Icmp6Nd {
     pub target: [u8; 16],
 }
 
+/// ICMPv6 type of a router advertisement.
+pub const ND_ROUTER_ADVERT: u8 = 134;
+/// ICMPv6 type of a redirect.
+pub const ND_REDIRECT: u8 = 137;
+/// IPv6 next header of a fragment header.
+pub const IPV6_FRAGMENT: u8 = 44;
+
+/// The upper-layer protocol of an IPv6 packet whose fixed header says
+/// `next_hdr`, and where it starts: behind at most four hop-by-hop /
+/// routing / destination-options / fragment headers. A fragment that is not
+/// the first carries no upper-layer header: `(IPV6_FRAGMENT, _)`. `Err(())`
+/// for a truncated header or a longer chain.
+#[inline(always)]
+pub fn ipv6_l4(ctx: &TcContext, next_hdr: u8) -> Result<(u8, usize), ()> {
+    let mut nh = next_hdr;
+    let mut off = ETH_LEN + IPV6_LEN;
+    for _ in 0..4 {
+        if nh == IPV6_FRAGMENT {
+            let frag: [u8; 4] = ctx.load(off).map_err(|_| ())?;
+            if u16::from_be_bytes([frag[2], frag[3]]) & 0xfff8 != 0 {
+                return Ok((IPV6_FRAGMENT, off));
+            }
+            nh = frag[0];
+            off += 8;
+            continue;
+        }
+        if nh != 0 && nh != 43 && nh != 60 {
+            break;
+        }
+        let ext: [u8; 2] = ctx.load(off).map_err(|_| ())?;
+        nh = ext[0];
+        off += (usize::from(ext[1]) + 1) * 8;
+    }
+    match nh {
+        0 | 43 | 60 | IPV6_FRAGMENT => Err(()),
+        _ => Ok((nh, off)),
+    }
+}
+
 /// Where ICMPv6 starts in an IPv6 packet whose fixed header says
 /// `next_hdr`: behind at most four hop-by-hop / routing / destination-options
 /// headers (MLD reports come behind a hop-by-hop header; a longer chain is

@@ -8,7 +8,7 @@ use cni_ebpf_common::{
 };
 
 use crate::{
-    maps::{count, endpoints, ep_stats, nat, node_addrs, portmap},
+    maps::{count, endpoints, ep_stats, nat, nat_est, nat_in, nat_quota, node_addrs, portmap},
     rewrite::Target,
 };
 
@@ -44,11 +44,24 @@ pub fn is_loopback(family: u8, a: &[u8; 16]) -> bool {
     }
 }
 
-/// The hostPort mapping a packet to `key.daddr:key.dport` hits: one bound to
-/// that exact address, else one without hostIP if the address is the node's.
+/// True if `addr` is one of the node's own addresses.
+#[inline(always)]
+pub fn is_node_addr(family: u8, addr: &[u8; 16]) -> bool {
+    // SAFETY: only tested for presence.
+    unsafe { node_addrs.get(ip_key(family, addr)) }.is_some()
+}
+
+/// The hostPort mapping a packet to `key.daddr:key.dport` hits, only if the
+/// address is the node's own (as the reference `portmap`'s `--dst-type
+/// LOCAL`): one bound to that exact address, else one without hostIP. A
+/// mapping whose hostIP is not (or no longer) a node address never matches,
+/// so it cannot take the traffic of a host, a server or a pod that has it.
 #[inline(never)]
 pub fn hostport(key: &NatKey) -> Option<PortTarget> {
     if !matches!(key.proto, proto::TCP | proto::UDP | proto::SCTP) {
+        return None;
+    }
+    if !is_node_addr(key.family, &key.daddr) {
         return None;
     }
     let mut pk = PortKey {
@@ -61,8 +74,6 @@ pub fn hostport(key: &NatKey) -> Option<PortTarget> {
     if let Some(t) = unsafe { portmap.get(pk) } {
         return Some(*t);
     }
-    // SAFETY: as above.
-    unsafe { node_addrs.get(ip_key(key.family, &key.daddr)) }?;
     pk.host_ip = [0; 16];
     // SAFETY: as above.
     unsafe { portmap.get(pk) }.copied()
@@ -85,19 +96,94 @@ fn pod_addr<'a>(key: &'a NatKey, v: &'a NatValue) -> &'a [u8; 16] {
 /// every caller a second copy of the limited stack.)
 #[inline(never)]
 pub fn live(key: &NatKey, v: &mut NatValue) -> u32 {
-    // SAFETY: copied out at once; LRU entries may be replaced concurrently.
-    let Some(cur) = (unsafe { nat.get(key) }) else {
+    let mut at = 0;
+    live_at(key, v, &mut at)
+}
+
+/// [`live`], also saying in which map the entry is (`at`: [`AT_EST`] ...).
+#[inline(never)]
+pub fn live_at(key: &NatKey, v: &mut NatValue, at_out: &mut u8) -> u32 {
+    // Established flows first (most packets), then new ones, then what
+    // came from outside. SAFETY: copied out at once; entries may be
+    // replaced concurrently.
+    let at = if let Some(cur) = unsafe { nat_est.get(key) } {
+        *v = *cur;
+        AT_EST
+    } else if let Some(cur) = unsafe { nat.get(key) } {
+        *v = *cur;
+        AT_NAT
+    } else if let Some(cur) = unsafe { nat_in.get(key) } {
+        *v = *cur;
+        AT_IN
+    } else {
         return 0;
     };
-    *v = *cur;
+    *at_out = at;
     match endpoint(key.family, pod_addr(key, v)) {
         Some(ep) if ep.owner == v.owner => ep.ifindex,
         _ => {
-            let _ = nat.remove(key);
+            if at == AT_EST {
+                est_remove(key, v.owner);
+            } else if at == AT_NAT {
+                let _ = nat.remove(key);
+            } else {
+                let _ = nat_in.remove(key);
+            }
             count(Counter::NatStale);
             0
         }
     }
+}
+
+/// Which map an entry was found in: `nat_est`, `nat`, `nat_in`.
+pub const AT_EST: u8 = 1;
+/// See [`AT_EST`].
+pub const AT_NAT: u8 = 2;
+/// See [`AT_EST`].
+pub const AT_IN: u8 = 3;
+
+/// Adds `delta` to the `nat_est` count of `owner` (not atomic: a lost
+/// update only skews the quota until GC recounts).
+#[inline(always)]
+pub fn quota_add(owner: u64, delta: i32) {
+    match quota_ptr(owner) {
+        Some(p) => {
+            // SAFETY: a live map value.
+            let q = unsafe { &mut *p };
+            *q = q.saturating_add_signed(delta);
+        }
+        None if delta > 0 => {
+            let _ = nat_quota.insert(&owner, &(delta as u32), BPF_ANY);
+        }
+        None => {}
+    }
+}
+
+#[inline(always)]
+fn quota_ptr(owner: u64) -> Option<*mut u32> {
+    nat_quota.get_ptr_mut(&owner)
+}
+
+/// `owner`'s count of `nat_est` entries.
+#[inline(always)]
+pub fn quota_of(owner: u64) -> u32 {
+    // SAFETY: copied out.
+    unsafe { nat_quota.get(&owner) }.copied().unwrap_or(0)
+}
+
+/// Removes `key` from `nat_est` (if there) and counts it off `owner`.
+#[inline(never)]
+pub fn est_remove(key: &NatKey, owner: u64) {
+    if nat_est.remove(key).is_ok() {
+        quota_add(owner, -1);
+    }
+}
+
+/// True for the kinds of state that packets from outside create: they live
+/// in `nat_in`, where their floods cannot evict a pod's translations.
+#[inline(always)]
+fn from_outside(kind: u8) -> bool {
+    kind == nat_kind::HOSTPORT_REPLY || kind == nat_kind::PASS
 }
 
 /// Monotonic time in ns.
@@ -111,7 +197,7 @@ pub fn now() -> u64 {
 /// the time (at most every `NAT_STAMP_NS`) and TCP FIN/RST.
 #[inline(never)]
 pub fn touch(key: &NatKey, tcp_flags: u8) {
-    let Some(p) = nat.get_ptr_mut(key) else {
+    let Some(p) = nat_est.get_ptr_mut(key).or_else(|| nat.get_ptr_mut(key)) else {
         return;
     };
     let t = now();
@@ -151,7 +237,8 @@ fn peer_fin(key: &NatKey, v: &NatValue) -> bool {
         pad: 0,
     };
     // SAFETY: only a flag is read.
-    unsafe { nat.get(&pk) }.is_some_and(|p| p.flags & nat_flag::FIN != 0)
+    unsafe { nat_est.get(&pk).or_else(|| nat.get(&pk)) }
+        .is_some_and(|p| p.flags & nat_flag::FIN != 0)
 }
 
 /// The reply direction of a translation: `key` became `to`, so a reply to
@@ -192,8 +279,14 @@ pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) -> bool {
     let mut rk = NatKey::default();
     let mut rv = NatValue::default();
     reply_of(key, to, kind, owner, &mut rk, &mut rv);
+    let outside = from_outside(kind);
     // SAFETY: compared by value.
-    if let Some(cur) = unsafe { nat.get(&rk) } {
+    let cur = if outside {
+        unsafe { nat_in.get(&rk) }
+    } else {
+        unsafe { nat.get(&rk) }
+    };
+    if let Some(cur) = cur {
         if cur.saddr == rv.saddr
             && cur.daddr == rv.daddr
             && cur.sport == rv.sport
@@ -204,7 +297,11 @@ pub fn remember_reply(key: &NatKey, to: &Target, kind: u8, owner: u64) -> bool {
             return false;
         }
     }
-    let _ = nat.insert(&rk, &rv, BPF_ANY);
+    let _ = if outside {
+        nat_in.insert(&rk, &rv, BPF_ANY)
+    } else {
+        nat.insert(&rk, &rv, BPF_ANY)
+    };
     true
 }
 
@@ -252,5 +349,13 @@ pub fn forget_reply(key: &NatKey) {
     // SAFETY: only tested for presence.
     if unsafe { nat.get(&rk) }.is_some() {
         let _ = nat.remove(&rk);
+    }
+    // SAFETY: as above.
+    if unsafe { nat_in.get(&rk) }.is_some() {
+        let _ = nat_in.remove(&rk);
+    }
+    // SAFETY: the owner is copied out.
+    if let Some(owner) = unsafe { nat_est.get(&rk) }.map(|v| v.owner) {
+        est_remove(&rk, owner);
     }
 }

@@ -64,8 +64,23 @@ pub mod map {
     /// [`PortKey`](crate::PortKey) -> [`PortTarget`](crate::PortTarget): hostPort mappings.
     pub const PORTMAP: &str = "portmap";
     /// [`NatKey`](crate::NatKey) -> [`NatValue`](crate::NatValue): the
-    /// translations of live flows, both directions (LRU).
+    /// translations of flows pods start (masquerade, both directions;
+    /// hairpin replies), LRU.
     pub const NAT: &str = "nat";
+    /// Same layout: the state that packets from outside create (hostPort
+    /// replies, pass-through entries of inbound UDP flows), in an LRU of its
+    /// own, so that a flood from outside evicts only its own kind and never
+    /// a pod's masqueraded flow (`natMapEntries` sizes both).
+    pub const NAT_IN: &str = "nat_in";
+    /// Same layout, not LRU: masqueraded flows that are established (their
+    /// first reply came back) move here from `nat`, within a per-pod quota
+    /// ([`map::NAT_QUOTA`]), so no flood of anyone else's evicts them; they
+    /// leave when their flow is over (port reuse), their pod is gone, or GC.
+    pub const NAT_EST: &str = "nat_est";
+    /// Owner ([`owner_id`](crate::owner_id)) -> `u32`: how many `nat_est`
+    /// entries the attachment holds (approximate: updated without atomics;
+    /// GC recounts).
+    pub const NAT_QUOTA: &str = "nat_quota";
     /// Node address ([`IpKey`](crate::IpKey)) -> `u32` flags: what counts as
     /// "the node" for a hostPort without hostIP.
     pub const NODE_ADDRS: &str = "node_addrs";
@@ -87,9 +102,9 @@ pub mod map {
     /// report events at (0 = none: no ring buffer writes at all).
     pub const MONITOR: &str = "monitor";
     /// Every map.
-    pub const ALL: [&str; 13] = [
-        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG, SOCK_REV,
-        EP_IFACES, EVENTS, MONITOR,
+    pub const ALL: [&str; 16] = [
+        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NAT_IN, NAT_EST, NAT_QUOTA, NODE_ADDRS, UPLINKS,
+        NO_MASQ, CONFIG, SOCK_REV, EP_IFACES, EVENTS, MONITOR,
     ];
 }
 
@@ -302,11 +317,18 @@ pub struct EndpointIface {
     /// carry it as source (and ARP as sender hardware address). All zero:
     /// unknown (chained after a plugin that reported none), not checked.
     pub mac: [u8; 6],
+    /// `IFACE_FLAG_*` bits.
+    pub flags: u8,
     /// Explicit padding, always zero.
-    pub pad: [u8; 2],
+    pub pad: u8,
     /// [`owner_id`] of the attachment.
     pub owner: u64,
 }
+
+/// The pod may send router advertisements, ICMP/ICMPv6 redirects and
+/// DHCP/DHCPv6 server messages (`allowRouterMessages`): it is a router or a
+/// DHCP server. Without it these are dropped as `drop_router_msg`.
+pub const IFACE_FLAG_ROUTER: u8 = 1;
 
 /// Per-endpoint traffic counters (per CPU; userspace sums them).
 #[repr(C)]
@@ -375,11 +397,28 @@ pub enum Counter {
     /// neighbour solicitation for another address, router solicitations and
     /// MLD reports of other pods). Counted, never reported as an event.
     ToContainerFiltered = 17,
+    /// Dropped: a packet from outside straight to a pod's address and port
+    /// that a live masqueraded flow of the pod holds (it would have deleted
+    /// or replaced that flow's translation).
+    DropNatConflict = 18,
+    /// Dropped: a router advertisement, an ICMP or ICMPv6 redirect, or a
+    /// DHCP/DHCPv6 server message from a pod that is not allowed to be a
+    /// router or DHCP server (`allowRouterMessages`).
+    DropRouterMsg = 19,
+    /// Dropped: an ICMP error about a translated flow that does not come
+    /// from the flow's peer side (another pod's forgery quoting a victim's
+    /// flow, or one addressed to someone other than the flow).
+    DropIcmpForeign = 20,
+    /// A masqueraded flow became established and moved to `nat_est`.
+    NatEstablished = 21,
+    /// An established flow stayed in the LRU `nat`: its pod's quota of
+    /// `nat_est` is used up, or `nat_est` is full.
+    NatEstRefused = 22,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 23;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -400,6 +439,11 @@ impl Counter {
         (Counter::DropSpoofedNd, "drop_spoofed_nd"),
         (Counter::DropVlan, "drop_vlan"),
         (Counter::ToContainerFiltered, "to_container_filtered"),
+        (Counter::DropNatConflict, "drop_nat_conflict"),
+        (Counter::DropRouterMsg, "drop_router_msg"),
+        (Counter::DropIcmpForeign, "drop_icmp_foreign"),
+        (Counter::NatEstablished, "nat_established"),
+        (Counter::NatEstRefused, "nat_est_refused"),
     ];
 }
 
@@ -545,8 +589,8 @@ pub struct Config {
     pub snat_min: u16,
     /// Last masquerade port (host order).
     pub snat_max: u16,
-    /// Explicit padding, always zero.
-    pub pad: u32,
+    /// How many `nat_est` entries one attachment may hold (0: none).
+    pub est_quota: u32,
     /// Network namespace cookie of the node: the socket hooks act only there.
     pub netns_cookie: u64,
 }

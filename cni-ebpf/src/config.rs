@@ -33,6 +33,7 @@ crate::go_fields! {
         HairpinMode = "hairpinMode",
         PromiscMode = "promiscMode",
         IpMasq = "ipMasq",
+        AllowRouterMessages = "allowRouterMessages",
         Ipam = "ipam",
         Dns = "dns",
         RuntimeConfig = "runtimeConfig",
@@ -171,6 +172,10 @@ pub struct NetConf {
     pub promisc_mode: bool,
     /// `ipMasq`: masquerade traffic leaving the pod subnets.
     pub ip_masq: bool,
+    /// `allowRouterMessages`: the network's pods may send router
+    /// advertisements, ICMP/ICMPv6 redirects and DHCP/DHCPv6 server
+    /// messages (routers, DHCP servers); dropped by default.
+    pub allow_router_messages: bool,
     /// `ipam` object as given (passed to delegated plugins verbatim).
     pub ipam: Option<Value>,
     /// `ipam.type`.
@@ -530,6 +535,7 @@ impl NetConf {
             hairpin_mode: get_bool(obj, Key::HairpinMode)?,
             promisc_mode: get_bool(obj, Key::PromiscMode)?,
             ip_masq: get_bool(obj, Key::IpMasq)?,
+            allow_router_messages: get_bool(obj, Key::AllowRouterMessages)?,
             ipam,
             ipam_type,
             dns,

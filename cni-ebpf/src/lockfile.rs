@@ -16,6 +16,7 @@ pub fn lock(path: &Path, exclusive: bool) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)?;
+    crate::private::check_file(path, &file)?;
     let op = if exclusive {
         FlockOperation::LockExclusive
     } else {

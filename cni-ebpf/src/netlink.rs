@@ -387,7 +387,10 @@ impl Netlink {
         let mut s = self.handle.link().get().execute();
         while let Some(m) = s.try_next().await.map_err(req("list links"))? {
             let l = Link::from_msg(m);
-            if l.kind == "veth" && l.name.starts_with(TOMBSTONE_PREFIX) {
+            // Only what retire_veth renamed: its tombstone name carries the
+            // link's own ifindex, so a veth that merely looks like one
+            // (another tool's, an administrator's) is never deleted.
+            if l.kind == "veth" && l.name == tombstone_name(l.index) {
                 out.push(l.name);
             }
         }

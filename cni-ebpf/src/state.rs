@@ -60,6 +60,9 @@ pub struct Record {
     /// `ipMasq` of the network at ADD (for the NAT data plane).
     #[serde(default)]
     pub ip_masq: bool,
+    /// `allowRouterMessages` of the network at ADD.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_router_messages: bool,
     /// How programs were attached, once they are.
     #[serde(default)]
     pub attach_mode: Option<AttachMode>,
@@ -84,7 +87,7 @@ impl Store {
     /// (which must not race an ADD, as the spec asks).
     pub fn open(state_dir: &Path, network: &str, exclusive: bool) -> Result<Self, CniError> {
         let dir = state_dir.join(network);
-        crate::private::create_dir(&dir).map_err(|e| io_err("create state dir", &dir, e))?;
+        crate::private::own_dir(&dir).map_err(|e| io_err("create state dir", &dir, e))?;
         let lock_path = dir.join(".lock");
         let lock = crate::lockfile::lock(&lock_path, exclusive)
             .map_err(|e| io_err("lock", &lock_path, e))?;
@@ -123,11 +126,7 @@ impl Store {
         let tmp = p.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(r).expect("record serializes");
         let write = || -> std::io::Result<()> {
-            let mut f = crate::private::options()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            let mut f = crate::private::create_file(&tmp)?;
             f.write_all(&body)?;
             std::fs::rename(&tmp, &p)
         };

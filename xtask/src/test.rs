@@ -14,7 +14,7 @@ Runs `cargo xtask setup`, then `cargo fmt --all -- --check` (and the same for th
 eBPF crate, which is outside the workspace),
 `cargo clippy --workspace --all-targets -- -D warnings` and
 `cargo test --workspace CARGO_TEST_ARGS...` with CNI_EBPF_TEST=1, as root,
-then the end-to-end suites (plugin, nat, repair, agent) once more with every config's
+then the end-to-end suites (plugin, nat, repair, agent, hostile) once more with every config's
 attachMode forced to tcx (CNI_EBPF_TEST_ATTACH=tcx; the default is netlink).
 Every step runs even if an earlier one failed; the exit status is non-zero if
 any failed. Example: cargo xtask test -- -p cni-ebpf -- --nocapture
@@ -63,7 +63,7 @@ fn steps(extra: &[OsString]) -> Vec<(&'static str, Cmd)> {
             "test (attachMode tcx)",
             cargo(&[
                 "test", "-p", "cni-ebpf", "--test", "plugin", "--test", "nat", "--test", "repair",
-                "--test", "agent",
+                "--test", "agent", "--test", "hostile",
             ])
             .env("CNI_EBPF_TEST_ATTACH", SECOND_ATTACH_MODE),
         ),

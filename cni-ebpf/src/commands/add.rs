@@ -66,10 +66,12 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
             .map_err(|e| nl_err("remove earlier veth", e))?;
     }
     plan.check_ifname_free(env)?;
-    if let Some(ipam) = &ipam {
-        // hostPorts another container holds: refused before IPAM moves even
-        // its round-robin cursor.
-        super::check_ports(&dp, conf, &ipam.families(), owner)?;
+    // hostPorts another container holds, and hostIPs that are not the
+    // node's: refused before IPAM moves even its round-robin cursor (chained:
+    // the addresses came in prevResult).
+    match &ipam {
+        Some(ipam) => super::check_ports(&dp, conf, &ipam.families(), owner)?,
+        None => super::check_ports(&dp, conf, &super::addrs(&plan.ips), owner)?,
     }
 
     // 2. The state record, first of all.
@@ -97,6 +99,7 @@ pub fn exec(env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         ips: plan.ips.clone(),
         port_mappings: conf.runtime.port_mappings.clone(),
         ip_masq: conf.ip_masq,
+        allow_router_messages: conf.allow_router_messages,
         ..Default::default()
     };
     let mut rb = begin(&store, conf, &record)?;
@@ -256,8 +259,15 @@ fn publish(
     rb.push("endpoint map entries", move || {
         dp2.remove_endpoint(&ips, Some(idx), owner)
     });
-    dp.add_endpoint(nets, host.index, pod_mac, owner, conf.ip_masq)
-        .map_err(|e| bpf_err("endpoint map entries", e))?;
+    dp.add_endpoint(
+        nets,
+        host.index,
+        pod_mac,
+        owner,
+        conf.ip_masq,
+        conf.allow_router_messages,
+    )
+    .map_err(|e| bpf_err("endpoint map entries", e))?;
     // Node-wide state for the NAT programs (uplinks, node addresses,
     // settings, socket hooks): idempotent, cheap when nothing changed.
     dp.prepare_node(nl, &datapath::node_settings(conf, false), &conf.state_dir)

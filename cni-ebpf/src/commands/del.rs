@@ -52,10 +52,20 @@ pub fn teardown(
         }
     };
     let mode = record.as_ref().map_or(conf.mode, |r| r.mode);
+    let own = host_veth_name(container_id, ifname);
     let host = record
         .as_ref()
         .map(|r| r.host_veth.clone())
-        .unwrap_or_else(|| host_veth_name(container_id, ifname));
+        .unwrap_or_else(|| own.clone());
+    // The veth ADD made is always named after the attachment: a record that
+    // names any other link (edited, copied from another node, or the
+    // chained plugin's veth under a forged mode) never gets it deleted.
+    let host = if mode != Mode::Chained && host != own {
+        warn!("state record of {container_id}/{ifname} names link {host}, not its veth {own}: leaving {host} alone");
+        own
+    } else {
+        host
+    };
     let owner = crate::state::owner(container_id, ifname);
 
     // Interfaces, by the driver that made them.

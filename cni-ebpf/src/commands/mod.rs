@@ -115,8 +115,46 @@ pub fn check_ports(
     ips: &[IpAddr],
     owner: u64,
 ) -> Result<(), CniError> {
+    check_host_ips(conf)?;
     dp.check_ports(&conf.runtime.port_mappings, ips, owner)
         .map_err(|e| port_err(conf, e))
+}
+
+/// Every `hostIP` of the mappings is an address of the node (or empty /
+/// unspecified: every node address). The reference `portmap` only ever
+/// translates destinations local to the node (`--dst-type LOCAL`); a mapping
+/// naming a host behind the node, an external server or another pod would
+/// take that address's traffic, so it is refused (code 7) before any change.
+pub fn check_host_ips(conf: &crate::config::NetConf) -> Result<(), CniError> {
+    let wanted: Vec<(usize, IpAddr)> = conf
+        .runtime
+        .port_mappings
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| Some((i, m.host_ip.parse::<IpAddr>().ok()?)))
+        .filter(|(_, a)| !a.is_unspecified())
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let have: Vec<IpAddr> = crate::netlink::Netlink::with(|nl| async move {
+        Ok(nl
+            .all_addrs()
+            .await?
+            .into_iter()
+            .map(|(_, n)| n.addr())
+            .collect())
+    })
+    .map_err(|e| nl_err("list the node's addresses (hostIP check)", e))?;
+    match wanted.iter().find(|(_, a)| !have.contains(a)) {
+        None => Ok(()),
+        Some((i, a)) => Err(CniError::new(
+            code::INVALID_CONFIG,
+            format!(
+                "invalid runtimeConfig.portMappings[{i}].hostIP {a}: not an address of this node (a hostPort only answers on the node's own addresses)"
+            ),
+        )),
+    }
 }
 
 /// A port conflict is error 102 naming the holder.

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use cni_ebpf_common::{
     map, Counter, EndpointIface, EndpointInfo, EndpointStats, IpKey, EP_FLAG_ACTIVE, EP_FLAG_MASQ,
+    IFACE_FLAG_ROUTER,
 };
 use ipnet::IpNet;
 
@@ -53,7 +54,8 @@ impl Datapath {
     /// Publishes an endpoint: its counters first, then its addresses (the
     /// moment an address is in the map, its packets pass anti-spoofing).
     /// `nets` are the pod's addresses with their subnet's prefix length;
-    /// `masq` marks them for masquerade.
+    /// `masq` marks them for masquerade; `router` lets the pod send router
+    /// advertisements, redirects and DHCP server messages.
     pub fn add_endpoint(
         &self,
         nets: &[IpNet],
@@ -61,6 +63,7 @@ impl Datapath {
         mac: [u8; 6],
         owner: u64,
         masq: bool,
+        router: bool,
     ) -> Result<(), BpfError> {
         let mut st = self.ep_stats()?;
         let zero =
@@ -85,7 +88,8 @@ impl Datapath {
             })?;
         let iface = EndpointIface {
             mac,
-            pad: [0; 2],
+            flags: if router { IFACE_FLAG_ROUTER } else { 0 },
+            pad: 0,
             owner,
         };
         self.ep_ifaces()?

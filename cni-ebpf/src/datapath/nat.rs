@@ -54,6 +54,17 @@ impl Datapath {
         self.map(map::NAT)
     }
 
+    /// `nat_in`, if this data path has it (one pinned by an older build
+    /// does not).
+    fn nat_in(&self) -> Option<HashMap<MapData, NatKey, NatValue>> {
+        self.map(map::NAT_IN).ok()
+    }
+
+    /// `nat_est`, likewise.
+    fn nat_est(&self) -> Option<HashMap<MapData, NatKey, NatValue>> {
+        self.map(map::NAT_EST).ok()
+    }
+
     /// Every raw `nat` entry with whether it is still live: its pod's
     /// address (as the programs pick it) still has the entry's owner.
     fn raw_entries(&self) -> Result<Vec<(NatKey, NatValue, bool)>, BpfError> {
@@ -62,10 +73,12 @@ impl Datapath {
             .into_iter()
             .map(|e| (e.ip, e.info.owner))
             .collect();
-        Ok(self
-            .nat()?
-            .iter()
-            .filter_map(Result::ok)
+        let mut all: Vec<(NatKey, NatValue)> = self.nat()?.iter().filter_map(Result::ok).collect();
+        for m in [self.nat_in(), self.nat_est()].into_iter().flatten() {
+            all.extend(m.iter().filter_map(Result::ok));
+        }
+        Ok(all
+            .into_iter()
             .map(|(k, v)| {
                 let pod = if v.kind == nat_kind::MASQ_REPLY {
                     addr(k.family, &v.daddr)
@@ -112,9 +125,109 @@ impl Datapath {
             .map(|(k, _, _)| k)
             .collect();
         let mut m = self.nat()?;
+        let mut others: Vec<_> = [self.nat_in(), self.nat_est()]
+            .into_iter()
+            .flatten()
+            .collect();
         for k in &stale {
-            let _ = m.remove(k);
+            if m.remove(k).is_err() {
+                for o in others.iter_mut() {
+                    let _ = o.remove(k);
+                }
+            }
         }
-        Ok(stale.len())
+        let over = self.prune_over_established();
+        self.recount_quota();
+        Ok(stale.len() + over)
+    }
+
+    /// Removes the established flows (`nat_est`, both entries) that are
+    /// over by the programs' own rule (closed, or idle past the protocol's
+    /// timeout): that map is not LRU, nothing else takes their room back.
+    fn prune_over_established(&self) -> usize {
+        use cni_ebpf_common::{
+            nat_flag, proto, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS,
+            NAT_TIME_WAIT_NS,
+        };
+        let Some(mut est) = self.nat_est() else {
+            return 0;
+        };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is valid for the kernel to write. CLOCK_MONOTONIC is
+        // the clock of bpf_ktime_get_ns.
+        if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+            return 0;
+        }
+        let now = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        let all: std::collections::HashMap<NatKey, NatValue> =
+            est.iter().filter_map(Result::ok).collect();
+        let mut gone = Vec::new();
+        for (k, v) in &all {
+            if v.kind != nat_kind::MASQ {
+                continue;
+            }
+            let rk = NatKey {
+                saddr: v.daddr,
+                daddr: v.saddr,
+                sport: v.dport,
+                dport: v.sport,
+                proto: k.proto,
+                family: k.family,
+                scope: k.scope,
+                pad: 0,
+            };
+            let (r_flags, r_stamp) = all.get(&rk).map_or((0, 0), |r| (r.flags, r.stamp));
+            let idle = now.saturating_sub(v.stamp.max(r_stamp));
+            let wait = if r_flags & nat_flag::FIN_FIRST != 0 {
+                NAT_TIME_WAIT_NS
+            } else {
+                NAT_CLOSED_REUSE_NS
+            };
+            let closed = ((v.flags | r_flags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
+                || (v.flags & r_flags & nat_flag::FIN != 0 && idle > wait);
+            let timeout = if k.proto == proto::TCP {
+                NAT_IDLE_TCP_NS
+            } else {
+                NAT_IDLE_DGRAM_NS
+            };
+            if closed || idle > timeout {
+                gone.push(*k);
+                gone.push(rk);
+            }
+        }
+        let mut n = 0;
+        for k in &gone {
+            if est.remove(k).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Sets every owner's `nat_quota` count to what it holds in `nat_est`
+    /// (the programs update it without atomics), dropping owners with none.
+    fn recount_quota(&self) {
+        let (Some(est), Ok(mut q)) = (
+            self.nat_est(),
+            self.map::<HashMap<MapData, u64, u32>>(map::NAT_QUOTA),
+        ) else {
+            return;
+        };
+        let mut held: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+        for (_, v) in est.iter().filter_map(Result::ok) {
+            *held.entry(v.owner).or_default() += 1;
+        }
+        let known: Vec<u64> = q.keys().filter_map(Result::ok).collect();
+        for o in known {
+            if !held.contains_key(&o) {
+                let _ = q.remove(&o);
+            }
+        }
+        for (o, n) in held {
+            let _ = q.insert(o, n, 0);
+        }
     }
 }

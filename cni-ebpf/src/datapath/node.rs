@@ -38,6 +38,8 @@ pub struct NodeSettings<'a> {
     pub no_masq: &'a [IpNet],
     /// Masquerade source ports.
     pub snat_ports: (u16, u16),
+    /// `nat_est` entries one attachment may hold.
+    pub est_quota: u32,
     /// Reserve `snat_ports` against the node's own sockets (masquerade on).
     pub reserve_ports: bool,
     /// cgroup v2 directory for the socket hooks; None = no hooks.
@@ -160,7 +162,7 @@ impl Datapath {
         s: &NodeSettings<'_>,
         state_dir: &Path,
     ) -> Result<(), BpfError> {
-        self.set_config(s.snat_ports)?;
+        self.set_config(s.snat_ports, s.est_quota)?;
         let agent = if s.reattach {
             None
         } else {
@@ -240,13 +242,13 @@ impl Datapath {
         Ok(uplinks.iter().map(|u| u.link.index).collect())
     }
 
-    fn set_config(&self, snat: (u16, u16)) -> Result<(), BpfError> {
+    fn set_config(&self, snat: (u16, u16), est_quota: u32) -> Result<(), BpfError> {
         let cookie =
             netns_cookie().map_err(|e| other("read the netns cookie", "SO_NETNS_COOKIE", e))?;
         let want = Config {
             snat_min: snat.0,
             snat_max: snat.1,
-            pad: 0,
+            est_quota,
             netns_cookie: cookie,
         };
         let mut m: Array<MapData, Config> = self.map(map::CONFIG)?;

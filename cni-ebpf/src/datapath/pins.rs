@@ -286,7 +286,13 @@ impl Datapath {
             // The NAT map's size is a setting (natMapEntries): a pinned one
             // keeps its size. Any other size change is a layout change (the
             // counters array grows with each new counter).
-            let sized = |n: u32| if name == map::NAT { 0 } else { n };
+            let sized = |n: u32| {
+                if name == map::NAT || name == map::NAT_IN || name == map::NAT_EST {
+                    0
+                } else {
+                    n
+                }
+            };
             let have = (
                 info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
                 info.key_size(),
@@ -322,6 +328,8 @@ impl Datapath {
         // Only maps created now get it: aya reuses a map found at its pin
         // (migrate_maps compares type and key/value sizes, not capacity).
         loader.map_max_entries(map::NAT, nat_entries);
+        loader.map_max_entries(map::NAT_IN, nat_entries);
+        loader.map_max_entries(map::NAT_EST, nat_entries);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -457,7 +465,10 @@ where
     Ok(())
 }
 
-/// Makes sure `path` is on a bpffs, mounting one there if it is not.
+/// Makes sure `path` is on a bpffs, mounting one there if it is not. Only
+/// over an empty directory: a mount over one that holds something (a
+/// `pinPath` set to `/etc` by mistake) would hide its content from the whole
+/// node, so that is refused before anything is changed.
 pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     let err = |source: std::io::Error| BpfError::Bpffs {
         path: path.display().to_string(),
@@ -467,6 +478,13 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), BpfError> {
     let st = rustix::fs::statfs(path).map_err(|e| err(e.into()))?;
     if st.f_type as u64 == BPF_FS_MAGIC {
         return Ok(());
+    }
+    let mut entries = std::fs::read_dir(path).map_err(err)?;
+    if let Some(first) = entries.next() {
+        let name = first.map_or_else(|_| "?".into(), |e| e.file_name());
+        return Err(err(std::io::Error::other(format!(
+            "pinPath is neither a bpffs nor an empty directory (it holds {name:?}, which a bpffs mounted there would hide): point pinPath at a directory of its own"
+        ))));
     }
     rustix::mount::mount(
         "bpf",

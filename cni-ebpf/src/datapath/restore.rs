@@ -55,12 +55,20 @@ impl RestoreReport {
     }
 }
 
+/// How many `nat_est` entries (two per established masqueraded flow) one
+/// attachment may hold: an eighth of the map, so one pod's flood of
+/// answered flows never takes the room other pods' established flows need.
+pub fn est_quota(nat_map_entries: u32) -> u32 {
+    (nat_map_entries / 8).max(64)
+}
+
 /// The node-wide settings of `conf`.
 pub fn node_settings(conf: &NetConf, reattach: bool) -> NodeSettings<'_> {
     NodeSettings {
         uplinks: conf.uplinks.as_deref(),
         no_masq: &conf.non_masquerade_cidrs,
         snat_ports: conf.snat_ports,
+        est_quota: est_quota(conf.nat_map_entries),
         reserve_ports: conf.ip_masq,
         cgroup: conf.cgroup_path.as_deref(),
         attach_mode: conf.attach_mode,
@@ -154,8 +162,15 @@ fn restore(
     };
     let mac = parse_mac(&rec.mac).unwrap_or([0; 6]);
     if !dp.has_endpoint(nets, ifindex, mac, owner, rec.ip_masq) {
-        dp.add_endpoint(nets, ifindex, mac, owner, rec.ip_masq)
-            .map_err(|e| format!("endpoint: {}", chain(&e)))?;
+        dp.add_endpoint(
+            nets,
+            ifindex,
+            mac,
+            owner,
+            rec.ip_masq,
+            rec.allow_router_messages,
+        )
+        .map_err(|e| format!("endpoint: {}", chain(&e)))?;
     }
     let ips: Vec<IpAddr> = rec.ips.iter().map(|n| n.addr()).collect();
     dp.claim_ports(&rec.port_mappings, &ips, owner)

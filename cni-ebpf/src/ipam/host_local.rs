@@ -292,8 +292,7 @@ impl Store {
     /// exclusive lock, blocking until it is available.
     pub fn open(data_dir: &Path, network: &str) -> Result<Store, CniError> {
         let dir = network_dir(data_dir, network)?;
-        crate::private::create_dir(&dir)
-            .map_err(|e| io_error("cannot create directory", &dir, e))?;
+        crate::private::own_dir(&dir).map_err(|e| io_error("cannot create directory", &dir, e))?;
         Self::lock(dir)
     }
 
@@ -301,7 +300,8 @@ impl Store {
     /// exist (nothing was ever reserved), without creating it.
     fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Store>, CniError> {
         let dir = network_dir(data_dir, network)?;
-        match fs::metadata(&dir) {
+        // Not through a symbolic link: only a directory of our own.
+        match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => Self::lock(dir).map(Some),
             Ok(_) => Err(CniError::new(
                 code::IO,
@@ -390,11 +390,7 @@ impl Store {
         }
         drop(f);
         let last = self.dir.join(format!("{LAST_IP_PREFIX}{range_set}"));
-        crate::private::options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&last)
+        crate::private::create_file(&last)
             .and_then(|mut f| f.write_all(ip.to_string().as_bytes()))
             .map_err(|e| io_error("cannot write", &last, e))?;
         Ok(true)
