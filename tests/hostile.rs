@@ -1691,3 +1691,170 @@ fn pod_floods_do_not_evict_other_pods_flows_bridge() {
 fn pod_floods_do_not_evict_other_pods_flows_routed() {
     pod_floods_do_not_evict_other_pods_flows("routed");
 }
+
+// ---------------------------------------------------------------- finding 4
+
+/// The `dropNat` counter of the endpoint that has `addr`.
+fn ep_drop_nat(t: &Topo, addr: IpAddr) -> u64 {
+    let a = addr.to_string();
+    t.inspect()["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i.as_str() == Some(a.as_str()))
+        })
+        .unwrap_or_else(|| panic!("no endpoint {a}"))["counters"]["dropNat"]
+        .as_u64()
+        .unwrap()
+}
+
+/// One pod cannot take every masquerade port of a destination: with a
+/// range of 256 ports, an attacker opens 8 times as many UDP flows and 4
+/// times as many TCP connections (SYNs) to one external server as the
+/// range holds; it gets its share (64 ports per destination) and the rest
+/// is refused, counted node-wide (`drop_nat_pod_share`) and on its own
+/// endpoint (`dropNat`). A victim's new UDP flows and TCP connection to
+/// that server are still masqueraded (the server sees the node address).
+fn one_pod_cannot_take_every_port(mode: &str) {
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+    const RANGE: (u16, u16) = (40000, 40255);
+    const SHARE: u64 = 64;
+    let span = u64::from(RANGE.1 - RANGE.0) + 1;
+    let t = Topo::new(if mode == "routed" { "psr" } else { "psb" });
+    let (pv, pa) = (t.pod("victim"), t.pod("attacker"));
+    let conf = mode_conf(
+        &t,
+        mode,
+        json!({"ipMasq": true, "natMapEntries": 8192,
+               "snatPortRange": format!("{}-{}", RANGE.0, RANGE.1)}),
+    );
+    let rv = t.add(&conf, "victim", Some(&pv), "eth0");
+    let ra = t.add(&conf, "attacker", Some(&pa), "eth0");
+    let (ext, node) = (ip(EXT_IP), ip(NODE_IP));
+    let (victim, attacker) = (result_ip(&rv, false), result_ip(&ra, false));
+    let s = in_ns_ret(&t.ext, move || UdpSocket::bind((ext, 7400)).unwrap());
+    let l = in_ns_ret(&t.ext, move || TcpListener::bind((ext, 7401)).unwrap());
+    let before = (
+        counter(&t, "drop_nat_pod_share"),
+        counter(&t, "nat_masq_new"),
+        ep_drop_nat(&t, attacker),
+        ep_drop_nat(&t, victim),
+    );
+
+    // The attacker: far more flows to ext:7400 (UDP) and ext:7401 (TCP)
+    // than the range has ports.
+    let (n_udp, n_tcp) = (8 * span, 4 * span);
+    let started = std::time::Instant::now();
+    let udp: Vec<Vec<u8>> = (0..n_udp)
+        .map(|i| {
+            let mut d = udp_dgram(10000 + i as u16, 7400, b"x");
+            let c = l4_csum(attacker, ext, 17, &d);
+            d[6..8].copy_from_slice(&c.to_be_bytes());
+            d
+        })
+        .collect();
+    send_raw_many(&pa, 17, ext, udp);
+    std::thread::sleep(Duration::from_millis(200));
+    let claimed_udp = counter(&t, "nat_masq_new") - before.1;
+    let syns: Vec<Vec<u8>> = (0..n_tcp)
+        .map(|i| tcp_segment(attacker, ext, 20000 + i as u16, 7401, 0x02))
+        .collect();
+    send_raw_many(&pa, 6, ext, syns);
+    let secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = counter(&t, "drop_nat_pod_share") - before.0;
+    let claimed = counter(&t, "nat_masq_new") - before.1;
+    let attacker_drops = ep_drop_nat(&t, attacker) - before.2;
+
+    // Whatever reached the server so far is the attacker's: drained.
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    let mut flood_seen = 0;
+    while s.recv_from(&mut buf).is_ok() {
+        flood_seen += 1;
+    }
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+
+    // The victim's new flows to the same server.
+    let mut seen = Vec::new();
+    for i in 0..8u16 {
+        let u = in_ns_ret(&pv, move || {
+            UdpSocket::bind(("0.0.0.0", 41000 + i)).unwrap()
+        });
+        u.send_to(format!("victim{i}").as_bytes(), (ext, 7400))
+            .unwrap();
+        loop {
+            match s.recv_from(&mut buf) {
+                Ok((n, from)) if buf[..n].starts_with(b"victim") => {
+                    seen.push(from);
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let tcp = in_ns_ret(&pv, move || {
+        TcpStream::connect_timeout(&(ext, 7401).into(), Duration::from_secs(3))
+    });
+    let peer = tcp.as_ref().ok().and_then(|_| {
+        l.set_nonblocking(true).ok()?;
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while std::time::Instant::now() < until {
+            if let Ok((_, p)) = l.accept() {
+                return Some(p);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    });
+    let victim_drops = ep_drop_nat(&t, victim) - before.3;
+    eprintln!(
+        "{mode}: range {span} ports (share {SHARE}); attacker {attacker}: {n_udp} UDP flows + {n_tcp} SYNs in {secs:.1}s, {claimed} ports claimed ({claimed_udp} UDP), {flood_seen} datagrams reached the server, drop_nat_pod_share +{refused}, its dropNat +{attacker_drops}; victim {victim}: UDP flows from {seen:?}, TCP {:?} from {peer:?}, its dropNat +{victim_drops}",
+        tcp.as_ref().map(|_| ())
+    );
+    assert_eq!(
+        seen.len(),
+        8,
+        "{mode}: the victim's new UDP flows were not delivered"
+    );
+    assert!(
+        seen.iter().all(|a| a.ip() == node),
+        "{mode}: the victim's flows were not masqueraded: {seen:?}"
+    );
+    assert!(
+        peer.is_some_and(|p| p.ip() == node),
+        "{mode}: the victim's TCP connection was not masqueraded: {tcp:?} from {peer:?}"
+    );
+    assert_eq!(victim_drops, 0, "{mode}: the victim had drops");
+    // Non-atomic counting may let a few more through, never the range.
+    // (Its TCP flows are reset at once: after NAT_CLOSED_REUSE_NS it may
+    // reuse their ports, within its share.)
+    assert!(
+        claimed_udp <= SHARE + 4,
+        "{mode}: the attacker claimed {claimed_udp} UDP ports, beyond its share"
+    );
+    let want = n_udp + n_tcp - (claimed - claimed_udp).max(SHARE) - SHARE - 4;
+    assert!(
+        refused >= want && attacker_drops >= want,
+        "{mode}: refusals not counted: node +{refused}, attacker +{attacker_drops} (want >= {want})"
+    );
+    t.del(&conf, "attacker", Some(&pa), "eth0");
+    t.del(&conf, "victim", Some(&pv), "eth0");
+}
+
+#[test]
+fn one_pod_cannot_take_every_port_bridge() {
+    one_pod_cannot_take_every_port("bridge");
+}
+
+#[test]
+fn one_pod_cannot_take_every_port_routed() {
+    one_pod_cannot_take_every_port("routed");
+}

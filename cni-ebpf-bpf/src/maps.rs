@@ -9,9 +9,9 @@ use aya_ebpf::{
 };
 use cni_ebpf_common::{
     Config, Counter, EndpointIface, EndpointInfo, EndpointStats, IpKey, NatKey, NatScratch,
-    NatValue, NoMasqKey, PortKey, PortTarget, SockRevKey, SockRevValue, UplinkInfo, ENDPOINTS_MAX,
-    EP_IFACES_MAX, EP_STATS_MAX, NAT_MAX, NODE_ADDRS_MAX, NO_MASQ_MAX, NO_MASQ_PREFIX_BASE,
-    PORTMAP_MAX, SOCK_REV_MAX, UPLINKS_MAX,
+    NatValue, NoMasqKey, PortKey, PortTarget, ShareKey, SockRevKey, SockRevValue, UplinkInfo,
+    ENDPOINTS_MAX, EP_IFACES_MAX, EP_STATS_MAX, NAT_MAX, NODE_ADDRS_MAX, NO_MASQ_MAX,
+    NO_MASQ_PREFIX_BASE, PORTMAP_MAX, SOCK_REV_MAX, UPLINKS_MAX,
 };
 
 /// Pod IP -> endpoint (see `cni_ebpf_common::map::ENDPOINTS`).
@@ -47,6 +47,10 @@ pub static nat_est: HashMap<NatKey, NatValue, { NAT_MAX as usize }> = HashMap::n
 /// `nat_est` entries per owner (see `cni_ebpf_common::map::NAT_QUOTA`).
 #[btf_map]
 pub static nat_quota: HashMap<u64, u32, { EP_IFACES_MAX as usize }> = HashMap::new();
+
+/// Masquerade ports per owner and destination (see `cni_ebpf_common::map::NAT_SHARE`).
+#[btf_map]
+pub static nat_share: LruHashMap<ShareKey, u32, { NAT_MAX as usize }> = LruHashMap::new();
 
 /// The node's own addresses (hostPort without hostIP matches these).
 #[btf_map]

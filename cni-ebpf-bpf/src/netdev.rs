@@ -12,14 +12,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use cni_ebpf_common::{
-    nat_flag, nat_kind, proto, scope, Counter, NatKey, NatScratch, NatValue, EP_FLAG_MASQ,
-    FAMILY_V4, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS, NAT_TIME_WAIT_NS,
+    nat_flag, nat_kind, nat_pod_share, proto, scope, Counter, NatKey, NatScratch, NatValue,
+    ShareKey, EP_FLAG_MASQ, FAMILY_V4, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS,
+    NAT_TIME_WAIT_NS,
 };
 
 use crate::{
     events::{drop_event, flow_event},
     flow::{parse, parse_inner, Flow, Inner, IPPROTO_ICMP, IPPROTO_ICMPV6},
-    maps::{count, nat, nat_est, no_masq_hit, scratch, settings, uplinks},
+    maps::{count, nat, nat_est, nat_share, no_masq_hit, scratch, settings, uplinks},
     rewrite::{rewrite, rewrite_icmp_error, Target},
     translate::{
         dropped, endpoint, est_remove, forget_reply, hostport, is_loopback, is_node_addr, live,
@@ -413,12 +414,22 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
         sport: 0,
         dport: key.dport,
     };
-    to.sport = alloc_port(key, &to, owner, lo, span);
+    // One pod holds at most its share of the ports to one destination, so
+    // the others always find some free: at its share it may only take
+    // over a port of its own whose flow is over.
+    let full = share_of(owner, key) >= nat_pod_share(span);
+    to.sport = alloc_port(key, &to, owner, lo, if full { span | FULL } else { span });
     if to.sport == 0 {
-        dropped(Counter::DropNatNoPort, pod_if);
-        drop_event(ctx, Counter::DropNatNoPort, pod_if);
+        let c = if share_refused() {
+            Counter::DropNatPodShare
+        } else {
+            Counter::DropNatNoPort
+        };
+        dropped(c, pod_if);
+        drop_event(ctx, c, pod_if);
         return TC_ACT_SHOT as i32;
     }
+    share_claimed(owner, key);
     let fwd = NatValue {
         saddr: to.saddr,
         daddr: to.daddr,
@@ -439,20 +450,33 @@ fn masquerade(ctx: &TcContext, f: &Flow) -> i32 {
     ok
 }
 
+/// Set in [`alloc_port`]'s `span`: the pod is at its share.
+const FULL: u32 = 1 << 31;
+
 /// Claims a free masquerade source port for the flow `key` -> `to` (whose
 /// source port is ignored) by inserting its reply entry with `BPF_NOEXIST`
 /// at random ports of `lo .. lo + span`, or by taking over a port whose flow
-/// is over. Returns the port (network order), 0 if none was free.
+/// is over. With [`FULL`] set in `span` (`owner` holds its share of the
+/// ports to this destination) only a port of `owner`'s own whose flow is
+/// over is taken. Returns the port (network order), 0 if none was taken
+/// (the scratch's `refused` then says whether one was free); the scratch's
+/// `prev` is the owner whose port was taken over.
 #[inline(never)]
 fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 {
-    if span == 0 {
-        return 0;
-    }
     let Some(s) = scratch.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's scratch entry; nothing else runs on it meanwhile.
     let s = unsafe { &mut *s };
+    // Kept in the scratch, not in registers: the verifier sees one state
+    // per probe either way.
+    s.only = if span & FULL != 0 { owner } else { 0 };
+    s.prev = 0;
+    s.refused = 0;
+    let span = span & 0xffff;
+    if span == 0 {
+        return 0;
+    }
     let mut t = *to;
     for _ in 0..PORT_PROBES {
         // SAFETY: no preconditions.
@@ -463,7 +487,13 @@ fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 
         // A port an established flow holds is in `nat_est`, not `nat`.
         // SAFETY: only tested for presence.
         let held = unsafe { nat_est.get(&s.rk) }.is_some();
-        if !held && nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
+        if s.only != 0 {
+            // SAFETY: as above.
+            if !held && unsafe { nat.get(&s.rk) }.is_none() {
+                s.refused = 1;
+                continue;
+            }
+        } else if !held && nat.insert(&s.rk, &s.rv, BPF_NOEXIST).is_ok() {
             return port;
         }
         // Taken: free again if its flow is over (closed, idle, or its pod gone).
@@ -474,9 +504,81 @@ fn alloc_port(key: &NatKey, to: &Target, owner: u64, lo: u32, span: u32) -> u16 
     0
 }
 
+/// True if the last [`alloc_port`] found a free port it did not take.
+#[inline(always)]
+fn share_refused() -> bool {
+    // SAFETY: copied out.
+    scratch.get(0).is_some_and(|s| s.refused != 0)
+}
+
+/// Counts the port [`alloc_port`] just claimed for the flow `key` to
+/// `owner`'s share, and off the share of the flow it took it from.
+#[inline(never)]
+fn share_claimed(owner: u64, key: &NatKey) {
+    share_add(owner, key, false, 1);
+    let Some(s) = scratch.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch entry, read only.
+    let s = unsafe { &*s };
+    if s.prev != 0 {
+        // The reply key's source is the destination.
+        share_add(s.prev, &s.rk, true, -1);
+    }
+}
+
+/// How many masquerade ports to the destination of the flow `key`
+/// (address, port, protocol) `owner` holds.
+#[inline(never)]
+fn share_of(owner: u64, key: &NatKey) -> u32 {
+    let k = ShareKey {
+        owner,
+        daddr: key.daddr,
+        dport: key.dport,
+        proto: key.proto,
+        family: key.family,
+        pad: [0; 4],
+    };
+    // SAFETY: copied out.
+    unsafe { nat_share.get(&k) }.copied().unwrap_or(0)
+}
+
+/// Adds `delta` to `owner`'s count of ports to the destination of `key`
+/// (a forward key, or a `reply` key whose source is the destination). Not
+/// atomic: a lost update only skews the share until GC recounts.
+#[inline(never)]
+fn share_add(owner: u64, key: &NatKey, reply: bool, delta: i32) {
+    let (daddr, dport) = if reply {
+        (key.saddr, key.sport)
+    } else {
+        (key.daddr, key.dport)
+    };
+    let k = ShareKey {
+        owner,
+        daddr,
+        dport,
+        proto: key.proto,
+        family: key.family,
+        pad: [0; 4],
+    };
+    match nat_share.get_ptr_mut(&k) {
+        Some(p) => {
+            // SAFETY: a live map value.
+            let q = unsafe { &mut *p };
+            *q = q.saturating_add_signed(delta);
+        }
+        None if delta > 0 => {
+            let _ = nat_share.insert(&k, &(delta as u32), 0);
+        }
+        None => {}
+    }
+}
+
 /// True if the masquerade port of the reply entry `s.rk` may go to a new
 /// flow: the flow it belonged to is over. Its forward entry is removed then,
-/// so a straggler of the old flow is not sent out as the new one.
+/// so a straggler of the old flow is not sent out as the new one. With
+/// `s.only` set, only a port of that owner's flows is; `s.prev` is set to
+/// the owner of the port taken over.
 #[inline(never)]
 fn reusable(s: &mut NatScratch) -> bool {
     let rk = &s.rk;
@@ -488,6 +590,9 @@ fn reusable(s: &mut NatScratch) -> bool {
         return false;
     }
     let (e_flags, e_stamp, e_owner) = (e.flags, e.stamp, e.owner);
+    if s.only != 0 && e_owner != s.only {
+        return false;
+    }
     s.fk.saddr = e.daddr;
     s.fk.daddr = rk.saddr;
     s.fk.sport = e.dport;
@@ -507,6 +612,7 @@ fn reusable(s: &mut NatScratch) -> bool {
     };
     let ok = gone || over(s.rk.proto, e_flags, e_stamp, fflags, fstamp);
     if ok {
+        s.prev = e_owner;
         let _ = nat.remove(&s.fk);
         est_remove(&s.fk, e_owner);
         // The new flow's reply entry goes to `nat`.

@@ -81,6 +81,11 @@ pub mod map {
     /// entries the attachment holds (approximate: updated without atomics;
     /// GC recounts).
     pub const NAT_QUOTA: &str = "nat_quota";
+    /// [`ShareKey`](crate::ShareKey) -> `u32`: how many masquerade ports
+    /// to one destination an attachment holds (LRU; approximate: updated
+    /// without atomics, GC recounts the live ones). A new flow beyond
+    /// [`nat_pod_share`](crate::nat_pod_share) of the range is refused.
+    pub const NAT_SHARE: &str = "nat_share";
     /// Node address ([`IpKey`](crate::IpKey)) -> `u32` flags: what counts as
     /// "the node" for a hostPort without hostIP.
     pub const NODE_ADDRS: &str = "node_addrs";
@@ -102,9 +107,9 @@ pub mod map {
     /// report events at (0 = none: no ring buffer writes at all).
     pub const MONITOR: &str = "monitor";
     /// Every map.
-    pub const ALL: [&str; 16] = [
-        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NAT_IN, NAT_EST, NAT_QUOTA, NODE_ADDRS, UPLINKS,
-        NO_MASQ, CONFIG, SOCK_REV, EP_IFACES, EVENTS, MONITOR,
+    pub const ALL: [&str; 17] = [
+        ENDPOINTS, EP_STATS, STATS, PORTMAP, NAT, NAT_IN, NAT_EST, NAT_QUOTA, NAT_SHARE,
+        NODE_ADDRS, UPLINKS, NO_MASQ, CONFIG, SOCK_REV, EP_IFACES, EVENTS, MONITOR,
     ];
 }
 
@@ -287,6 +292,50 @@ pub struct NatScratch {
     pub rv: NatValue,
     /// Forward key of the flow that holds a port (reuse check).
     pub fk: NatKey,
+    /// Owner whose ports alone may be taken over (0: any): the pod is at
+    /// its share of the ports to the destination.
+    pub only: u64,
+    /// Owner of the flow whose port was taken over (0: the port was free).
+    pub prev: u64,
+    /// A free port was seen but not taken (the share is used up).
+    pub refused: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+}
+
+/// Key of [`map::NAT_SHARE`]: one attachment's masqueraded flows to one
+/// destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ShareKey {
+    /// Owner ([`owner_id`]) of the pod's attachment.
+    pub owner: u64,
+    /// Destination address (IPv4 in the first 4 bytes).
+    pub daddr: [u8; 16],
+    /// Destination port (network order; echo id 0 for ICMP).
+    pub dport: u16,
+    /// IP protocol.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 4],
+}
+
+/// How many masquerade ports of a range of `span` ports one pod may hold
+/// to one destination: an eighth of the range, but at least 64 (at most
+/// half of a range smaller than 128), so one pod never takes every port
+/// to a destination from the others.
+#[inline(always)]
+pub const fn nat_pod_share(span: u32) -> u32 {
+    let floor = if span / 2 < 64 { span / 2 } else { 64 };
+    let eighth = span / 8;
+    let s = if eighth > floor { eighth } else { floor };
+    if s == 0 {
+        1
+    } else {
+        s
+    }
 }
 
 /// What the node knows about one pod address.
@@ -414,11 +463,15 @@ pub enum Counter {
     /// An established flow stayed in the LRU `nat`: its pod's quota of
     /// `nat_est` is used up, or `nat_est` is full.
     NatEstRefused = 22,
+    /// Dropped: a new masqueraded flow of a pod that already holds its
+    /// share ([`nat_pod_share`]) of the masquerade ports to that
+    /// destination (address, port, protocol).
+    DropNatPodShare = 23,
 }
 
 impl Counter {
     /// Number of counters (size of [`map::STATS`]).
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     /// Every counter with its name, in index order (for `cni-ebpf inspect`).
     pub const ALL: [(Counter, &'static str); Self::COUNT as usize] = [
         (Counter::FromContainerPass, "from_container_pass"),
@@ -444,6 +497,7 @@ impl Counter {
         (Counter::DropIcmpForeign, "drop_icmp_foreign"),
         (Counter::NatEstablished, "nat_established"),
         (Counter::NatEstRefused, "nat_est_refused"),
+        (Counter::DropNatPodShare, "drop_nat_pod_share"),
     ];
 }
 
@@ -669,7 +723,8 @@ const _: () = assert!(core::mem::size_of::<EndpointIface>() == 16);
 const _: () = assert!(core::mem::size_of::<NatKey>() == 40);
 const _: () = assert!(core::mem::size_of::<NatValue>() == 56);
 const _: () = assert!(core::mem::size_of::<UplinkInfo>() == 24);
-const _: () = assert!(core::mem::size_of::<NatScratch>() == 136);
+const _: () = assert!(core::mem::size_of::<NatScratch>() == 160);
+const _: () = assert!(core::mem::size_of::<ShareKey>() == 32);
 const _: () = assert!(core::mem::size_of::<NoMasqKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Config>() == 16);
 const _: () = assert!(core::mem::size_of::<Event>() == 168);
@@ -697,6 +752,8 @@ mod pod {
     unsafe impl aya::Pod for super::NatKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::NatValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ShareKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::UplinkInfo {}
     // SAFETY: as above.

@@ -138,6 +138,7 @@ impl Datapath {
         }
         let over = self.prune_over_established();
         self.recount_quota();
+        self.recount_share();
         Ok(stale.len() + over)
     }
 
@@ -230,4 +231,104 @@ impl Datapath {
             let _ = q.insert(o, n, 0);
         }
     }
+
+    /// Sets every `nat_share` count to the masquerade ports its owner's
+    /// live flows hold to that destination (reply entries in `nat` and
+    /// `nat_est` whose flow is not over by the programs' rule), dropping
+    /// the rest: the programs count a port off only when it is taken over,
+    /// so flows that ended, LRU evictions and lost updates are settled here.
+    fn recount_share(&self) {
+        use cni_ebpf_common::{nat_flag, ShareKey};
+        let Ok(mut q) = self.map::<HashMap<MapData, ShareKey, u32>>(map::NAT_SHARE) else {
+            return;
+        };
+        let Some(now) = monotonic_ns() else {
+            return;
+        };
+        let mut all: std::collections::HashMap<NatKey, NatValue> = std::collections::HashMap::new();
+        if let Ok(m) = self.nat() {
+            all.extend(m.iter().filter_map(Result::ok));
+        }
+        if let Some(m) = self.nat_est() {
+            all.extend(m.iter().filter_map(Result::ok));
+        }
+        let mut held: std::collections::HashMap<ShareKey, u32> = std::collections::HashMap::new();
+        for (rk, rv) in &all {
+            if rv.kind != nat_kind::MASQ_REPLY {
+                continue;
+            }
+            let fk = NatKey {
+                saddr: rv.daddr,
+                daddr: rk.saddr,
+                sport: rv.dport,
+                dport: rk.sport,
+                proto: rk.proto,
+                family: rk.family,
+                scope: rk.scope,
+                pad: 0,
+            };
+            let (f_flags, f_stamp) = all
+                .get(&fk)
+                .map_or((nat_flag::RST, 0), |f| (f.flags, f.stamp));
+            if flow_over(now, rk.proto, rv.flags, rv.stamp, f_flags, f_stamp) {
+                continue;
+            }
+            let k = ShareKey {
+                owner: rv.owner,
+                daddr: rk.saddr,
+                dport: rk.sport,
+                proto: rk.proto,
+                family: rk.family,
+                pad: [0; 4],
+            };
+            *held.entry(k).or_default() += 1;
+        }
+        let known: Vec<ShareKey> = q.keys().filter_map(Result::ok).collect();
+        for k in known {
+            if !held.contains_key(&k) {
+                let _ = q.remove(&k);
+            }
+        }
+        for (k, n) in held {
+            let _ = q.insert(k, n, 0);
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> Option<u64> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is valid for the kernel to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return None;
+    }
+    Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The programs' rule (`over` in the uplink programs): a masqueraded flow
+/// whose reply entry has `e_flags`/`e_stamp` and forward entry
+/// `f_flags`/`f_stamp` is over when closed (RST, or FIN both ways, longer
+/// ago than the grace) or idle past its protocol's timeout.
+fn flow_over(now: u64, proto_: u8, e_flags: u8, e_stamp: u64, f_flags: u8, f_stamp: u64) -> bool {
+    use cni_ebpf_common::{
+        nat_flag, proto, NAT_CLOSED_REUSE_NS, NAT_IDLE_DGRAM_NS, NAT_IDLE_TCP_NS, NAT_TIME_WAIT_NS,
+    };
+    let idle = now.saturating_sub(e_stamp.max(f_stamp));
+    let both_fin = e_flags & nat_flag::FIN != 0 && f_flags & nat_flag::FIN != 0;
+    let wait = if e_flags & nat_flag::FIN_FIRST != 0 {
+        NAT_TIME_WAIT_NS
+    } else {
+        NAT_CLOSED_REUSE_NS
+    };
+    let closed = ((e_flags | f_flags) & nat_flag::RST != 0 && idle > NAT_CLOSED_REUSE_NS)
+        || (both_fin && idle > wait);
+    let timeout = if proto_ == proto::TCP {
+        NAT_IDLE_TCP_NS
+    } else {
+        NAT_IDLE_DGRAM_NS
+    };
+    closed || idle > timeout
 }

@@ -287,7 +287,11 @@ impl Datapath {
             // keeps its size. Any other size change is a layout change (the
             // counters array grows with each new counter).
             let sized = |n: u32| {
-                if name == map::NAT || name == map::NAT_IN || name == map::NAT_EST {
+                if name == map::NAT
+                    || name == map::NAT_IN
+                    || name == map::NAT_EST
+                    || name == map::NAT_SHARE
+                {
                     0
                 } else {
                     n
@@ -330,6 +334,7 @@ impl Datapath {
         loader.map_max_entries(map::NAT, nat_entries);
         loader.map_max_entries(map::NAT_IN, nat_entries);
         loader.map_max_entries(map::NAT_EST, nat_entries);
+        loader.map_max_entries(map::NAT_SHARE, nat_entries);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
