@@ -398,7 +398,8 @@ pub struct EndpointStats {
     /// Packets of this endpoint whose addresses or ports were translated
     /// (hostPort, hairpin, masquerade, either direction).
     pub translated: u64,
-    /// Packets of this endpoint dropped by NAT (no free masquerade port).
+    /// Packets of this endpoint dropped by NAT (no free masquerade port, or
+    /// the pod's share of the ports to that destination used up).
     pub drop_nat: u64,
 }
 

@@ -329,12 +329,12 @@ fn endpoints(o: &mut Out, dp: &Datapath, conf: &crate::config::NetConf) {
     o.family(
         "cni_ebpf_endpoint_dropped_packets_total",
         "counter",
-        "Packets of a pod dropped, by reason (spoofed source, no free masquerade port).",
+        "Packets of a pod dropped, by reason (spoofed source; masquerade refused: no free port, or the pod's share of the ports to that destination used up).",
     );
     for (l, st) in &rows {
         let n = "cni_ebpf_endpoint_dropped_packets_total";
         emit(o, n, lab(l, Some(("reason", "spoofed"))), st.drop_spoofed);
-        emit(o, n, lab(l, Some(("reason", "nat_no_port"))), st.drop_nat);
+        emit(o, n, lab(l, Some(("reason", "nat_refused"))), st.drop_nat);
     }
     o.family(
         "cni_ebpf_endpoints",
