@@ -23,6 +23,8 @@ use std::{
 
 use serde_json::{json, Value};
 
+pub mod frames;
+
 /// The plugin binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_cni-ebpf");
 /// Debian's reference plugins.
