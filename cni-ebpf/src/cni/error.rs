@@ -99,6 +99,43 @@ impl std::fmt::Display for CniError {
 
 impl std::error::Error for CniError {}
 
+// Typed errors of the modules become CNI codes here, and only here.
+
+impl From<crate::state::StateError> for CniError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError;
+        let details = match &e {
+            StateError::Io { source, .. } => source.to_string(),
+            StateError::Corrupt { source, .. } => source.to_string(),
+        };
+        let code = match e {
+            StateError::Io { .. } => code::IO,
+            StateError::Corrupt { .. } => code::DECODE,
+        };
+        CniError::new(code, e.to_string()).with_details(details)
+    }
+}
+
+impl From<crate::flannel::FlannelError> for CniError {
+    fn from(e: crate::flannel::FlannelError) -> Self {
+        use crate::flannel::FlannelError;
+        match e {
+            FlannelError::Malformed { .. } | FlannelError::Config(_) => {
+                CniError::new(code::INVALID_CONFIG, e.to_string())
+            }
+            FlannelError::Missing { .. } => CniError::new(code::TRY_AGAIN, e.to_string()),
+            FlannelError::Read { ref source, .. } => {
+                let details = source.to_string();
+                CniError::new(code::IO, e.to_string()).with_details(details)
+            }
+            FlannelError::NotAvailable(inner) => CniError {
+                code: code::NOT_AVAILABLE,
+                ..CniError::from(*inner)
+            },
+        }
+    }
+}
+
 /// Renders an error and its `source()` chain as one line, for `details`.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();
