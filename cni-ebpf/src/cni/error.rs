@@ -136,6 +136,20 @@ impl From<crate::flannel::FlannelError> for CniError {
     }
 }
 
+impl From<crate::ipam::host_local::AllocError> for CniError {
+    fn from(e: crate::ipam::host_local::AllocError) -> Self {
+        use crate::ipam::host_local::AllocError;
+        match e {
+            AllocError::Store(c) => c,
+            AllocError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
+            AllocError::NotInRange { .. }
+            | AllocError::TwoInOneSet { .. }
+            | AllocError::Gateway { .. }
+            | AllocError::Taken { .. } => CniError::new(code::IPAM_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
 /// Renders an error and its `source()` chain as one line, for `details`.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();

@@ -10,7 +10,62 @@ use ipnet::IpNet;
 
 use super::config::{next_ip, set_string, HostLocalConfig, Range};
 use super::disk::{owner_key, Entry, Store};
-use crate::cni::{code, CniError, IpConfig};
+use crate::cni::{CniError, IpConfig};
+
+/// Why an allocation fails; [`CniError`] gives each its code
+/// (`From<AllocError> for CniError` in `cni/error.rs`): 101 for a request
+/// that cannot be honoured, 100 for an exhausted range set.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// A requested address outside every range set (101).
+    #[error("requested IP address {ip} is not in any range of network {network:?} ({sets})")]
+    NotInRange {
+        /// The address.
+        ip: IpAddr,
+        /// The network name.
+        network: String,
+        /// Every range set, as the reference prints them.
+        sets: String,
+    },
+    /// Two requested addresses in one range set (101).
+    #[error(
+        "requested IP addresses {prev} and {ip} are both in range set {set}; \
+         only one address per range set can be requested"
+    )]
+    TwoInOneSet {
+        /// The first one.
+        prev: IpAddr,
+        /// The second one.
+        ip: IpAddr,
+        /// The range set.
+        set: String,
+    },
+    /// A requested address that is its range's gateway (101).
+    #[error("requested IP address {ip} is the gateway of range {range}")]
+    Gateway {
+        /// The address.
+        ip: IpAddr,
+        /// Its range.
+        range: String,
+    },
+    /// A requested address someone else holds (101).
+    #[error("requested IP address {ip} is not available in range set {set}")]
+    Taken {
+        /// The address.
+        ip: IpAddr,
+        /// Its range set.
+        set: String,
+    },
+    /// No free address left in a range set (100).
+    #[error("no IP addresses available in range set {set}")]
+    Exhausted {
+        /// The range set.
+        set: String,
+    },
+    /// The store failed (its own code).
+    #[error(transparent)]
+    Store(#[from] CniError),
+}
 
 /// Whether (container, ifname) may already hold addresses: only a retried
 /// ADD can (its earlier attempt left a state record), so a first ADD skips
@@ -57,28 +112,26 @@ pub fn allocate(
     let mut wanted: Vec<Option<IpAddr>> = vec![None; cfg.range_sets.len()];
     for ip in requested.iter().map(|ip| ip.to_canonical()) {
         let Some(idx) = cfg.range_sets.iter().position(|s| set_contains(s, ip)) else {
-            return Err(CniError::new(
-                code::IPAM_UNAVAILABLE,
-                format!(
-                    "requested IP address {ip} is not in any range of network {network:?} ({})",
-                    cfg.range_sets
-                        .iter()
-                        .map(|s| set_string(s))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                ),
-            ));
+            return Err(AllocError::NotInRange {
+                ip,
+                network: network.to_string(),
+                sets: cfg
+                    .range_sets
+                    .iter()
+                    .map(|s| set_string(s))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+            .into());
         };
         match wanted[idx] {
             Some(prev) if prev != ip => {
-                return Err(CniError::new(
-                    code::IPAM_UNAVAILABLE,
-                    format!(
-                        "requested IP addresses {prev} and {ip} are both in range set {}; \
-                         only one address per range set can be requested",
-                        set_string(&cfg.range_sets[idx])
-                    ),
-                ));
+                return Err(AllocError::TwoInOneSet {
+                    prev,
+                    ip,
+                    set: set_string(&cfg.range_sets[idx]),
+                }
+                .into());
             }
             _ => wanted[idx] = Some(ip),
         }
@@ -128,7 +181,7 @@ pub fn allocate(
                 for ip in reserved_now {
                     let _ = store.unreserve(ip);
                 }
-                return Err(e);
+                return Err(e.into());
             }
         }
     }
@@ -175,14 +228,14 @@ fn allocate_in_set<'a>(
     taken: &mut Taken,
     id: &str,
     ifname: &str,
-) -> Result<(IpAddr, &'a Range, bool), CniError> {
+) -> Result<(IpAddr, &'a Range, bool), AllocError> {
     if let Some(ip) = requested {
         let range = range_for(set, ip).expect("requested IPs were matched to their range set");
         if range.gateway == Some(ip) {
-            return Err(CniError::new(
-                code::IPAM_UNAVAILABLE,
-                format!("requested IP address {ip} is the gateway of range {range}"),
-            ));
+            return Err(AllocError::Gateway {
+                ip,
+                range: range.to_string(),
+            });
         }
         if held.contains(&ip) {
             return Ok((ip, range, false));
@@ -193,13 +246,10 @@ fn allocate_in_set<'a>(
             taken.insert(ip.to_string());
             return Ok((ip, range, true));
         }
-        return Err(CniError::new(
-            code::IPAM_UNAVAILABLE,
-            format!(
-                "requested IP address {ip} is not available in range set {}",
-                set_string(set)
-            ),
-        ));
+        return Err(AllocError::Taken {
+            ip,
+            set: set_string(set),
+        });
     }
 
     // Idempotent retry: see `allocate`.
@@ -225,10 +275,9 @@ fn allocate_in_set<'a>(
         }
         taken.load(store)?;
     }
-    Err(CniError::new(
-        code::IPAM_EXHAUSTED,
-        format!("no IP addresses available in range set {}", set_string(set)),
-    ))
+    Err(AllocError::Exhausted {
+        set: set_string(set),
+    })
 }
 
 /// Releases every address held by (`container_id`, `ifname`) in `network`.

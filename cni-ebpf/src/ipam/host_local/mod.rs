@@ -31,7 +31,9 @@ mod disk;
 #[cfg(test)]
 mod tests;
 
-pub use allocator::{all_reservations, allocate, release, release_known, reserved_by, Attempt};
+pub use allocator::{
+    all_reservations, allocate, release, release_known, reserved_by, AllocError, Attempt,
+};
 pub use config::{
     HostLocalConfig, IpamKey, IpamObject, Range, RangeKey, RouteKey, DEFAULT_DATA_DIR,
 };
