@@ -140,13 +140,24 @@ impl From<crate::ipam::host_local::AllocError> for CniError {
     fn from(e: crate::ipam::host_local::AllocError) -> Self {
         use crate::ipam::host_local::AllocError;
         match e {
-            AllocError::Store(c) => c,
+            AllocError::Store(s) => CniError::from(s),
             AllocError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
             AllocError::NotInRange { .. }
             | AllocError::TwoInOneSet { .. }
             | AllocError::Gateway { .. }
             | AllocError::Taken { .. } => CniError::new(code::IPAM_UNAVAILABLE, e.to_string()),
         }
+    }
+}
+
+impl From<crate::ipam::host_local::StoreError> for CniError {
+    fn from(e: crate::ipam::host_local::StoreError) -> Self {
+        use crate::ipam::host_local::StoreError;
+        let code = match e {
+            StoreError::Io { .. } | StoreError::NotADirectory(_) => code::IO,
+            StoreError::NetworkName(_) => code::INVALID_CONFIG,
+        };
+        CniError::new(code, e.to_string())
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 use ipnet::IpNet;
 
 use super::config::{next_ip, set_string, HostLocalConfig, Range};
-use super::disk::{owner_key, Entry, Store};
+use super::disk::{owner_key, Entry, Store, StoreError};
 use crate::cni::{CniError, IpConfig};
 
 /// Why an allocation fails; [`CniError`] gives each its code
@@ -64,7 +64,7 @@ pub enum AllocError {
     },
     /// The store failed (its own code).
     #[error(transparent)]
-    Store(#[from] CniError),
+    Store(#[from] StoreError),
 }
 
 /// Whether (container, ifname) may already hold addresses: only a retried
@@ -208,7 +208,7 @@ impl Taken {
     }
 
     /// Lists the directory, once.
-    fn load(&mut self, store: &Store) -> Result<(), CniError> {
+    fn load(&mut self, store: &Store) -> Result<(), StoreError> {
         if self.0.is_none() {
             self.0 = Some(store.names()?);
         }

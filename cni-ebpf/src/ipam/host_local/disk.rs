@@ -15,7 +15,28 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::cni::{code, CniError};
+/// What can go wrong with the store; [`crate::cni::CniError`] gives each
+/// its code (`From<StoreError> for CniError` in `cni/error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file operation failed (code 5).
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// The operation (`cannot create`, `cannot lock`, ...).
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The network directory is something else (code 5).
+    #[error("{} exists and is not a directory", .0.display())]
+    NotADirectory(PathBuf),
+    /// A network name that is not one path component (code 7).
+    #[error("invalid network name {0:?}: must be a single path component")]
+    NetworkName(String),
+}
 
 /// Prefix of the per-range-set round-robin cursor files.
 const LAST_IP_PREFIX: &str = "last_reserved_ip.";
@@ -62,7 +83,7 @@ impl Entry {
 impl Store {
     /// Creates `<data_dir>/<network>/` (mode 0700) if needed and takes the
     /// exclusive lock, blocking until it is available.
-    pub fn open(data_dir: &Path, network: &str) -> Result<Store, CniError> {
+    pub fn open(data_dir: &Path, network: &str) -> Result<Store, StoreError> {
         let dir = network_dir(data_dir, network)?;
         crate::private::own_dir(&dir).map_err(|e| io_error("cannot create directory", &dir, e))?;
         Self::lock(dir)
@@ -70,21 +91,21 @@ impl Store {
 
     /// Like [`Store::open`], but `None` when the network directory does not
     /// exist (nothing was ever reserved), without creating it.
-    pub(super) fn open_existing(data_dir: &Path, network: &str) -> Result<Option<Store>, CniError> {
+    pub(super) fn open_existing(
+        data_dir: &Path,
+        network: &str,
+    ) -> Result<Option<Store>, StoreError> {
         let dir = network_dir(data_dir, network)?;
         // Not through a symbolic link: only a directory of our own.
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => Self::lock(dir).map(Some),
-            Ok(_) => Err(CniError::new(
-                code::IO,
-                format!("{} exists and is not a directory", dir.display()),
-            )),
+            Ok(_) => Err(StoreError::NotADirectory(dir)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error("cannot access", &dir, e)),
         }
     }
 
-    fn lock(dir: PathBuf) -> Result<Store, CniError> {
+    fn lock(dir: PathBuf) -> Result<Store, StoreError> {
         let path = dir.join(LOCK_FILE);
         let file =
             crate::lockfile::lock(&path, true).map_err(|e| io_error("cannot lock", &path, e))?;
@@ -93,7 +114,7 @@ impl Store {
 
     /// Every directory entry name, reservation or not; used to skip taken
     /// addresses without a syscall each.
-    pub(super) fn names(&self) -> Result<HashSet<String>, CniError> {
+    pub(super) fn names(&self) -> Result<HashSet<String>, StoreError> {
         let rd = fs::read_dir(&self.dir).map_err(|e| io_error("cannot list", &self.dir, e))?;
         let mut out = HashSet::new();
         for de in rd {
@@ -107,7 +128,7 @@ impl Store {
 
     /// Every regular file whose name is an IP address, with its owner.
     /// Unreadable files are skipped, as the reference does.
-    pub(super) fn entries(&self) -> Result<Vec<Entry>, CniError> {
+    pub(super) fn entries(&self) -> Result<Vec<Entry>, StoreError> {
         let rd = fs::read_dir(&self.dir).map_err(|e| io_error("cannot list", &self.dir, e))?;
         let mut out = Vec::new();
         for de in rd {
@@ -143,7 +164,7 @@ impl Store {
         id: &str,
         ifname: &str,
         range_set: usize,
-    ) -> Result<bool, CniError> {
+    ) -> Result<bool, StoreError> {
         let path = self.dir.join(ip.to_string());
         let mut f = match crate::private::options()
             .read(true)
@@ -178,18 +199,18 @@ impl Store {
     }
 
     /// Removes the reservation file of `ip`; a missing file is success.
-    pub(super) fn unreserve(&self, ip: IpAddr) -> Result<(), CniError> {
+    pub(super) fn unreserve(&self, ip: IpAddr) -> Result<(), StoreError> {
         Self::remove(&self.dir.join(ip.to_string()))
     }
 
     /// Removes the file `e` was read from; a missing file is success.
-    pub(super) fn remove_entry(&self, e: &Entry) -> Result<(), CniError> {
+    pub(super) fn remove_entry(&self, e: &Entry) -> Result<(), StoreError> {
         Self::remove(&e.path)
     }
 
     /// Removes the reservation file of `ip` only if it still names `owner`
     /// (an [`owner_key`]): one file read instead of listing the directory.
-    pub(super) fn release_if_owned(&self, ip: IpAddr, owner: &str) -> Result<(), CniError> {
+    pub(super) fn release_if_owned(&self, ip: IpAddr, owner: &str) -> Result<(), StoreError> {
         let path = self.dir.join(ip.to_canonical().to_string());
         match fs::read(&path) {
             Ok(data) if String::from_utf8_lossy(&data).trim() == owner => Self::remove(&path),
@@ -199,7 +220,7 @@ impl Store {
         }
     }
 
-    fn remove(path: &Path) -> Result<(), CniError> {
+    fn remove(path: &Path) -> Result<(), StoreError> {
         match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -214,7 +235,7 @@ pub(super) fn owner_key(id: &str, ifname: &str) -> String {
 }
 
 /// `<data_dir>/<network>`, refusing names that would leave `data_dir`.
-fn network_dir(data_dir: &Path, network: &str) -> Result<PathBuf, CniError> {
+fn network_dir(data_dir: &Path, network: &str) -> Result<PathBuf, StoreError> {
     // Callers validate network names already; this is defence in depth, as
     // the name becomes a path component.
     if network.is_empty()
@@ -223,14 +244,15 @@ fn network_dir(data_dir: &Path, network: &str) -> Result<PathBuf, CniError> {
         || network.contains('/')
         || network.contains('\0')
     {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            format!("invalid network name {network:?}: must be a single path component"),
-        ));
+        return Err(StoreError::NetworkName(network.to_string()));
     }
     Ok(data_dir.join(network))
 }
 
-fn io_error(what: &str, path: &Path, e: io::Error) -> CniError {
-    CniError::new(code::IO, format!("{what} {}: {e}", path.display()))
+fn io_error(what: &'static str, path: &Path, e: io::Error) -> StoreError {
+    StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source: e,
+    }
 }

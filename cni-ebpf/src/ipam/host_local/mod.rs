@@ -37,4 +37,4 @@ pub use allocator::{
 pub use config::{
     HostLocalConfig, IpamKey, IpamObject, Range, RangeKey, RouteKey, DEFAULT_DATA_DIR,
 };
-pub use disk::Store;
+pub use disk::{Store, StoreError};

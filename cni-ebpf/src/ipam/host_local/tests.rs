@@ -297,7 +297,7 @@ fn resolv_conf_is_parsed_like_the_reference() {
 fn network_name_cannot_escape_data_dir() {
     let d = TempDir::new("names");
     for bad in ["", ".", "..", "a/b", "../x", "/abs"] {
-        let e = Store::open(&d.0, bad).unwrap_err();
+        let e = CniError::from(Store::open(&d.0, bad).unwrap_err());
         assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
     }
     let cfg = cfg_in(&d, json!({"subnet": "10.0.0.0/24"}));
