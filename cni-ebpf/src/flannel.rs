@@ -26,7 +26,7 @@ use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 
 use crate::{
-    cni::{code, CniError},
+    cni::CniError,
     config::{ConfObject, Key},
     ipam::host_local::{IpamKey, IpamObject},
 };
@@ -51,14 +51,53 @@ pub struct SubnetEnv {
     pub ipmasq: bool,
 }
 
-fn malformed(path: &Path, what: String) -> CniError {
-    CniError::new(
-        code::INVALID_CONFIG,
-        format!("flannel subnet file {}: {what}", path.display()),
-    )
+/// What can go wrong with flannel interop; [`CniError`] gives each its CNI
+/// code (`From<FlannelError> for CniError` in `cni/error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum FlannelError {
+    /// The subnet file does not parse (code 7).
+    #[error("flannel subnet file {}: {what}", path.display())]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        what: String,
+    },
+    /// The subnet file is not there yet (code 11: try again later).
+    #[error(
+        "flannel subnet file {} does not exist yet (is flanneld running on this node?)",
+        path.display()
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The subnet file cannot be read (code 5).
+    #[error("cannot read flannel subnet file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config's `flannel`/`subnetFile` keys are invalid (code 7).
+    #[error("{0}")]
+    Config(String),
+    /// STATUS: the live file is unusable, so the plugin is not available
+    /// (code 50, with the inner error's message and details).
+    #[error(transparent)]
+    NotAvailable(Box<FlannelError>),
 }
 
-fn cidr(path: &Path, key: &str, v: &str, v6: bool) -> Result<IpNet, CniError> {
+fn malformed(path: &Path, what: String) -> FlannelError {
+    FlannelError::Malformed {
+        path: path.to_path_buf(),
+        what,
+    }
+}
+
+fn cidr(path: &Path, key: &str, v: &str, v6: bool) -> Result<IpNet, FlannelError> {
     match v.trim().parse::<IpNet>() {
         Ok(n) if n.addr().is_ipv6() == v6 => Ok(n.trunc()),
         _ => Err(malformed(
@@ -75,7 +114,7 @@ impl SubnetEnv {
     /// Parses the file's text (`KEY=VALUE` lines; blank lines, `#` comments
     /// and unknown keys are ignored, as flanneld may add keys). `path` only
     /// names the file in errors.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, CniError> {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, FlannelError> {
         let (mut nw, mut sn, mut nw6, mut sn6, mut mtu, mut masq) =
             (Vec::new(), None, Vec::new(), None, None, None);
         for line in text.lines().map(str::trim) {
@@ -165,21 +204,16 @@ impl SubnetEnv {
     /// Reads and parses `path`. An absent file is "try again later" (11):
     /// flanneld has not leased this node's subnet yet, and kubelet retries
     /// the sandbox; any other read failure is an I/O error (5).
-    pub fn load(path: &Path) -> Result<Self, CniError> {
+    pub fn load(path: &Path) -> Result<Self, FlannelError> {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CniError::new(
-                code::TRY_AGAIN,
-                format!(
-                    "flannel subnet file {} does not exist yet (is flanneld running on this node?)",
-                    path.display()
-                ),
-            )),
-            Err(e) => Err(CniError::new(
-                code::IO,
-                format!("cannot read flannel subnet file {}", path.display()),
-            )
-            .with_details(e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(FlannelError::Missing {
+                path: path.to_path_buf(),
+            }),
+            Err(source) => Err(FlannelError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
@@ -244,8 +278,8 @@ impl SubnetEnv {
 
 /// The subnet file a config asks for: `subnetFile`, or the default when
 /// `"flannel": true`; None when flannel interop is off.
-pub fn subnet_file(obj: &ConfObject) -> Result<Option<PathBuf>, CniError> {
-    let invalid = |m: String| CniError::new(code::INVALID_CONFIG, m);
+pub fn subnet_file(obj: &ConfObject) -> Result<Option<PathBuf>, FlannelError> {
+    let invalid = FlannelError::Config;
     let on = match obj.get(Key::Flannel) {
         None | Some(Value::Null) => None,
         Some(Value::Bool(b)) => Some(*b),
@@ -286,24 +320,24 @@ pub fn resolve(
     command: &str,
     state_dir: &Path,
     network: &str,
-) -> Result<(), CniError> {
+) -> Result<(), FlannelError> {
     let copy = cached_copy(state_dir, network);
     let env = match command {
         "DEL" | "GC" => match SubnetEnv::load(file) {
             Ok(e) => e,
-            Err(e) => match SubnetEnv::load(&copy) {
-                Ok(c) => {
+            // Logged as the runtime would have seen it (message and code).
+            Err(e) => match (CniError::from(e), SubnetEnv::load(&copy)) {
+                (e, Ok(c)) => {
                     crate::warn!("{e}; using the copy {} from the last ADD", copy.display());
                     c
                 }
-                Err(_) => {
+                (e, Err(_)) => {
                     crate::warn!("{e}; no copy from an earlier ADD: IPAM is skipped");
                     return Ok(());
                 }
             },
         },
-        "STATUS" => SubnetEnv::load(file)
-            .map_err(|e| CniError::new(code::NOT_AVAILABLE, e.msg).with_details(e.details))?,
+        "STATUS" => SubnetEnv::load(file).map_err(|e| FlannelError::NotAvailable(Box::new(e)))?,
         _ => SubnetEnv::load(file)?,
     };
     if command == "ADD" {
@@ -326,11 +360,12 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cni::code;
 
     const P: &str = "/run/flannel/subnet.env";
 
     fn parse(s: &str) -> Result<SubnetEnv, CniError> {
-        SubnetEnv::parse(s, Path::new(P))
+        SubnetEnv::parse(s, Path::new(P)).map_err(CniError::from)
     }
 
     fn net(s: &str) -> IpNet {
@@ -415,7 +450,9 @@ mod tests {
 
     #[test]
     fn absent_file_is_try_again_later() {
-        let e = SubnetEnv::load(Path::new("/nonexistent/cni-ebpf/subnet.env")).unwrap_err();
+        let e = CniError::from(
+            SubnetEnv::load(Path::new("/nonexistent/cni-ebpf/subnet.env")).unwrap_err(),
+        );
         assert_eq!(e.code, code::TRY_AGAIN);
         assert!(e.msg.contains("/nonexistent/cni-ebpf/subnet.env"), "{e}");
     }
@@ -470,7 +507,11 @@ mod tests {
             json!({"flannel": "yes"}),
             json!({"flannel": false, "subnetFile": "/x"}),
         ] {
-            assert_eq!(subnet_file(&o(bad.clone())).unwrap_err().code, 7, "{bad}");
+            assert_eq!(
+                CniError::from(subnet_file(&o(bad.clone())).unwrap_err()).code,
+                7,
+                "{bad}"
+            );
         }
     }
 }

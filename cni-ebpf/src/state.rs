@@ -12,7 +12,6 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    cni::{code, CniError},
     config::{Mode, PortMapping},
     datapath::AttachMode,
 };
@@ -71,8 +70,38 @@ pub struct Record {
     pub complete: bool,
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
-    CniError::new(code::IO, format!("{what} {}", path.display())).with_details(e.to_string())
+/// What can go wrong with the state directory; [`CniError`] gives each its
+/// CNI code (`From<StateError> for CniError` in `cni/error.rs`).
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file operation on the state directory failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// The operation (`read`, `write`, `lock`, ...).
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A record that does not parse.
+    #[error("corrupt state record {}", path.display())]
+    Corrupt {
+        /// The record's file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(what: &'static str, path: &Path, e: std::io::Error) -> StateError {
+    StateError::Io {
+        what,
+        path: path.to_path_buf(),
+        source: e,
+    }
 }
 
 /// The state directory of one network.
@@ -85,7 +114,7 @@ impl Store {
     /// Opens `<state_dir>/<network>` and takes its lock: shared for ADD, DEL
     /// and CHECK (different containers proceed in parallel), exclusive for GC
     /// (which must not race an ADD, as the spec asks).
-    pub fn open(state_dir: &Path, network: &str, exclusive: bool) -> Result<Self, CniError> {
+    pub fn open(state_dir: &Path, network: &str, exclusive: bool) -> Result<Self, StateError> {
         let dir = state_dir.join(network);
         crate::private::own_dir(&dir).map_err(|e| io_err("create state dir", &dir, e))?;
         let lock_path = dir.join(".lock");
@@ -100,16 +129,15 @@ impl Store {
     }
 
     /// Reads a record; `None` when there is none.
-    pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<Record>, CniError> {
+    pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<Record>, StateError> {
         let p = self.path(container_id, ifname);
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| {
-                CniError::new(
-                    code::DECODE,
-                    format!("corrupt state record {}", p.display()),
-                )
-                .with_details(e.to_string())
-            }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StateError::Corrupt {
+                    path: p.clone(),
+                    source,
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &p, e)),
         }
@@ -121,7 +149,7 @@ impl Store {
     /// namespaces are gone anyway and GC reconciles the records (a torn one
     /// reads as absent). An ADD writes the record four times, and four
     /// fsyncs were a third of its time on a disk-backed state directory.
-    pub fn save(&self, r: &Record) -> Result<(), CniError> {
+    pub fn save(&self, r: &Record) -> Result<(), StateError> {
         let p = self.path(&r.container_id, &r.ifname);
         let tmp = p.with_extension("json.tmp");
         let body = serde_json::to_vec_pretty(r).expect("record serializes");
@@ -134,7 +162,7 @@ impl Store {
     }
 
     /// Removes a record; a missing one is fine.
-    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
+    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), StateError> {
         let p = self.path(container_id, ifname);
         match std::fs::remove_file(&p) {
             Ok(()) => Ok(()),
@@ -144,7 +172,7 @@ impl Store {
     }
 
     /// Every record of the network (GC).
-    pub fn all(&self) -> Result<Vec<Record>, CniError> {
+    pub fn all(&self) -> Result<Vec<Record>, StateError> {
         let mut out = Vec::new();
         let rd = std::fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, e))?;
         for e in rd.flatten() {

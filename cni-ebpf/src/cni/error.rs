@@ -99,6 +99,68 @@ impl std::fmt::Display for CniError {
 
 impl std::error::Error for CniError {}
 
+// Typed errors of the modules become CNI codes here, and only here.
+
+impl From<crate::state::StateError> for CniError {
+    fn from(e: crate::state::StateError) -> Self {
+        use crate::state::StateError;
+        let details = match &e {
+            StateError::Io { source, .. } => source.to_string(),
+            StateError::Corrupt { source, .. } => source.to_string(),
+        };
+        let code = match e {
+            StateError::Io { .. } => code::IO,
+            StateError::Corrupt { .. } => code::DECODE,
+        };
+        CniError::new(code, e.to_string()).with_details(details)
+    }
+}
+
+impl From<crate::flannel::FlannelError> for CniError {
+    fn from(e: crate::flannel::FlannelError) -> Self {
+        use crate::flannel::FlannelError;
+        match e {
+            FlannelError::Malformed { .. } | FlannelError::Config(_) => {
+                CniError::new(code::INVALID_CONFIG, e.to_string())
+            }
+            FlannelError::Missing { .. } => CniError::new(code::TRY_AGAIN, e.to_string()),
+            FlannelError::Read { ref source, .. } => {
+                let details = source.to_string();
+                CniError::new(code::IO, e.to_string()).with_details(details)
+            }
+            FlannelError::NotAvailable(inner) => CniError {
+                code: code::NOT_AVAILABLE,
+                ..CniError::from(*inner)
+            },
+        }
+    }
+}
+
+impl From<crate::ipam::host_local::AllocError> for CniError {
+    fn from(e: crate::ipam::host_local::AllocError) -> Self {
+        use crate::ipam::host_local::AllocError;
+        match e {
+            AllocError::Store(s) => CniError::from(s),
+            AllocError::Exhausted { .. } => CniError::new(code::IPAM_EXHAUSTED, e.to_string()),
+            AllocError::NotInRange { .. }
+            | AllocError::TwoInOneSet { .. }
+            | AllocError::Gateway { .. }
+            | AllocError::Taken { .. } => CniError::new(code::IPAM_UNAVAILABLE, e.to_string()),
+        }
+    }
+}
+
+impl From<crate::ipam::host_local::StoreError> for CniError {
+    fn from(e: crate::ipam::host_local::StoreError) -> Self {
+        use crate::ipam::host_local::StoreError;
+        let code = match e {
+            StoreError::Io { .. } | StoreError::NotADirectory(_) => code::IO,
+            StoreError::NetworkName(_) => code::INVALID_CONFIG,
+        };
+        CniError::new(code, e.to_string())
+    }
+}
+
 /// Renders an error and its `source()` chain as one line, for `details`.
 pub fn chain(err: &dyn std::error::Error) -> String {
     let mut s = err.to_string();

@@ -163,7 +163,7 @@ pub struct Steps<'a> {
 impl Steps<'_> {
     /// Saves the record as it is now.
     pub fn save(&self) -> Result<(), DriverError> {
-        Ok(self.store.save(self.record)?)
+        Ok(self.store.save(self.record).map_err(CniError::from)?)
     }
 }
 
