@@ -361,13 +361,22 @@ impl Netlink {
             return Ok(None);
         }
         let tomb = tombstone_name(l.index);
-        self.handle
+        // The veth may vanish between the lookup and these requests: when
+        // the pod's namespace is deleted, the kernel destroys the pair
+        // asynchronously (cleanup_net). Gone is what DEL wants.
+        let gone = |r: &Result<(), rtnetlink::Error>| matches!(r, Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV);
+        let r = self
+            .handle
             .link()
             .set(LinkUnspec::new_with_index(l.index).down().build())
             .execute()
-            .await
-            .map_err(req(format!("set link {name} down")))?;
-        self.handle
+            .await;
+        if gone(&r) {
+            return Ok(None);
+        }
+        r.map_err(req(format!("set link {name} down")))?;
+        let r = self
+            .handle
             .link()
             .set(
                 LinkUnspec::new_with_index(l.index)
@@ -375,8 +384,11 @@ impl Netlink {
                     .build(),
             )
             .execute()
-            .await
-            .map_err(req(format!("rename link {name} to {tomb}")))?;
+            .await;
+        if gone(&r) {
+            return Ok(None);
+        }
+        r.map_err(req(format!("rename link {name} to {tomb}")))?;
         Ok(Some(tomb))
     }
 
