@@ -875,84 +875,35 @@ fn capture_icmp_errors(
     ifname: &str,
     window: Duration,
 ) -> std::thread::JoinHandle<Vec<(String, IpAddr, IpAddr, u16)>> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let ifname = ifname.to_string();
-    let h = in_ns(ns, move || {
-        let (fd, sll) = packet_socket(&ifname, libc::ETH_P_ALL as u16);
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
+    let a4 = |b: &[u8]| IpAddr::V4(<[u8; 4]>::try_from(b).unwrap().into());
+    let a6 = |b: &[u8]| IpAddr::V6(<[u8; 16]>::try_from(b).unwrap().into());
+    capture(ns, ifname, window, move |f| {
+        let m = f.windows(5).position(|w| w == b"SPOOF")?;
+        let marker = String::from_utf8_lossy(&f[m..(m + 7).min(f.len())]).into_owned();
+        let (src, qdst, qport) = match u16::from_be_bytes([f[12], f[13]]) {
+            0x0800 if f[23] == 1 => {
+                let l3 = 14;
+                let icmp = l3 + usize::from(f[l3] & 15) * 4;
+                let inner = icmp + 8;
+                let il4 = inner + usize::from(*f.get(inner)? & 15) * 4;
+                (
+                    a4(f.get(l3 + 12..l3 + 16)?),
+                    a4(f.get(inner + 16..inner + 20)?),
+                    u16::from_be_bytes([*f.get(il4 + 2)?, *f.get(il4 + 3)?]),
+                )
+            }
+            0x86dd if f[20] == 58 => {
+                let inner = 14 + 40 + 8;
+                (
+                    a6(f.get(22..38)?),
+                    a6(f.get(inner + 24..inner + 40)?),
+                    u16::from_be_bytes([*f.get(inner + 42)?, *f.get(inner + 43)?]),
+                )
+            }
+            _ => return None,
         };
-        // SAFETY: valid descriptor, option value and sockaddr of the right sizes.
-        unsafe {
-            assert_eq!(
-                libc::bind(
-                    fd,
-                    std::ptr::addr_of!(sll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32
-                ),
-                0
-            );
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                std::ptr::addr_of!(tv).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            );
-        }
-        tx.send(()).unwrap();
-        let mut seen = Vec::new();
-        let end = std::time::Instant::now() + window;
-        let mut buf = [0u8; 2048];
-        let a4 = |b: &[u8]| IpAddr::V4(<[u8; 4]>::try_from(b).unwrap().into());
-        let a6 = |b: &[u8]| IpAddr::V6(<[u8; 16]>::try_from(b).unwrap().into());
-        while std::time::Instant::now() < end {
-            // SAFETY: `buf` is writable for its whole length.
-            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n <= 0 {
-                continue;
-            }
-            let f = &buf[..n as usize];
-            let Some(m) = f.windows(5).position(|w| w == b"SPOOF") else {
-                continue;
-            };
-            let marker = String::from_utf8_lossy(&f[m..(m + 7).min(f.len())]).into_owned();
-            let parsed = (|| -> Option<(IpAddr, IpAddr, u16)> {
-                match u16::from_be_bytes([f[12], f[13]]) {
-                    0x0800 if f[23] == 1 => {
-                        let l3 = 14;
-                        let icmp = l3 + usize::from(f[l3] & 15) * 4;
-                        let inner = icmp + 8;
-                        let il4 = inner + usize::from(*f.get(inner)? & 15) * 4;
-                        Some((
-                            a4(f.get(l3 + 12..l3 + 16)?),
-                            a4(f.get(inner + 16..inner + 20)?),
-                            u16::from_be_bytes([*f.get(il4 + 2)?, *f.get(il4 + 3)?]),
-                        ))
-                    }
-                    0x86dd if f[20] == 58 => {
-                        let inner = 14 + 40 + 8;
-                        Some((
-                            a6(f.get(22..38)?),
-                            a6(f.get(inner + 24..inner + 40)?),
-                            u16::from_be_bytes([*f.get(inner + 42)?, *f.get(inner + 43)?]),
-                        ))
-                    }
-                    _ => None,
-                }
-            })();
-            if let Some((src, qdst, qport)) = parsed {
-                seen.push((marker, src, qdst, qport));
-            }
-        }
-        // SAFETY: our own descriptor.
-        unsafe { libc::close(fd) };
-        seen
-    });
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("capture did not start");
-    h
+        Some((marker, src, qdst, qport))
+    })
 }
 
 /// A pod's forged ICMP error quoting another pod's masqueraded flow never

@@ -73,12 +73,14 @@ pub fn send_frames(ns: &str, ifname: &str, frames: Vec<Vec<u8>>) {
     .unwrap();
 }
 
-/// Captures on `ifname` in `ns` for `window`: the markers (`SPOOFnn`) seen.
-pub fn capture_markers(
+/// Captures every frame on `ifname` in `ns` for `window` (the capture is
+/// running when this returns) and keeps what `pick` makes of each.
+pub fn capture<T: Send + 'static>(
     ns: &str,
     ifname: &str,
     window: Duration,
-) -> std::thread::JoinHandle<Vec<String>> {
+    mut pick: impl FnMut(&[u8]) -> Option<T> + Send + 'static,
+) -> std::thread::JoinHandle<Vec<T>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let ifname = ifname.to_string();
     let h = in_ns(ns, move || {
@@ -115,12 +117,7 @@ pub fn capture_markers(
             if n <= 0 {
                 continue;
             }
-            let f = &buf[..n as usize];
-            if let Some(i) = f.windows(5).position(|w| w == b"SPOOF") {
-                if let Some(m) = f.get(i..i + 7) {
-                    seen.push(String::from_utf8_lossy(m).into_owned());
-                }
-            }
+            seen.extend(pick(&buf[..n as usize]));
         }
         // SAFETY: our own descriptor.
         unsafe { libc::close(fd) };
@@ -129,4 +126,16 @@ pub fn capture_markers(
     rx.recv_timeout(Duration::from_secs(5))
         .expect("capture did not start");
     h
+}
+
+/// Captures on `ifname` in `ns` for `window`: the markers (`SPOOFnn`) seen.
+pub fn capture_markers(
+    ns: &str,
+    ifname: &str,
+    window: Duration,
+) -> std::thread::JoinHandle<Vec<String>> {
+    capture(ns, ifname, window, |f| {
+        let i = f.windows(5).position(|w| w == b"SPOOF")?;
+        Some(String::from_utf8_lossy(f.get(i..i + 7)?).into_owned())
+    })
 }
